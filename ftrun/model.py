@@ -1,0 +1,148 @@
+"""Model loading and fine-tuning methods: full, freeze, lora, qlora.
+
+``load_tokenizer`` and ``load_model`` read the ``model`` group (building the
+tiny model on first use); ``apply_method`` turns the loaded model into what
+trains, per the ``method`` group, using peft for LoRA and bitsandbytes for the
+quantized QLoRA base.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Tuple
+
+from ftrun.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def model_path(model_cfg) -> str:
+    """Local directory or hub id of the base model (building the tiny one if needed)."""
+    if model_cfg.path is not None:
+        return str(Path(model_cfg.path).expanduser()) if Path(model_cfg.path).expanduser().exists() else model_cfg.path
+    from ftrun.tiny import ensure_tiny
+
+    return str(ensure_tiny(model_cfg.tiny))
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    path = model_path(model_cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # Llama-style tokenizers ship no pad token
+    if model_cfg.template == "auto" and not tok.chat_template:
+        raise ConfigError(
+            f"model.template=auto: the tokenizer at {path} has no chat template; "
+            "use an instruct model or set model.template"
+        )
+    return tok
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def load_model(cfg):
+    """The base causal LM, quantized for qlora, in the dtype that precision asks for."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    m, method = cfg.model, cfg.method
+    kwargs = {"trust_remote_code": m.trust_remote_code, "attn_implementation": m.attn_implementation}
+    if cfg.precision == "pure_bf16":
+        kwargs["dtype"] = torch.bfloat16
+    elif m.dtype != "auto":
+        kwargs["dtype"] = torch_dtype(m.dtype)
+    if method.name == "qlora":
+        if method.bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=method.quant_type,
+                bnb_4bit_use_double_quant=method.double_quant,
+                bnb_4bit_compute_dtype=torch_dtype(method.compute_dtype),
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    path = model_path(m)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ConfigError(f"model.path={m.path}: cannot load a model from it ({e})") from None
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def apply_method(model, cfg):
+    """Make only what the method trains trainable; wrap with LoRA adapters for lora/qlora."""
+    method = cfg.method
+    if method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method.name == "freeze":
+        return _freeze(model, method)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method.name == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    targets = list(method.target_modules)
+    lora = LoraConfig(
+        r=method.rank,
+        lora_alpha=method.alpha,
+        lora_dropout=method.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        use_rslora=method.use_rslora,
+        use_dora=method.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(f"method.target_modules={targets}: {e}") from None
+
+
+def _freeze(model, method):
+    n_layers = model.config.num_hidden_layers
+    if method.trainable_layers > n_layers:
+        raise ConfigError(f"method.trainable_layers={method.trainable_layers}: the model has only {n_layers} layers")
+    layers = {str(i) for i in range(n_layers - method.trainable_layers, n_layers)}
+    extra = list(method.extra_modules)
+    names = [n for n, _ in model.named_parameters()]
+    for e in extra:
+        if not any(e in n.split(".") for n in names):
+            raise ConfigError(f"method.extra_modules={extra}: no module named '{e}' in the model")
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        in_layer = "layers" in parts and parts[parts.index("layers") + 1] in layers
+        p.requires_grad_(in_layer or any(e in parts for e in extra))
+    return model
+
+
+def count_parameters(model) -> Tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights counted unpacked, as peft does."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,170 @@
+"""Tracking: every run is an MLflow run.
+
+:class:`MlflowTracker` starts (or, on resume, re-opens) the run, logs the
+flattened config as params and the run's tags, and gives the Trainer a callback
+that logs train loss, learning rate, grad norm and tokens/s at each logging
+step, and eval loss, perplexity and exact match at each evaluation. At the end
+it logs train time, peak memory and the artifacts (resolved config, loss plot,
+trainer state, optionally the weights). :class:`NullTracker` has the same
+methods and does nothing (``tracking.enabled=false``).
+
+A sweep passes ``FTRUN_MLFLOW_PARENT_RUN_ID`` so each trial is a nested child run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from ftrun.config import flatten, to_container
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+PARENT_ENV = "FTRUN_MLFLOW_PARENT_RUN_ID"
+
+
+class NullTracker:
+    """Does nothing, with the tracker's signatures (so ``run`` needs no branches)."""
+
+    run_id: Optional[str] = None
+
+    def callback(self):
+        return None
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        pass
+
+    def log_artifacts(self, run_dir: Path, model_dir: Optional[Path] = None) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MlflowTracker(NullTracker):
+    def __init__(self, cfg, run_dir: Path, overrides: Optional[list] = None):
+        import mlflow
+
+        self.mlflow = mlflow
+        if cfg.tracking.uri:
+            mlflow.set_tracking_uri(cfg.tracking.uri)
+        mlflow.set_experiment(cfg.tracking.experiment)
+        id_file = Path(run_dir) / RUN_ID_FILE
+        resumed_id = id_file.read_text().strip() if id_file.is_file() else None
+        if resumed_id:
+            mlflow.start_run(run_id=resumed_id)
+            log.info("MLflow: continuing run %s", resumed_id)
+        else:
+            parent = os.environ.get(PARENT_ENV)
+            tags = {"mlflow.parentRunId": parent} if parent else {}
+            mlflow.start_run(run_name=cfg.name, tags=tags)
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(mlflow.active_run().info.run_id)
+            params = {k: _param(v) for k, v in flatten(to_container(cfg)).items()}
+            items = list(params.items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i:i + 100]))
+            mlflow.set_tags(_tags(cfg, run_dir, overrides))
+        self.run_id = mlflow.active_run().info.run_id
+        log.info("MLflow: run %s (%s) in experiment '%s' at %s",
+                 cfg.name, self.run_id, cfg.tracking.experiment, mlflow.get_tracking_uri())
+        self.cfg = cfg
+
+    def callback(self):
+        return MlflowCallback(self)
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_artifacts(self, run_dir: Path, model_dir: Optional[Path] = None) -> None:
+        import json
+
+        from omegaconf import OmegaConf
+
+        run_dir = Path(run_dir)
+        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(to_container(self.cfg)))
+        self.mlflow.log_artifact(str(run_dir / "config_resolved.yaml"))
+        for name in ("loss.png", "trainer_state.json"):
+            if (run_dir / name).is_file():
+                self.mlflow.log_artifact(str(run_dir / name))
+        if model_dir is not None and self.cfg.tracking.log_model:
+            self.mlflow.log_artifacts(str(model_dir), artifact_path="model")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+def make_tracker(cfg, run_dir: Path, overrides: Optional[list] = None):
+    return MlflowTracker(cfg, run_dir, overrides) if cfg.tracking.enabled else NullTracker()
+
+
+def _param(value) -> str:
+    s = str(value)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def _tags(cfg, run_dir: Path, overrides: Optional[list]) -> Dict[str, str]:
+    tags = {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "stage": cfg.stage,
+        "data": cfg.data.name,
+        "run_dir": str(Path(run_dir).resolve()),
+        "overrides": " ".join(overrides or []),
+    }
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class MlflowCallback(_callback_base()):
+    """Per-step metrics from the Trainer's logs to MLflow, under names a user reads."""
+
+    RENAME = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+
+    def __init__(self, tracker: MlflowTracker):
+        self.tracker = tracker
+        self._last = None  # (time, tokens seen) at the previous train log
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        metrics = {}
+        if "loss" in logs:
+            metrics = {new: logs[old] for old, new in self.RENAME.items() if old in logs}
+            now, seen = time.perf_counter(), state.num_input_tokens_seen
+            if self._last is not None and now > self._last[0] and seen > self._last[1]:
+                metrics["tokens_per_second"] = (seen - self._last[1]) / (now - self._last[0])
+            self._last = (now, seen)
+        if "eval_loss" in logs:
+            metrics.update({k: v for k, v in logs.items() if k.startswith("eval_") and not k.endswith(
+                ("_runtime", "_per_second", "preparation_time"))})
+            metrics["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        self.tracker.log_metrics(metrics, step=state.global_step)
