@@ -29,9 +29,13 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Run '%s' in %s", cfg.name, run_dir)
+    log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
     _quiet_libraries()
     validate_device(cfg)
+    if cfg.stage.name != "sft":  # pt, rm, dpo, kto, ppo: a TRL recipe in ftrun/stages/
+        from ftrun.stages import run_stage
+
+        return run_stage(cfg, run_dir, overrides)
 
     from transformers import set_seed
 
@@ -131,7 +135,9 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     )
 
 
-def training_arguments(cfg, run_dir: Path, has_eval: bool = True):
+def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **extra):
+    """The Trainer's arguments from the config; ``cls`` is a TRL config class for the other stages,
+    and ``extra`` its own fields (beta, loss_type, ...)."""
     import torch
     from transformers import TrainingArguments
 
@@ -141,7 +147,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True):
         raise ConfigError("scheduler=reduce_lr_on_plateau: it steps on the eval loss; "
                           "set train.eval_steps > 0 and use data with an eval split")
     optim_args = f"momentum={o.momentum}" if o.name == "sgd" else None
-    return TrainingArguments(
+    return (cls or TrainingArguments)(
         output_dir=str(run_dir),
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -163,8 +169,8 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True):
         warmup_steps=s.warmup_ratio if s.warmup_ratio > 0 else s.warmup_steps,
         fp16=cfg.precision == "fp16",
         bf16=cfg.precision == "bf16",
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
@@ -178,6 +184,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True):
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
         remove_unused_columns=False,
+        **extra,
     )
 
 
