@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -114,26 +114,58 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    """Which dataset to train on and how to turn it into tokens."""
+    """Which datasets to train on and how to turn them into tokens."""
 
     name: str = MISSING
     """Short name used in run names and MLflow tags."""
     path: Optional[str] = None
-    """Alpaca-format JSON/JSONL file; null for the built-in task."""
+    """A data file (.json, .jsonl, .csv, .parquet), a folder of them or a glob; null for the built-in task."""
+    format: str = "auto"
+    """Record layout: alpaca, sharegpt (also OpenAI messages), or auto (from the columns)."""
+    columns: Dict[str, str] = field(default_factory=dict)
+    """Column renames, role -> column in the file: {instruction: prompt, output: response, messages: chat}."""
+    tags: Dict[str, str] = field(default_factory=dict)
+    """ShareGPT tags: role_tag, content_tag, user_tag, assistant_tag, system_tag."""
+    registry: Optional[str] = None
+    """A LLaMA-Factory dataset_info.json; data.names then selects its entries."""
+    names: List[str] = field(default_factory=list)
+    """Datasets to mix, by name: conf/data presets, or data.registry entries."""
+    sources: List[Any] = field(default_factory=list)
+    """Datasets with their own settings: [{name: a, max_samples: 1000}, {path: b.jsonl, format: sharegpt}]."""
+    mix: str = "concat"
+    """How several datasets mix: concat or interleave."""
+    mix_probs: Optional[List[float]] = None
+    """interleave: the probability of each dataset (null: equal)."""
+    mix_stop: str = "first_exhausted"
+    """interleave: stop when the first dataset runs out (first_exhausted) or the last (all_exhausted)."""
     builtin: Optional[str] = None
-    """Name of a built-in generated task (e.g. letters) used when path is null."""
+    """Name of a built-in generated task (e.g. letters) used when no dataset is given."""
     num_train: int = 2000
     """Built-in task: training examples to generate."""
     num_eval: int = 200
     """Built-in task: evaluation examples to generate (from another seed)."""
     val_size: float = 0.1
-    """Share (<1) or count (>=1) of a file's rows held out for evaluation; 0 = none."""
+    """Share (<1) or count (>=1) of the rows held out for evaluation; 0 = none."""
     max_samples: Optional[int] = None
     """Use at most this many training rows."""
     cutoff_len: int = 512
-    """Longest tokenized sample; longer ones are truncated (response kept first)."""
+    """Longest tokenized sample; longer ones are truncated (the last answer keeps at least half)."""
     train_on_prompt: bool = False
     """Also compute the loss on prompt tokens."""
+    mask_history: bool = False
+    """Multi-turn: train on the last assistant turn only (default: every assistant turn)."""
+    drop_long: bool = False
+    """Drop samples longer than cutoff_len instead of truncating them."""
+    packing: bool = False
+    """Pack several samples into each cutoff_len row (no attention or loss across samples)."""
+    strict: bool = False
+    """Make every skipped (unusable) record an error."""
+    overwrite_cache: bool = False
+    """Rebuild the tokenized dataset even if it is cached."""
+    num_proc: Optional[int] = None
+    """Processes for preprocessing (null: automatic)."""
+    cache_dir: Optional[str] = None
+    """Where tokenized datasets are cached (null: $FTRUN_CACHE/data)."""
 
 
 @dataclass
@@ -280,6 +312,7 @@ SCHEDULERS = (
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 ATTN = ("eager", "sdpa", "flash_attention_2")
+TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "mistral", "glm4")  # ftrun.data.templates
 
 
 def format_lr(lr: float) -> str:
@@ -420,17 +453,39 @@ def validate(cfg: DictConfig) -> None:
     check(d.cutoff_len >= 8, "cutoff_len", d.cutoff_len, "cutoff_len must be >= 8")
     check(d.val_size >= 0, "data.val_size", d.val_size, "a share in [0, 1) or a count >= 1")
     check(d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "must be > 0 or null")
-    if d.path is None:
-        check(d.builtin is not None, "data.path", None, "give an Alpaca JSON/JSONL file (data.path=...)")
-    else:
-        check(Path(d.path).expanduser().is_file(), "data.path", d.path,
-              "no such file; give the path of an Alpaca-format .json or .jsonl file")
+    check(d.format in ("auto", "alpaca", "sharegpt"), "data.format", d.format, "choose auto, alpaca or sharegpt")
+    check(d.mix in ("concat", "interleave"), "data.mix", d.mix, "choose concat or interleave")
+    check(d.mix_stop in ("first_exhausted", "all_exhausted"), "data.mix_stop", d.mix_stop,
+          "choose first_exhausted or all_exhausted")
+    check(d.num_proc is None or d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1 or null")
+    n_sets = len(d.sources) or len(d.names)
+    if d.mix_probs is not None:
+        probs = list(d.mix_probs)
+        check(n_sets > 1 and len(probs) == n_sets, "data.mix_probs", probs,
+              f"give one probability per dataset ({n_sets} named in data.names/data.sources)")
+        check(all(p >= 0 for p in probs) and abs(sum(probs) - 1) < 1e-6, "data.mix_probs", probs,
+              "probabilities must be >= 0 and sum to 1")
+    check(not (d.names and d.sources), "data.names", list(d.names), "give data.names or data.sources, not both")
+    if d.registry is not None:
+        check(Path(d.registry).expanduser().is_file(), "data.registry", d.registry,
+              "no such file; give the path of a LLaMA-Factory dataset_info.json")
+        check(bool(d.names or d.sources), "data.registry", d.registry,
+              "select its datasets with data.names=[a,b]")
+    if not (d.names or d.sources):
+        if d.path is None:
+            check(d.builtin is not None, "data.path", None, "give a data file or folder (data.path=...)")
+        else:
+            p = Path(d.path).expanduser()
+            check(p.exists() or any(ch in d.path for ch in "*?["), "data.path", d.path,
+                  "no such file or folder; give an Alpaca/ShareGPT .json, .jsonl, .csv or .parquet file, "
+                  "or a folder of them")
     if d.builtin is not None:
         check(d.num_train > 0, "data.num_train", d.num_train, "must be > 0")
         check(d.num_eval >= 0, "data.num_eval", d.num_eval, "must be >= 0")
 
     md = c.model
     check(md.dtype in DTYPES, "model.dtype", md.dtype, f"choose one of {', '.join(DTYPES)}")
+    check(md.template in TEMPLATES, "model.template", md.template, f"choose one of {', '.join(TEMPLATES)}")
     check(md.attn_implementation in ATTN, "model.attn_implementation", md.attn_implementation,
           f"choose one of {', '.join(ATTN)}")
     check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")

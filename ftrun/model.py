@@ -38,11 +38,9 @@ def load_tokenizer(model_cfg):
         raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # Llama-style tokenizers ship no pad token
-    if model_cfg.template == "auto" and not tok.chat_template:
-        raise ConfigError(
-            f"model.template=auto: the tokenizer at {path} has no chat template; "
-            "use an instruct model or set model.template"
-        )
+    # the data pipeline reads this: the tokenizer's own chat template (auto), or a built-in
+    # one (ftrun.data.templates), picked from the tokenizer when it has none
+    tok._ftrun_template = model_cfg.template
     return tok
 
 

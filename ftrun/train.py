@@ -108,7 +108,9 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
 
 def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callbacks=()):
     """transformers' Trainer with ftrun's settings, data collator, metrics and callbacks."""
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import Trainer
+
+    from ftrun.data import make_collator
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None)
     optimizers = (None, None)
@@ -127,7 +129,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=make_collator(cfg.data, tokenizer, cfg.model.attn_implementation),
         compute_metrics=exact_match if eval_ds is not None else None,
         preprocess_logits_for_metrics=argmax_logits if eval_ds is not None else None,
         optimizers=optimizers,

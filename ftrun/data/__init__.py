@@ -1,0 +1,300 @@
+"""Data: read datasets, render them with a chat template, tokenize, mask, pack, cache.
+
+:func:`build_datasets` is the entry point: ``data`` config + tokenizer ->
+(train dataset, eval dataset or None, :class:`EncodeReport`). It runs before
+the model is loaded, so bad data fails fast, naming the file and the line or
+record. The steps live in submodules:
+
+* :mod:`ftrun.data.registry` - which datasets (``data.path``, ``data.names`` from
+  ``conf/data`` or a LLaMA-Factory ``dataset_info.json``, ``data.sources``);
+* :mod:`ftrun.data.formats` - loading files with ``datasets`` and turning Alpaca
+  / ShareGPT / OpenAI-messages records into conversations, skipping bad ones;
+* :mod:`ftrun.data.templates` - chat templates and the exact prompt/answer split;
+* :mod:`ftrun.data.encode` - tokenizing, masking, truncation and its report;
+* :mod:`ftrun.data.collate` - packing and the Trainer's collator.
+
+Tokenized datasets are cached under ``$FTRUN_CACHE/data``, keyed by the data
+files' contents, the tokenizer, the template and every option that changes the
+result; ``data.overwrite_cache=true`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ftrun.config import ConfigError
+from ftrun.data.collate import PackedCollator, make_collator, pack_dataset
+from ftrun.data.encode import IGNORE_INDEX, EncodeReport, encode_dataset, encode_messages, encode_rows
+from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips
+from ftrun.data.registry import resolve_sources
+from ftrun.data.templates import TEMPLATE_NAMES, Template, resolve_template
+
+__all__ = [
+    "IGNORE_INDEX", "EncodeReport", "build_datasets", "encode_rows", "encode_messages", "read_alpaca",
+    "make_collator", "PackedCollator", "resolve_template", "load_conversations", "to_messages", "TEMPLATE_NAMES",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when preprocessing changes its output
+MIX_SEED = 0
+
+
+# ---------------------------------------------------------------------------
+# compatibility helpers (used by the tiny model and older callers)
+
+
+def to_messages(row: dict) -> List[Dict[str, str]]:
+    """Alpaca row -> chat messages, the last one the assistant's answer."""
+    msgs, why = alpaca_messages(row, {k: k for k in ("instruction", "input", "output", "system", "history")})
+    if msgs is None:
+        raise ValueError(why)
+    return msgs
+
+
+def read_alpaca(path: str) -> List[dict]:
+    """Rows of an Alpaca JSON list or JSONL file; any bad record is an error naming file and line."""
+    from ftrun.data.formats import ALPACA_COLUMNS, Locator, resolve_columns, Source
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.path={path}: no such file")
+    file_digest(p)
+    ds = load_file(p)
+    src = Source(name=p.stem, files=[p], format="alpaca")
+    _, cols, _ = resolve_columns(src, p, list(ds.column_names))
+    locate = Locator(p)
+    rows = []
+    for i, row in enumerate(ds):
+        msgs, why = alpaca_messages(row, cols)
+        if msgs is None:
+            raise ConfigError(f"data.path={path}: {locate(i)} {why}")
+        rows.append({k: (row.get(cols[k]) if k in cols else None) or ("" if k != "history" else [])
+                     for k in ALPACA_COLUMNS})
+    if not rows:
+        raise ConfigError(f"data.path={path}: the file holds no records")
+    return rows
+
+
+def split(ds, val_size: float):
+    """Hold out the last ``val_size`` share (<1) or count (>=1) of rows for evaluation."""
+    n = len(ds)
+    n_eval = int(round(n * val_size)) if val_size < 1 else int(val_size)
+    if val_size > 0 and n_eval == 0:
+        n_eval = 1
+    if n_eval >= n:
+        raise ConfigError(f"data.val_size={val_size:g}: leaves no training rows out of {n}")
+    if not n_eval:
+        return ds, None
+    if isinstance(ds, list):
+        return ds[: n - n_eval], ds[n - n_eval:]
+    return ds.select(range(n - n_eval)), ds.select(range(n - n_eval, n))
+
+
+# ---------------------------------------------------------------------------
+# conversations
+
+
+def _num_proc(data_cfg, n_rows: int) -> Optional[int]:
+    n = data_cfg.get("num_proc")
+    if n is not None:
+        return int(n)
+    return min(8, os.cpu_count() or 1) if n_rows >= 50_000 else None
+
+
+def builtin_conversations(data_cfg):
+    """The built-in task's train and eval conversations as datasets of ``messages``."""
+    from datasets import Dataset
+
+    from ftrun import tasks
+
+    make = tasks.BUILTIN.get(data_cfg.builtin)
+    if make is None:
+        raise ConfigError(f"data.builtin={data_cfg.builtin}: choose one of {', '.join(tasks.BUILTIN)}")
+    out = []
+    for n, seed in ((data_cfg.num_train, tasks.TRAIN_SEED), (data_cfg.num_eval, tasks.EVAL_SEED)):
+        rows = make(n, seed) if n else []
+        out.append(Dataset.from_dict({"messages": [to_messages(r) for r in rows]}) if rows else None)
+    return out[0], out[1]
+
+
+def load_conversations(data_cfg, sources=None):
+    """(train, eval or None, skips, per-source sizes) as datasets of ``messages``."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    if data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources")):
+        train, evals = builtin_conversations(data_cfg)
+        if data_cfg.max_samples is not None and data_cfg.max_samples < len(train):
+            train = train.select(range(data_cfg.max_samples))
+        return train, evals, [], {data_cfg.builtin: len(train)}
+    sources = sources if sources is not None else resolve_sources(data_cfg)
+    strict = bool(data_cfg.get("strict", False))
+    parts, skips, sizes = [], [], {}
+    for src in sources:
+        ds, s = read_source(src, strict=strict, num_proc=_num_proc(data_cfg, 0))
+        parts.append(ds)
+        skips += s
+        sizes[src.name] = len(ds)
+    report_skips(skips, sum(sizes.values()) + len(skips))
+    if len(parts) == 1:
+        mixed = parts[0]
+    elif (data_cfg.get("mix") or "concat") == "interleave":
+        probs = list(data_cfg.get("mix_probs") or []) or None
+        mixed = interleave_datasets(parts, probabilities=probs, seed=MIX_SEED,
+                                    stopping_strategy=data_cfg.get("mix_stop") or "first_exhausted")
+    else:
+        mixed = concatenate_datasets(parts)
+    if len(parts) > 1:
+        mixed = mixed.shuffle(seed=MIX_SEED).flatten_indices()
+    if len(mixed) == 0:
+        raise ConfigError(f"data={data_cfg.name}: no records left after filtering ({len(skips)} skipped)")
+    train, evals = split(mixed, data_cfg.val_size)
+    if data_cfg.max_samples is not None and data_cfg.max_samples < len(train):
+        train = train.select(range(data_cfg.max_samples))
+    return train, evals, skips, sizes
+
+
+# ---------------------------------------------------------------------------
+# cache
+
+
+def cache_root() -> Path:
+    from ftrun.tiny import cache_root as root
+
+    return root() / "data"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    try:
+        h.update(tokenizer.backend_tokenizer.to_str().encode())
+    except AttributeError:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    own = None if getattr(tokenizer, "_ftrun_builtin", None) else tokenizer.chat_template
+    special = [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, own,
+               sorted((int(k), str(v)) for k, v in tokenizer.added_tokens_decoder.items())]
+    h.update(json.dumps(special, default=str).encode())
+    return h.hexdigest()
+
+
+def cache_key(data_cfg, sources, tokenizer, template: Template) -> str:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    for k in ("name", "overwrite_cache", "num_proc", "cache_dir"):
+        cfg.pop(k, None)
+    files = [[src.key(), [file_digest(f) for f in src.files]] for src in sources]
+    material = [CACHE_VERSION, cfg, files, tokenizer_fingerprint(tokenizer), template.key()]
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _cache_dir(data_cfg) -> Path:
+    d = data_cfg.get("cache_dir")
+    return Path(d).expanduser() if d else cache_root()
+
+
+def _load_cached(path: Path):
+    from datasets import load_from_disk
+
+    report = EncodeReport.from_json(json.loads((path / "report.json").read_text()))
+    train = load_from_disk(str(path / "train"))
+    evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+    return train, evals, report
+
+
+def _save_cached(path: Path, train, evals, report: EncodeReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        train.save_to_disk(str(tmp / "train"))
+        if evals is not None:
+            evals.save_to_disk(str(tmp / "eval"))
+        (tmp / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except OSError as e:  # another process won the race, or the disk is full: the cache is optional
+        log.debug("data cache not written (%s)", e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the entry point
+
+
+def build_datasets(data_cfg, tokenizer, template: Optional[str] = None):
+    """Tokenized train and eval datasets and the train report; errors before any model is loaded."""
+    import datasets
+
+    template_name = template or getattr(tokenizer, "_ftrun_template", None) or "auto"
+    tpl = resolve_template(tokenizer, template_name)
+    builtin = data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources"))
+    sources = None if builtin else resolve_sources(data_cfg)
+    cache_path = None
+    if not builtin:
+        cache_path = _cache_dir(data_cfg) / cache_key(data_cfg, sources, tokenizer, tpl)
+        if cache_path.is_dir() and not data_cfg.get("overwrite_cache", False):
+            try:
+                train, evals, report = _load_cached(cache_path)
+                log.info("Data from cache %s: %s", cache_path, report.summary())
+                return train, evals, report
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("data cache %s is unreadable (%s); rebuilding", cache_path, e)
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        train_c, eval_c, skips, _ = load_conversations(data_cfg, sources)
+        opts = dict(cutoff_len=data_cfg.cutoff_len, train_on_prompt=data_cfg.train_on_prompt,
+                    mask_history=bool(data_cfg.get("mask_history", False)),
+                    drop_long=bool(data_cfg.get("drop_long", False)))
+        nproc = _num_proc(data_cfg, len(train_c))
+        train, report = encode_dataset(train_c, tokenizer, tpl, num_proc=nproc, **opts)
+        report.skipped = len(skips)
+        report.skip_examples = [str(s) for s in skips[:20]]
+        if report.samples == 0:
+            raise ConfigError(f"cutoff_len={data_cfg.cutoff_len}: every training sample is longer "
+                              "(data.drop_long=true dropped them all); raise cutoff_len")
+        if report.shortest_prompt is not None and report.shortest_prompt >= data_cfg.cutoff_len:
+            raise ConfigError(
+                f"cutoff_len={data_cfg.cutoff_len}: shorter than every prompt (the shortest has "
+                f"{report.shortest_prompt} tokens), so no answer would be seen; raise cutoff_len"
+            )
+        evals = None
+        if eval_c is not None and len(eval_c):
+            evals, _ = encode_dataset(eval_c, tokenizer, tpl, num_proc=_num_proc(data_cfg, len(eval_c)), **opts)
+            if len(evals) == 0:
+                evals = None
+        if data_cfg.get("packing", False):
+            train = pack_dataset(train, data_cfg.cutoff_len)
+            report.packed_rows = len(train)
+        if cache_path is not None:
+            _save_cached(cache_path, train, evals, report)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    if report.truncated:
+        log.warning("cutoff_len=%d truncated %d of %d training samples (%d tokens dropped)",
+                    data_cfg.cutoff_len, report.truncated, report.samples, report.tokens_dropped)
+    if report.dropped:
+        log.warning("cutoff_len=%d: data.drop_long dropped %d training samples longer than it",
+                    data_cfg.cutoff_len, report.dropped)
+    log.info("Data: %s", report.summary())
+    return train, evals, report
+
+
+def load_rows(data_cfg) -> Tuple[List[dict], List[dict]]:
+    """Train and eval conversations of ``data_cfg`` as lists of ``{"messages": [...]}`` rows."""
+    train, evals, _, _ = load_conversations(data_cfg)
+    return list(train), list(evals) if evals is not None else []
+
+
+
