@@ -69,7 +69,10 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     tracker.log_metrics({"trainable_params": trainable, "total_params": total, **report.as_metrics("data_train")}, step=0)
     log.info("Building trainer (optimizer=%s, scheduler=%s, precision=%s)",
              cfg.optimizer.name, cfg.scheduler.name, cfg.precision)
-    trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir, callbacks=[tracker.callback()])
+    from sweeper.trial import mark_pruned, pruning_callback
+
+    pruning = pruning_callback(cfg)  # None unless a sweep started this run as an Optuna trial
+    trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir, callbacks=[tracker.callback(), pruning])
 
     # train -------------------------------------------------------------------
     status = "FAILED"
@@ -89,6 +92,10 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
         if train_losses:
             summary["final_train_loss"] = train_losses[-1]
         objective = _objective(cfg, metrics, summary)
+        pruned = pruning is not None and pruning.pruned  # stopped early by the sweep's pruner
+        if pruned:
+            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
+            mark_pruned(tracker, pruning.pruned_at_step)
 
         model_dir = run_dir / "model"
         trainer.save_model(str(model_dir))
@@ -97,7 +104,7 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
         plot_loss(trainer.state.log_history, run_dir / "loss.png", title=cfg.name)
         tracker.log_metrics({**summary, "objective": objective}, step=trainer.state.global_step)
         tracker.log_artifacts(run_dir, model_dir)
-        _write_result(run_dir, cfg, objective, metrics, summary)
+        _write_result(run_dir, cfg, objective, metrics, {**summary, "pruned": pruned})
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
         status = "FINISHED"

@@ -1,0 +1,57 @@
+"""The Hydra side of the ftrun sweeper: a thin :class:`Sweeper` and its ConfigStore entry.
+
+Hydra instantiates a sweeper only when its class is defined in a module under the
+``hydra_plugins`` namespace package, so this class lives here; everything it does
+is in :mod:`sweeper.sweep`, imported when a sweep actually starts (``--help`` and
+plain runs never import optuna).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeper.config import FtrunSweeperConf
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ftrun", node=FtrunSweeperConf, provider="ftrun")
+
+
+class FtrunSweeper(Sweeper):
+    """Optuna sweeps with asynchronous slots, pruning across processes, resume and MLflow nesting."""
+
+    def __init__(self, **conf: Any) -> None:
+        self.conf = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                     for k, v in conf.items()}
+        self.config: Optional[DictConfig] = None
+        self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from sweeper.space import parse_search_space
+        from sweeper.sweep import run_sweep
+
+        assert self.config is not None and self.hydra_context is not None
+        params = dict(self.conf.get("search_space") or {})
+        params.update(self.conf.get("params") or {})
+        space = parse_search_space(params, arguments, self.conf.get("conditions"))
+        fixed = [f"{k}={v}" for k, v in space.fixed.items()]
+        job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+        return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
+
+
+def _entry_args(config: DictConfig) -> List[str]:
+    """``--config-name`` / ``--config-dir`` the user gave, so each trial composes the same config."""
+    args: List[str] = []
+    name = config.hydra.job.get("config_name")
+    if name and name != "config":
+        args += ["--config-name", str(name)]
+    for source in config.hydra.runtime.get("config_sources", []):
+        if source.get("provider") == "command-line" and str(source.get("schema")) == "file":
+            args += ["--config-dir", str(source.get("path"))]
+    return args

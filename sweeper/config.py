@@ -1,0 +1,76 @@
+"""``hydra.sweeper`` settings of the ftrun sweeper (registered in Hydra's ``hydra/sweeper`` group).
+
+Keys of Hydra's Optuna sweeper (``sampler`` with ``_target_``, ``direction``,
+``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``max_failure_rate``,
+``params``, ``search_space``, ``custom_search_space``) are accepted with the same
+meaning, so a config written for that plugin runs here unchanged; the rest are
+this sweeper's own. Nothing here imports optuna or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class FtrunSweeperConf:
+    _target_: str = "hydra_plugins.ftrun_sweeper.ftrun_sweeper.FtrunSweeper"
+
+    # -- the study -------------------------------------------------------------
+    sampler: Any = "tpe"
+    """tpe, random, grid, cmaes, qmc, gp, nsgaii, nsgaiii; or {name: tpe, <kwargs>}; or {_target_: ...}."""
+    pruner: Any = "median"
+    """median, percentile, successive_halving, hyperband, patient, wilcoxon, threshold, none; or {name: .., <kwargs>}."""
+    seed: Optional[int] = None
+    """Seed of the sampler (when the sampler spec gives none)."""
+    objectives: Optional[List[str]] = None
+    """Metrics of the trial's result.json to optimize; null = [cfg.objective]. Several = multi-objective."""
+    direction: Any = None
+    """minimize/maximize, or a list (one per objective); null = from the metric's name."""
+    storage: Optional[str] = None
+    """null/sqlite: <sweep dir>/study.db; journal: <sweep dir>/study.journal; or any Optuna storage URL."""
+    study_name: Optional[str] = None
+    """null: derived from the sweep preset, model, data and a hash of the search space."""
+
+    # -- how many, how parallel ------------------------------------------------
+    n_trials: int = 20
+    """Total trials wanted in the study (complete + pruned), counting those of earlier runs."""
+    n_jobs: int = 1
+    """Concurrent trial slots; a slot that frees up starts the next trial at once."""
+    gpus_per_trial: Optional[int] = None
+    """Devices per trial (null: 1 when there are GPUs, else 0). >1 launches the trial with DDP."""
+    devices: Optional[List[str]] = None
+    """Device ids handed out to the slots (null: every visible GPU)."""
+    launcher: str = "accelerate"
+    """Multi-process launcher for gpus_per_trial > 1: accelerate or torchrun."""
+    max_failures: Optional[int] = None
+    """Failed trials this run tolerates before it stops starting new ones (null: max(3, n_trials/4))."""
+    max_failure_rate: Optional[float] = None
+    """Hydra Optuna sweeper's knob; when set (and max_failures is not), max_failures = rate x n_trials."""
+    oom_retry: bool = True
+    """Retry an out-of-memory trial once with half the batch and twice the gradient accumulation."""
+    retry_interrupted: bool = True
+    """Retry trials left RUNNING by a killed sweep (from their last checkpoint); false: just fail them."""
+    heartbeat_s: float = 10.0
+    """How often the sweeper records that its running trials are alive."""
+    stale_after_s: float = 60.0
+    """A RUNNING trial with no heartbeat for this long (and no live sweeper on this host) was left behind."""
+
+    # -- the search space --------------------------------------------------------
+    params: Dict[str, Any] = field(default_factory=dict)
+    """name: sweep, in Hydra's Optuna-sweeper syntax (interval, tag(log,..), choice, range, int(..)), or a fixed value."""
+    conditions: Dict[str, Any] = field(default_factory=dict)
+    """name: {parent: [values]}: sample name only when parent has one of the values."""
+    enqueue: List[Any] = field(default_factory=list)
+    """Configurations (name: value) to try first, in order; skipped when already in the study."""
+    search_space: Optional[Dict[str, Any]] = None
+    """Deprecated dict form of Hydra's Optuna sweeper ({type, low, high, log, step, choices}); merged into params."""
+    custom_search_space: Optional[str] = None
+    """Hydra Optuna sweeper's Python hook; not supported here (use conditions)."""
+
+    # -- trials ------------------------------------------------------------------
+    command: Optional[List[str]] = None
+    """A trial's entry point; null = [<this python>, -m, ftrun]."""
+    mlflow: bool = True
+    """A parent MLflow run for the sweep (trials nest under it); off when tracking.enabled=false."""

@@ -1,0 +1,191 @@
+"""Optuna objects from the sweeper's config: sampler, pruner, storage, directions.
+
+Each of ``sampler`` and ``pruner`` is given as a name (``tpe``, ``median``), as a
+mapping with ``name`` and the constructor's keyword arguments
+(``{name: tpe, n_startup_trials: 5}``), or as the Hydra Optuna sweeper's form
+with ``_target_: optuna.samplers.TPESampler``. Arguments that are not given keep
+Optuna's own defaults (TPE in Optuna 5 is multivariate with constant liar, which
+is what asynchronous parallel trials need). Arguments a config written for an
+older Optuna passes but the installed one no longer has are dropped with a
+warning instead of failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = {
+    "tpe": "optuna.samplers.TPESampler",
+    "random": "optuna.samplers.RandomSampler",
+    "grid": "optuna.samplers.GridSampler",
+    "cmaes": "optuna.samplers.CmaEsSampler",
+    "qmc": "optuna.samplers.QMCSampler",
+    "gp": "optuna.samplers.GPSampler",
+    "nsgaii": "optuna.samplers.NSGAIISampler",
+    "nsgaiii": "optuna.samplers.NSGAIIISampler",
+    "bruteforce": "optuna.samplers.BruteForceSampler",
+}
+PRUNERS = {
+    "median": "optuna.pruners.MedianPruner",
+    "percentile": "optuna.pruners.PercentilePruner",
+    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+    "hyperband": "optuna.pruners.HyperbandPruner",
+    "patient": "optuna.pruners.PatientPruner",
+    "wilcoxon": "optuna.pruners.WilcoxonPruner",
+    "threshold": "optuna.pruners.ThresholdPruner",
+    "none": "optuna.pruners.NopPruner",
+}
+
+# what the trial's result.json keys mean to the study
+DIRECTIONS = {
+    "eval_loss": "minimize",
+    "eval_perplexity": "minimize",
+    "eval_exact_match": "maximize",
+    "peak_memory_mb": "minimize",
+    "train_time_s": "minimize",
+    "final_train_loss": "minimize",
+}
+
+
+class SweepConfigError(ValueError):
+    """A sweeper setting that cannot be used; the message names it."""
+
+
+def _split(spec: Any, table: Mapping[str, str], what: str) -> Tuple[str, Dict[str, Any]]:
+    """name / {name: .., **kw} / {_target_: .., **kw} -> (dotted class path, kwargs)."""
+    if spec is None:
+        spec = "none" if what == "pruner" else "tpe"
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, Mapping):
+        kwargs = {str(k): v for k, v in spec.items()}
+        if "_target_" in kwargs:
+            return str(kwargs.pop("_target_")), kwargs
+        if "name" not in kwargs:
+            raise SweepConfigError(f"hydra.sweeper.{what}: give a name ({', '.join(table)}) or _target_")
+        name = str(kwargs.pop("name"))
+    else:
+        raise SweepConfigError(f"hydra.sweeper.{what}={spec!r}: give a name or a mapping")
+    key = name.lower().replace("-", "_")
+    if key in ("nop", "null"):
+        key = "none"
+    if key not in table:
+        raise SweepConfigError(f"hydra.sweeper.{what}={name}: choose one of {', '.join(table)}")
+    return table[key], kwargs
+
+
+def _construct(path: str, kwargs: Dict[str, Any], what: str):
+    module, _, cls_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise SweepConfigError(f"hydra.sweeper.{what}: cannot import {path} ({e})") from None
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        dropped = [k for k in kwargs if k not in params]
+        for k in dropped:
+            log.warning("hydra.sweeper.%s.%s: %s in this Optuna has no such argument; ignoring it",
+                        what, k, cls_name)
+            kwargs.pop(k)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, ImportError, ModuleNotFoundError) as e:
+        raise SweepConfigError(f"hydra.sweeper.{what}: {cls_name}({_show(kwargs)}) failed: {e}") from None
+
+
+def sampler_name(spec: Any) -> str:
+    path, _ = _split(spec, SAMPLERS, "sampler")
+    return path.rsplit(".", 1)[-1]
+
+
+def is_grid(spec: Any) -> bool:
+    return sampler_name(spec) == "GridSampler"
+
+
+def build_sampler(spec: Any, seed: Optional[int] = None, grid: Optional[Dict[str, List[Any]]] = None):
+    """The sampler; ``seed`` fills in when the spec gives none; ``grid`` is the grid sampler's space."""
+    path, kwargs = _split(spec, SAMPLERS, "sampler")
+    kwargs = _plain(kwargs)
+    if seed is not None and kwargs.get("seed") is None:
+        kwargs["seed"] = seed
+    if path.endswith("GridSampler"):
+        kwargs["search_space"] = grid or {}
+    return _construct(path, kwargs, "sampler")
+
+
+def build_pruner(spec: Any):
+    """The pruner. ``patient`` wraps another one: ``{name: patient, patience: 2, wrapped_pruner: median}``."""
+    path, kwargs = _split(spec, PRUNERS, "pruner")
+    kwargs = _plain(kwargs)
+    for key in ("wrapped_pruner", "wrapped"):
+        if key in kwargs:
+            kwargs["wrapped_pruner"] = build_pruner(kwargs.pop(key))
+    if path.endswith("PatientPruner"):
+        kwargs.setdefault("wrapped_pruner", None)
+        kwargs.setdefault("patience", 1)
+    return _construct(path, kwargs, "pruner")
+
+
+def directions(objectives: Sequence[str], given: Any = None) -> List[str]:
+    """One direction per objective: as given, else from the metric's name."""
+    if given is not None:
+        given = [given] if isinstance(given, str) else list(given)
+        given = [str(getattr(d, "name", d)).lower() for d in given]
+        if len(given) != len(objectives):
+            raise SweepConfigError(f"hydra.sweeper.direction={given}: give one direction per objective "
+                                   f"({', '.join(objectives)})")
+        for d in given:
+            if d not in ("minimize", "maximize"):
+                raise SweepConfigError(f"hydra.sweeper.direction={d}: choose minimize or maximize")
+        return given
+    out = []
+    for name in objectives:
+        if name not in DIRECTIONS:
+            raise SweepConfigError(f"hydra.sweeper.objectives: no default direction for {name}; "
+                                   f"set hydra.sweeper.direction (known: {', '.join(DIRECTIONS)})")
+        out.append(DIRECTIONS[name])
+    return out
+
+
+def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
+    """``null`` / ``sqlite``: ``sqlite:///<sweep_dir>/study.db``; ``journal``: a journal file
+    there; anything else is an Optuna storage URL (e.g. postgresql://...)."""
+    if storage in (None, "", "sqlite"):
+        return f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
+    if storage == "journal":
+        return f"journal:///{(Path(sweep_dir) / 'study.journal').resolve()}"
+    return str(storage)
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url`` that tolerates several processes writing at once."""
+    import optuna
+
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url[len("journal:///") - 1:]
+        return JournalStorage(JournalFileBackend(path))
+    if url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    return optuna.storages.RDBStorage(url) if "://" in url else url
+
+
+def _plain(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                for k, v in kwargs.items()}
+    except ImportError:  # pragma: no cover
+        return dict(kwargs)
+
+
+def _show(kwargs: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

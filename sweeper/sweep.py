@@ -1,0 +1,799 @@
+"""The sweep: an Optuna study driven by ask-and-tell, one fresh process per trial.
+
+:func:`run_sweep` is what ``python -m ftrun -m ...`` ends up in (through the thin
+Hydra plugin in ``hydra_plugins/ftrun_sweeper``). It
+
+1. opens (or resumes) the study in persistent storage: ``<hydra.sweep.dir>/<study_name>/study.db``
+   unless ``hydra.sweeper.storage`` names another;
+2. fails or retries trials that a killed sweep left RUNNING (its own heartbeat,
+   kept in the trials' user attributes, tells a dead sweeper from a live one);
+3. enqueues the configured first trials (and every grid point for ``sampler: grid``);
+4. keeps ``n_jobs`` slots busy: whenever a trial process ends, its result is told
+   to the study and the next trial starts in that slot at once;
+5. keeps an MLflow parent run current (trials are nested children) and writes a
+   summary with the best trial and the command that reruns it.
+
+A trial is ``python -m ftrun <fixed overrides> <sampled overrides> hydra.run.dir=<sweep dir>/trial_NNNN``;
+its objective comes from ``<trial dir>/result.json``; its process reports
+intermediate values and obeys the pruner itself (:mod:`sweeper.trial`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from sweeper.slots import Slot, make_slots, popen, stop, trial_command
+from sweeper.space import SearchSpace, parse_search_space, to_override
+from sweeper.study import (
+    DIRECTIONS,
+    SweepConfigError,
+    build_pruner,
+    build_sampler,
+    directions,
+    is_grid,
+    open_storage,
+    sampler_name,
+    storage_url,
+)
+from sweeper.trial import trial_env
+
+log = logging.getLogger("ftrun.sweeper")
+
+RESULT_FILE = "result.json"
+TRIAL_LOG = "trial.log"
+PARENT_ID_FILE = "mlflow_parent_run_id"
+PARENT_ENV = "FTRUN_MLFLOW_PARENT_RUN_ID"
+
+
+class SweepError(RuntimeError):
+    """The sweep stopped early (too many failed trials); the summary says which."""
+
+
+@dataclass
+class Running:
+    trial: Any  # optuna.trial.Trial
+    slot: Slot
+    proc: Any  # subprocess.Popen
+    trial_dir: Path
+    overrides: List[str]
+    extra: List[str]
+    started: float
+    oom_retried: bool = False
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    storage: str
+    sweep_dir: Path
+    counts: Dict[str, int]
+    best_trials: List[int]
+    best_values: List[List[float]]
+    rerun: List[str]
+    summary_path: Path
+    parent_run_id: Optional[str] = None
+    stopped_reason: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg, sweep_root: Path,
+              entry_args: Sequence[str] = ()) -> SweepResult:
+    """Run (or resume) the sweep described by ``conf`` (``hydra.sweeper``).
+
+    ``arguments``: the command-line task overrides (sweeps and fixed values);
+    ``job_cfg``: the composed config with the fixed overrides applied (for the
+    objective, tracking settings and the values conditions refer to);
+    ``entry_args``: extra arguments for every trial command (``--config-name`` ...).
+    """
+    conf = _plain(conf)
+    params = dict(conf.get("search_space") or {})
+    params.update(conf.get("params") or {})
+    if conf.get("custom_search_space"):
+        raise SweepConfigError("hydra.sweeper.custom_search_space: not supported by the ftrun sweeper; "
+                               "express dependent parameters with hydra.sweeper.conditions")
+    space = parse_search_space(params, arguments, conf.get("conditions"))
+    if not space.distributions:
+        raise SweepConfigError("the sweep has no search space: give sweeps such as 'lr=tag(log,interval(1e-5,1e-1))' "
+                               "on the command line, in hydra.sweeper.params, or pick a preset (sweep=lora_search)")
+    sweep = Sweep(conf, space, job_cfg, Path(sweep_root), entry_args)
+    return sweep.run()
+
+
+class Sweep:
+    def __init__(self, conf: Mapping[str, Any], space: SearchSpace, job_cfg, sweep_root: Path,
+                 entry_args: Sequence[str] = ()):
+        import optuna
+
+        self.optuna = optuna
+        self.conf = dict(conf)
+        self.space = space
+        self.job_cfg = job_cfg
+        self.entry_args = list(entry_args)
+        self.objectives = list(conf.get("objectives") or [job_cfg.objective])
+        self.directions = directions(self.objectives, conf.get("direction"))
+        self.multi = len(self.objectives) > 1
+        self.grid = is_grid(conf.get("sampler", "tpe"))
+        self.study_name = conf.get("study_name") or self._derive_name()
+        self.sweep_dir = (Path(sweep_root) / self.study_name).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.storage_url = storage_url(conf.get("storage"), self.sweep_dir)
+        n_trials = int(conf.get("n_trials", 20))
+        if self.grid:
+            size = space.grid_size()
+            if n_trials > size:
+                log.info("Grid of %d points: n_trials %d -> %d", size, n_trials, size)
+            n_trials = min(n_trials, size)
+        self.n_trials = n_trials
+        self.max_failures = self._max_failures(n_trials)
+        self.pruner_spec = conf.get("pruner", "median")
+        if self.multi and _pruner_key(self.pruner_spec) != "none":
+            log.warning("%d objectives: Optuna cannot prune multi-objective trials; pruning is off",
+                        len(self.objectives))
+            self.pruner_spec = "none"
+        self.command = list(conf.get("command") or [sys.executable, "-m", "ftrun"])
+        self.host = socket.gethostname()
+        self.base_values = self._base_values()
+        self.failures = 0
+        self.running: Dict[int, Running] = {}
+        self.parent = None
+
+    # -- setup -------------------------------------------------------------------
+    def _derive_name(self) -> str:
+        cfg = self.job_cfg
+        choices = _choices(cfg)
+        prefix = choices.get("sweep") or choices.get("method") or "sweep"
+        parts = [str(prefix), _select(cfg, "model.name", "model"), _select(cfg, "data.name", "data")]
+        fp = _fingerprint(self.space, self.objectives)
+        return "-".join(str(p) for p in parts if p) + f"-{fp}"
+
+    def _max_failures(self, n_trials: int) -> int:
+        if self.conf.get("max_failures") is not None:
+            return int(self.conf["max_failures"])
+        if self.conf.get("max_failure_rate") is not None:
+            return int(math.floor(float(self.conf["max_failure_rate"]) * n_trials))
+        return max(3, math.ceil(n_trials / 4))
+
+    def _base_values(self) -> Dict[str, Any]:
+        """Values of condition parents that are not searched: fixed overrides or the config's own."""
+        base = {}
+        choices = _choices(self.job_cfg)
+        for cond in self.space.conditions.values():
+            for parent in cond:
+                if parent in self.space.distributions:
+                    continue
+                base[parent] = choices[parent] if parent in choices else _select(self.job_cfg, parent)
+        return base
+
+    def _open_study(self):
+        optuna = self.optuna
+        storage = open_storage(self.storage_url)
+        sampler_spec = self.conf.get("sampler", "tpe")
+        seed = self.conf.get("seed")
+        if self.grid:
+            sampler = (build_sampler(sampler_spec, seed=seed, grid=self.space.grid()) if not self.space.conditions
+                       else optuna.samplers.RandomSampler(seed=seed))
+        else:
+            sampler = build_sampler(sampler_spec, seed=seed)
+        pruner = build_pruner(self.pruner_spec)
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                    directions=self.directions, load_if_exists=True)
+        have = [d.name.lower() for d in study.directions]
+        if have != self.directions:
+            raise SweepConfigError(f"study {self.study_name} in {self.storage_url} optimizes {have}, this sweep "
+                                   f"{self.directions}; give another hydra.sweeper.study_name")
+        attrs = study.user_attrs
+        study.set_user_attr("search_space", self.space.describe())
+        study.set_user_attr("fixed", self.space.fixed)
+        study.set_user_attr("objectives", self.objectives)
+        study.set_user_attr("sweep_dir", str(self.sweep_dir))
+        if "created" not in attrs:
+            study.set_user_attr("created", time.time())
+        return study
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        optuna = self.optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = study = self._open_study()
+        prior = self._counts()
+        log.info("Study %s (%s, %s) in %s: %d of %d trials done; search space: %s",
+                 self.study_name, sampler_name(self.conf.get("sampler", "tpe")), _pruner_key(self.pruner_spec),
+                 self.storage_url, prior["COMPLETE"] + prior["PRUNED"], self.n_trials,
+                 ", ".join(f"{k}={v}" for k, v in self.space.describe().items()))
+        self.parent = _ParentRun.open(self) if self._tracking() else None
+        self._recover_left_behind()
+        self._enqueue()
+        slots = make_slots(int(self.conf.get("n_jobs", 1)), self.conf.get("gpus_per_trial"),
+                           self.conf.get("devices"))
+        for s in slots:
+            log.info("Sweep %s", s.describe())
+        free = list(slots)
+        stopped: Optional[str] = None
+        previous = signal.getsignal(signal.SIGTERM)
+        in_main = _in_main_thread()
+        if in_main:
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        last_beat = 0.0
+        try:
+            while True:
+                for r in list(self.running.values()):
+                    if r.proc.poll() is not None:
+                        if self._finish(r):
+                            free.append(r.slot)
+                            free.sort(key=lambda s: s.index)
+                if stopped is None and self.failures > self.max_failures:
+                    stopped = (f"{self.failures} failed trials (more than max_failures={self.max_failures}); "
+                               "no new trials started")
+                    log.error("Sweep: %s", stopped)
+                need = self._need() if stopped is None else 0
+                while need > 0 and free:
+                    self._launch(free.pop(0))
+                    need -= 1
+                if not self.running:
+                    break
+                now = time.time()
+                if now - last_beat >= float(self.conf.get("heartbeat_s", 10.0)):
+                    self._heartbeat(now)
+                    last_beat = now
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+        result = self._summarize(stopped)
+        if stopped is not None:
+            raise SweepError(f"{stopped}; see {result.summary_path}")
+        return result
+
+    def _need(self) -> int:
+        """Trials still to start: total wanted minus finished minus running (here or elsewhere)."""
+        c = self._counts()
+        done = c["COMPLETE"] + c["PRUNED"] + (c["FAIL"] if self.grid else 0)
+        return self.n_trials - done - c["RUNNING"]
+
+    def _counts(self) -> Dict[str, int]:
+        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+        for t in self.study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+
+    # -- one trial ---------------------------------------------------------------
+    def _launch(self, slot: Slot, trial=None, extra: Sequence[str] = (), trial_dir: Optional[Path] = None,
+                oom_retried: bool = False) -> None:
+        if trial is None:
+            trial = self.study.ask()
+            params = self.space.sample(trial, self.base_values)
+            extra = list(trial.user_attrs.get("extra", []))
+            resume_dir = trial.user_attrs.get("resume_dir")
+            trial_dir = self.sweep_dir / f"trial_{trial.number:04d}"
+            if resume_dir and _has_checkpoint(Path(resume_dir)):
+                trial_dir = Path(resume_dir)  # continue the interrupted trial from its last checkpoint
+                extra = [e for e in extra if not e.startswith("resume=")] + ["resume=auto"]
+        else:
+            params = dict(trial.params)
+        overrides = [f"{k}={v}" for k, v in self.space.fixed.items()] + [to_override(k, v) for k, v in params.items()]
+        overrides = _replace(overrides, extra)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        cmd = trial_command(self.command, [*self.entry_args, *overrides, f"hydra.run.dir={trial_dir}"],
+                            processes=slot.processes, launcher=self.conf.get("launcher", "accelerate"))
+        env = trial_env(self.storage_url, self.study_name, trial._trial_id, trial.number,
+                        pruner=None if _pruner_key(self.pruner_spec) == "none" else self.pruner_spec,
+                        objective=self.objectives[0])
+        env.update(self._mlflow_env())
+        now = time.time()
+        for key, value in {"trial_dir": str(trial_dir), "overrides": overrides, "extra": list(extra),
+                           "sweeper_host": self.host, "sweeper_pid": os.getpid(), "heartbeat": now,
+                           "slot": slot.index, "devices": ",".join(slot.gpus) or "cpu"}.items():
+            trial.set_user_attr(key, value)
+        with open(trial_dir / TRIAL_LOG, "ab") as f:
+            f.write(f"\n$ {shlex.join(cmd)}\n".encode())
+        proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
+        log.info("Trial %d started (%s): %s", trial.number, slot.describe(), " ".join(overrides))
+        self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+
+    def _finish(self, r: Running) -> bool:
+        """Tell the study how the trial ended; False when it was relaunched in the same slot."""
+        TrialState = self.optuna.trial.TrialState
+        del self.running[r.slot.index]
+        rc = r.proc.returncode
+        result = _read_result(r.trial_dir, since=r.started)
+        tail = _tail(r.trial_dir / TRIAL_LOG)
+        trial = r.trial
+        state, values, reason = TrialState.FAIL, None, None
+        if rc == 0 and result is not None:
+            if result.get("pruned") and not self.multi:
+                state = TrialState.PRUNED
+            else:
+                try:
+                    values = [float(result[o]) for o in self.objectives]
+                except (KeyError, TypeError, ValueError):
+                    reason = f"result.json has no {' / '.join(self.objectives)} (keys: {', '.join(result)})"
+                else:
+                    if all(math.isfinite(v) for v in values):
+                        state = TrialState.COMPLETE
+                    else:
+                        reason, values = f"objective is not finite: {values}", None
+        elif _is_oom(tail) and self.conf.get("oom_retry", True) and not r.oom_retried:
+            retry = self._oom_overrides(r)
+            if retry is not None:
+                log.warning("Trial %d ran out of memory; retrying once with %s", trial.number, " ".join(retry))
+                trial.set_user_attr("oom_retry", " ".join(retry))
+                if self.parent:
+                    self.parent.tag_child(r.trial_dir, trial, "FAIL", "out of memory (retried)")
+                self._launch(r.slot, trial=trial, extra=[*r.extra, *retry],
+                             trial_dir=r.trial_dir.with_name(r.trial_dir.name + "_oom_retry"), oom_retried=True)
+                return False
+            reason = _error_reason(tail, rc)
+        else:
+            reason = "finished without result.json" if rc == 0 else _error_reason(tail, rc)
+        if reason:
+            trial.set_user_attr("fail_reason", reason[:1000])
+        duration = time.time() - r.started
+        trial.set_user_attr("duration_s", duration)
+        if result is not None and result.get("pruned"):
+            trial.set_user_attr("pruned", True)
+        self.study.tell(trial, values=values, state=state)
+        if state == TrialState.FAIL:
+            self.failures += 1
+            log.warning("Trial %d FAILED after %.0f s: %s", trial.number, duration, reason)
+        elif state == TrialState.PRUNED:
+            log.info("Trial %d PRUNED after %.0f s", trial.number, duration)
+        else:
+            log.info("Trial %d done in %.0f s: %s", trial.number, duration,
+                     ", ".join(f"{o}={v:.4g}" for o, v in zip(self.objectives, values)))
+        if self.parent:
+            self.parent.tag_child(r.trial_dir, trial, state.name, reason, overrides=r.overrides,
+                                  oom_retry=r.oom_retried)
+            self.parent.update(self.study, self.multi)
+        return True
+
+    def _oom_overrides(self, r: Running) -> Optional[List[str]]:
+        values = dict(o.split("=", 1) for o in r.overrides if "=" in o)
+        batch = int(float(values.get("batch_size", self.job_cfg.batch_size)))
+        accum = int(float(values.get("grad_accum", self.job_cfg.grad_accum)))
+        if batch <= 1:
+            return None
+        return [f"batch_size={batch // 2}", f"grad_accum={accum * 2}"]
+
+    # -- resume ----------------------------------------------------------------
+    def _recover_left_behind(self) -> None:
+        """RUNNING trials whose sweeper is gone: take a finished result, else retry or fail them."""
+        TrialState = self.optuna.trial.TrialState
+        stale_after = float(self.conf.get("stale_after_s", 60.0))
+        now = time.time()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            a = t.user_attrs
+            host, pid, beat = a.get("sweeper_host"), a.get("sweeper_pid"), a.get("heartbeat")
+            if host == self.host and pid is not None:
+                stale = not _alive(int(pid))
+            else:
+                start = t.datetime_start.timestamp() if t.datetime_start else now
+                stale = now - float(beat if beat is not None else start) > stale_after
+            if not stale:
+                log.info("Trial %d is running under sweeper %s:%s; leaving it", t.number, host, pid)
+                continue
+            self._recover(t)
+
+    def _recover(self, t) -> None:
+        TrialState = self.optuna.trial.TrialState
+        storage = self.study._storage
+        trial_dir = Path(t.user_attrs.get("trial_dir", self.sweep_dir / f"trial_{t.number:04d}"))
+        started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+        result = _read_result(trial_dir, since=started)
+        if result is not None:
+            if result.get("pruned") and not self.multi:
+                self.study.tell(t.number, state=TrialState.PRUNED)
+                log.info("Trial %d, left RUNNING, had finished (pruned); recorded", t.number)
+            else:
+                values = [float(result[o]) for o in self.objectives]
+                self.study.tell(t.number, values=values)
+                log.info("Trial %d, left RUNNING, had finished; recorded %s", t.number, values)
+            return
+        retry = bool(self.conf.get("retry_interrupted", True))
+        checkpoint = _has_checkpoint(trial_dir)
+        reason = (f"left RUNNING by a sweep that stopped (pid {t.user_attrs.get('sweeper_pid')} on "
+                  f"{t.user_attrs.get('sweeper_host')})")
+        if retry:
+            reason += "; retried" + (" from its last checkpoint" if checkpoint else " from the start")
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        self.study.tell(t.number, state=TrialState.FAIL)
+        log.warning("Trial %d %s", t.number, reason)
+        if self.parent:
+            self.parent.tag_child(trial_dir, t, "FAIL", reason, end_run=not (retry and checkpoint))
+        if retry:
+            self.study.enqueue_trial(dict(t.params), skip_if_exists=False, user_attrs={
+                "retry_of": t.number, "resume_dir": str(trial_dir),
+                "extra": [e for e in t.user_attrs.get("extra", []) if not e.startswith("resume=")]})
+
+    def _enqueue(self) -> None:
+        for i, point in enumerate(self.conf.get("enqueue") or []):
+            params = self._active(dict(point), f"hydra.sweeper.enqueue[{i}]")
+            if params:
+                self.study.enqueue_trial(params, skip_if_exists=True)
+        if self.grid:
+            for point in self.space.grid_points():
+                self.study.enqueue_trial(point, skip_if_exists=True)
+
+    def _active(self, point: Dict[str, Any], where: str) -> Dict[str, Any]:
+        unknown = [k for k in point if k not in self.space.distributions]
+        if unknown:
+            log.info("%s: %s not searched in this sweep; ignored", where, ", ".join(unknown))
+        values = {**self.base_values, **{k: v for k, v in self.space.fixed.items()}}
+        out = {}
+        for name in self.space.order():
+            if name in point and self.space.active(name, {**values, **out}):
+                out[name] = point[name]
+        return out
+
+    # -- liveness ----------------------------------------------------------------
+    def _heartbeat(self, now: float) -> None:
+        for r in self.running.values():
+            try:
+                r.trial.set_user_attr("heartbeat", now)
+            except Exception as e:  # a storage hiccup must not kill the sweep
+                log.debug("heartbeat of trial %d: %s", r.trial.number, e)
+
+    def _interrupt(self) -> None:
+        """The sweeper was interrupted: stop the trials and leave them to be retried by the next run."""
+        log.warning("Sweep interrupted: stopping %d running trial(s)", len(self.running))
+        for r in self.running.values():
+            stop(r.proc)
+        TrialState = self.optuna.trial.TrialState
+        for r in list(self.running.values()):
+            t = self.study._storage.get_trial(r.trial._trial_id)
+            if t.state == TrialState.RUNNING:
+                self._recover(t)
+        self.running.clear()
+        if self.parent:
+            self.parent.finish("KILLED", None)
+
+    # -- the end -----------------------------------------------------------------
+    def _summarize(self, stopped: Optional[str]) -> SweepResult:
+        summary = build_summary(self.study, self.objectives, self.command, self.entry_args)
+        summary_path = self.sweep_dir / "summary.md"
+        header = [f"# Sweep {self.study_name}", "", f"storage: `{self.storage_url}`", ""]
+        if stopped:
+            header += [f"**Stopped early:** {stopped}", ""]
+        summary_path.write_text("\n".join(header + summary["lines"]) + "\n")
+        (self.sweep_dir / "summary.json").write_text(json.dumps(
+            {k: v for k, v in summary.items() if k != "lines"} | {"study_name": self.study_name,
+                                                                   "storage": self.storage_url}, indent=2))
+        log.info("Sweep %s finished\n%s", self.study_name, "\n".join(summary["lines"]))
+        if self.parent:
+            self.parent.update(self.study, self.multi)
+            self.parent.finish("FAILED" if stopped else "FINISHED", summary_path)
+        return SweepResult(self.study_name, self.storage_url, self.sweep_dir, summary["counts"],
+                           summary["best_trials"], summary["best_values"], summary["rerun"], summary_path,
+                           self.parent.run_id if self.parent else None, stopped)
+
+    # -- mlflow --------------------------------------------------------------------
+    def _tracking(self) -> bool:
+        return bool(self.conf.get("mlflow", True)) and bool(_select(self.job_cfg, "tracking.enabled", True))
+
+    def tracking_uri(self) -> Optional[str]:
+        return _select(self.job_cfg, "tracking.uri") or os.environ.get("MLFLOW_TRACKING_URI")
+
+    def _mlflow_env(self) -> Dict[str, str]:
+        env = {}
+        if self.parent is not None:
+            env[PARENT_ENV] = self.parent.run_id
+            if not _select(self.job_cfg, "tracking.uri"):
+                env["MLFLOW_TRACKING_URI"] = self.parent.uri
+        return env
+
+
+# ---------------------------------------------------------------------------
+# summary
+
+
+def build_summary(study, objectives: Sequence[str], command: Sequence[str], entry_args: Sequence[str] = ()) -> dict:
+    """Counts, best trial(s) (the Pareto front for several objectives), rerun command, table of trials."""
+    import optuna
+
+    TrialState = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    best = []
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        best = study.best_trials if len(objectives) > 1 else [study.best_trial]
+    lines = [f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else ""), ""]
+    rerun: List[str] = []
+    if best:
+        title = "Pareto front" if len(objectives) > 1 else "Best trial"
+        lines.append(f"## {title}")
+        for t in best:
+            vals = ", ".join(f"{o}={v:.6g}" for o, v in zip(objectives, t.values))
+            lines.append(f"- trial {t.number}: {vals}; {_params(t.params)}")
+        b = best[0]
+        cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get("overrides", [])]
+        rerun = cmd
+        lines += ["", "Rerun the best trial:", "", f"    {shlex.join(cmd)}", ""]
+    lines += ["## All trials", "",
+              "| trial | state | " + " | ".join(objectives) + " | params | time (s) | note |",
+              "|---|---|" + "---|" * len(objectives) + "---|---|---|"]
+    for t in trials:
+        if t.values is not None:
+            vals = [f"{v:.6g}" for v in t.values]
+        elif t.state == TrialState.PRUNED and t.intermediate_values:
+            step = max(t.intermediate_values)
+            vals = [f"{t.intermediate_values[step]:.6g} @{step}"] + [""] * (len(objectives) - 1)
+        else:
+            vals = [""] * len(objectives)
+        note = t.user_attrs.get("fail_reason") or ""
+        if t.user_attrs.get("oom_retry"):
+            note = f"OOM retry ({t.user_attrs['oom_retry']}) {note}".strip()
+        if t.user_attrs.get("retry_of") is not None:
+            note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
+        dur = t.user_attrs.get("duration_s")
+        lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
+                     + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
+    return {"counts": counts, "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],
+            "best_params": [dict(t.params) for t in best], "rerun": rerun, "lines": lines}
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={(f'{v:.3g}' if isinstance(v, float) else v)}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------------------
+# MLflow parent run
+
+
+class _ParentRun:
+    """The sweep's MLflow run: search space as params, best value and counts kept current."""
+
+    def __init__(self, client, run_id: str, uri: str, experiment_id: str):
+        self.client, self.run_id, self.uri, self.experiment_id = client, run_id, uri, experiment_id
+
+    @classmethod
+    def open(cls, sweep: Sweep) -> "_ParentRun":
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = sweep.tracking_uri() or mlflow.get_tracking_uri()
+        client = MlflowClient(tracking_uri=uri)
+        name = str(_select(sweep.job_cfg, "tracking.experiment", "ftrun"))
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        id_file = sweep.sweep_dir / PARENT_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if run_id:
+            try:
+                client.get_run(run_id)
+                client.update_run(run_id, status="RUNNING")
+                log.info("MLflow: continuing sweep run %s", run_id)
+                return cls(client, run_id, uri, exp_id)
+            except Exception:
+                run_id = None
+        run = client.create_run(exp_id, run_name=sweep.study_name, tags={
+            "ftrun.sweep": "true", "study_name": sweep.study_name, "storage": sweep.storage_url,
+            "sampler": sampler_name(sweep.conf.get("sampler", "tpe")), "pruner": _pruner_key(sweep.pruner_spec),
+            "objectives": ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
+            "sweep_dir": str(sweep.sweep_dir)})
+        run_id = run.info.run_id
+        id_file.write_text(run_id)
+        sweep.study.set_user_attr("mlflow_parent_run_id", run_id)
+        params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
+        params.update({f"fixed.{k}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
+        params.update({"n_trials": str(sweep.n_trials), "n_jobs": str(sweep.conf.get("n_jobs", 1)),
+                       "sampler_spec": json.dumps(sweep.conf.get("sampler"), default=str),
+                       "pruner_spec": json.dumps(sweep.pruner_spec, default=str)})
+        from mlflow.entities import Param
+
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        log.info("MLflow: sweep run %s in experiment '%s' at %s", run_id, name, uri)
+        return cls(client, run_id, uri, exp_id)
+
+    def tag_child(self, trial_dir: Path, trial, state: str, reason: Optional[str], overrides=None,
+                  oom_retry: bool = False, end_run: bool = True) -> None:
+        """Mark the trial's own MLflow run with its Optuna outcome (create one if the trial died first)."""
+        try:
+            id_file = Path(trial_dir) / "mlflow_run_id"
+            tags = {"optuna.trial": str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
+            if reason:
+                tags["fail_reason"] = reason[:5000]
+            if state == "PRUNED":
+                tags["pruned"] = "true"
+            if oom_retry:
+                tags["oom_retry"] = "true"
+            retry_of = trial.user_attrs.get("retry_of")
+            if retry_of is not None:
+                tags["retry_of"] = str(retry_of)
+            if id_file.is_file():
+                run_id = id_file.read_text().strip()
+                for k, v in tags.items():
+                    self.client.set_tag(run_id, k, v)
+                if state == "FAIL" and end_run and self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, "FAILED")
+            elif state == "FAIL":
+                run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
+                                             tags={"mlflow.parentRunId": self.run_id, **tags})
+                from mlflow.entities import Param
+
+                params = [Param(k, str(v)[:6000]) for k, v in
+                          (o.split("=", 1) for o in (overrides or []) if "=" in o)]
+                if params:
+                    self.client.log_batch(run.info.run_id, params=params)
+                self.client.set_terminated(run.info.run_id, "FAILED")
+        except Exception as e:  # tracking trouble must not stop the sweep
+            log.warning("MLflow: could not record trial %d: %s", trial.number, e)
+
+    def update(self, study, multi: bool) -> None:
+        import optuna
+        from mlflow.entities import Metric
+
+        try:
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
+            TS = optuna.trial.TrialState
+            n_done = sum(s in (TS.COMPLETE, TS.PRUNED, TS.FAIL) for s in states)
+            now = int(time.time() * 1000)
+            metrics = [Metric("n_complete", states.count(TS.COMPLETE), now, n_done),
+                       Metric("n_pruned", states.count(TS.PRUNED), now, n_done),
+                       Metric("n_failed", states.count(TS.FAIL), now, n_done)]
+            if TS.COMPLETE in states:
+                if multi:
+                    front = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
+                    self.client.set_tag(self.run_id, "pareto_front", json.dumps(front, default=str)[:5000])
+                else:
+                    best = study.best_trial
+                    metrics.append(Metric("best_value", best.value, now, n_done))
+                    self.client.set_tag(self.run_id, "best_trial", str(best.number))
+                    self.client.set_tag(self.run_id, "best_params", json.dumps(best.params, default=str)[:5000])
+                    rerun = shlex.join(["python", "-m", "ftrun", *best.user_attrs.get("overrides", [])])
+                    self.client.set_tag(self.run_id, "best_rerun", rerun[:5000])
+            self.client.log_batch(self.run_id, metrics=metrics)
+        except Exception as e:
+            log.warning("MLflow: could not update the sweep run: %s", e)
+
+    def finish(self, status: str, summary_path: Optional[Path]) -> None:
+        try:
+            if summary_path is not None:
+                self.client.log_artifact(self.run_id, str(summary_path))
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:
+            log.warning("MLflow: could not close the sweep run: %s", e)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _read_result(trial_dir: Path, since: float = 0.0) -> Optional[dict]:
+    path = Path(trial_dir) / RESULT_FILE
+    try:
+        if path.stat().st_mtime + 1 < since:
+            return None  # an older attempt's result
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, n_bytes: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n_bytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _is_oom(text: str) -> bool:
+    low = text.lower()
+    return "out of memory" in low or "outofmemoryerror" in low
+
+
+def _error_reason(text: str, rc: Optional[int]) -> str:
+    """The last exception line, or ftrun's own ERROR message, from a trial's log."""
+    lines = [l.rstrip() for l in text.splitlines()]
+    if rc is not None and rc < 0:
+        return f"killed by signal {-rc}"
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Traceback"):
+            after = [l for l in lines[i + 1:] if l.strip() and not l.startswith((" ", "\t"))]
+            if after:
+                return after[-1][:1000]
+    for i in range(len(lines) - 1, -1, -1):
+        if "[ERROR]" in lines[i]:
+            msg = [lines[i].split("[ERROR] - ", 1)[-1]]
+            msg += [l.strip() for l in lines[i + 1:] if l.startswith((" ", "\t")) and l.strip()]
+            return " ".join(msg)[:1000]
+    last = next((l for l in reversed(lines) if l.strip()), "")
+    return f"exit status {rc}: {last}"[:1000]
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from ftrun.config import last_checkpoint
+
+    return last_checkpoint(run_dir) is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _replace(overrides: List[str], extra: Sequence[str]) -> List[str]:
+    keys = {e.split("=", 1)[0] for e in extra}
+    return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(extra)
+
+
+def _pruner_key(spec: Any) -> str:
+    if spec is None:
+        return "none"
+    if isinstance(spec, str):
+        return spec.lower()
+    if isinstance(spec, Mapping):
+        return str(spec.get("name") or spec.get("_target_", "")).rsplit(".", 1)[-1].lower().replace(
+            "nopruner", "none")
+    return str(spec)
+
+
+def _fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
+    import hashlib
+
+    blob = json.dumps({"space": space.describe(), "fixed": space.fixed, "objectives": list(objectives)},
+                      sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def _choices(cfg) -> Dict[str, Any]:
+    try:
+        return dict(cfg.hydra.runtime.choices)
+    except Exception:
+        return {}
+
+
+def _select(cfg, key: str, default: Any = None) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(cfg, key, default=default)
+    except Exception:
+        return default
+    return value
+
+
+def _plain(conf: Any) -> Dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(conf, DictConfig):
+        return OmegaConf.to_container(conf, resolve=True)
+    return dict(conf)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

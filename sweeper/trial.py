@@ -1,0 +1,138 @@
+"""The trial's side of the sweep: report each evaluation to the study and stop when pruned.
+
+The sweeper starts every trial with these environment variables; a run started
+without them (a plain ``python -m ftrun``) gets no callback and never touches
+Optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "FTRUN_OPTUNA_STORAGE"
+STUDY_ENV = "FTRUN_OPTUNA_STUDY"
+TRIAL_ID_ENV = "FTRUN_OPTUNA_TRIAL_ID"
+TRIAL_NUMBER_ENV = "FTRUN_OPTUNA_TRIAL"
+PRUNER_ENV = "FTRUN_OPTUNA_PRUNER"          # JSON of hydra.sweeper.pruner; unset: no pruning
+OBJECTIVE_ENV = "FTRUN_OPTUNA_OBJECTIVE"    # metric to report (default: cfg.objective)
+
+
+def trial_env(storage: str, study: str, trial_id: int, number: int, pruner=None,
+              objective: Optional[str] = None) -> dict:
+    """What the sweeper puts into a trial's environment."""
+    env = {STORAGE_ENV: storage, STUDY_ENV: study, TRIAL_ID_ENV: str(trial_id), TRIAL_NUMBER_ENV: str(number)}
+    if pruner is not None:
+        env[PRUNER_ENV] = json.dumps(pruner)
+    if objective:
+        env[OBJECTIVE_ENV] = objective
+    return env
+
+
+def pruning_callback(cfg):
+    """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None."""
+    if not os.environ.get(STORAGE_ENV) or PRUNER_ENV not in os.environ:
+        return None
+    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective)
+
+
+def mark_pruned(tracker, step: int) -> None:
+    """Tag the run's MLflow run pruned=true (no-op without tracking)."""
+    mlflow = getattr(tracker, "mlflow", None)
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.set_tags({"pruned": "true", "pruned_at_step": str(step)})
+
+
+class PruningCallback:
+    """At every evaluation during training, rank 0 reports the objective to the Optuna
+    trial and asks the pruner; every rank learns the answer and stops training together."""
+
+    def __init__(self, objective: str):
+        self.objective = objective
+        self.pruned = False
+        self.pruned_at_step: Optional[int] = None
+        self._trial = None
+        self._training = False
+
+    # -- trainer events ------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False  # the final evaluation after training decides nothing
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self._training or self.pruned:
+            return
+        prune = False
+        if state.is_world_process_zero:
+            value = self._value(metrics or {})
+            if value is not None:
+                trial = self._get_trial()
+                trial.report(value, step=state.global_step)
+                prune = trial.should_prune()
+                log.info("Optuna trial %d: %s=%.4f at step %d%s", trial.number, self.objective, value,
+                         state.global_step, " -> pruned" if prune else "")
+        prune = _broadcast_from_rank0(prune)
+        if prune:
+            self.pruned = True
+            self.pruned_at_step = state.global_step
+            control.should_training_stop = True
+
+    # -- helpers ---------------------------------------------------------------
+    def _value(self, metrics: dict) -> Optional[float]:
+        if self.objective == "eval_perplexity" and "eval_loss" in metrics:
+            value = math.exp(min(metrics["eval_loss"], 50.0))
+        else:
+            value = metrics.get(self.objective)
+        if value is None or not math.isfinite(float(value)):
+            return None
+        return float(value)
+
+    def _get_trial(self):
+        if self._trial is None:
+            import optuna
+
+            from sweeper.study import build_pruner, open_storage
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.load_study(
+                study_name=os.environ[STUDY_ENV],
+                storage=open_storage(os.environ[STORAGE_ENV]),
+                sampler=optuna.samplers.RandomSampler(),  # the trial only reports; the sweeper samples
+                pruner=build_pruner(json.loads(os.environ[PRUNER_ENV])),
+            )
+            self._trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
+        return self._trial
+
+
+_CLASS = None
+
+
+def _callback_class():
+    """PruningCallback as a transformers TrainerCallback (built on first use: the sweeper
+    process imports this module and must not import transformers)."""
+    global _CLASS
+    if _CLASS is None:
+        from transformers import TrainerCallback
+
+        _CLASS = type("PruningCallback", (PruningCallback, TrainerCallback), {})
+    return _CLASS
+
+
+def _broadcast_from_rank0(flag: bool) -> bool:
+    """Rank 0's decision on every rank (no-op without torch.distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
