@@ -1,0 +1,355 @@
+"""``python -m ftrun.predict run=RUN [data=letters] [gen.max_new_tokens=64 batch_size=16 ...]``
+
+Generate answers for a data set with a fine-tuned model and score them:
+
+- the model is ``run=`` (a run directory or MLflow run id: base + adapter, as
+  trained) or ``model=PATH`` (e.g. an export);
+- prompts are rendered with the model's own chat template (the one the run
+  trained with), left-padded and generated in batches; greedy by default
+  (``gen.temperature=0``), sampling with ``gen.temperature`` / ``gen.top_p`` otherwise;
+- ``data=`` is a preset of conf/data (``data=letters``, ``data=alpaca
+  data.path=...``), a data file (all its rows are scored), or left out for the
+  run's own data; ``data.KEY=VALUE`` adjusts it; ``split=eval`` (default for a
+  preset or the run's data) scores the held-out split;
+- metrics: ``predict_exact_match`` (share of answers equal to the label after
+  trimming whitespace; a fraction in [0, 1] like the run's ``eval_exact_match``),
+  ``predict_bleu4`` (sacrebleu corpus BLEU-4, 0-100) and ``predict_rouge1/2/L``
+  (rouge-score F1, 0-100, mean over samples). Text with Chinese characters is
+  scored at character level (sacrebleu's ``zh`` tokenizer; each CJK character is
+  one ROUGE token), as the common fine-tuning tools do;
+- writes ``generated_predictions.jsonl`` (prompt, label, prediction) and
+  ``predict_results.json`` into ``out=`` (default ``<run_dir>/predict``), and
+  logs the metrics and both files to the run's MLflow run (``mlflow=false`` to skip).
+
+For sweeps and scripts: :func:`predict_objective` returns one metric, and
+:func:`generate` / :func:`score` work on a model already in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ftrun.config import ConfigError
+
+log = logging.getLogger("ftrun.predict")
+
+PREDICTIONS_FILE = "generated_predictions.jsonl"
+RESULTS_FILE = "predict_results.json"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# CJK ideographs (unified + extension A + compatibility), CJK punctuation, full-width forms
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
+_CJK_RE = re.compile(f"[{CJK}]")
+_TOKEN_RE = re.compile(f"[{CJK}]|[^\\s{CJK}]+")
+
+
+@dataclass
+class GenSettings:
+    max_new_tokens: int = 64
+    """Longest answer, in tokens."""
+    temperature: float = 0.0
+    """0 = greedy decoding; > 0 samples at this temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling (with temperature > 0)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages repeating tokens."""
+
+
+@dataclass
+class PredictArgs:
+    run: Optional[str] = None
+    """The fine-tuned run: a run directory or an MLflow run id."""
+    model: Optional[str] = None
+    """Or a model directory (an export, a base model)."""
+    data: Optional[str] = None
+    """A conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
+    split: str = "auto"
+    """eval, train or all; auto = eval for a preset / the run's data, all rows of a bare file."""
+    max_samples: Optional[int] = None
+    """Score at most this many rows."""
+    batch_size: int = 16
+    """Prompts generated together."""
+    gen: GenSettings = field(default_factory=GenSettings)
+    out: Optional[str] = None
+    """Where the predictions go (default: <run_dir>/predict, or ./predict for model=)."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    dtype: str = "auto"
+    """auto (as trained), fp32, bf16 or fp16."""
+    seed: int = 42
+    """Seed for sampling."""
+    mlflow: bool = True
+    """Log metrics and files to the run's MLflow run (when it has one)."""
+    tracking_uri: Optional[str] = None
+    """MLflow tracking URI (default: MLFLOW_TRACKING_URI / MLflow's default)."""
+
+
+# ---------------------------------------------------------------------------
+# metrics
+
+
+def has_cjk(text: str) -> bool:
+    return bool(_CJK_RE.search(text))
+
+
+class MixedTokenizer:
+    """ROUGE tokens: each CJK character alone, other text split on whitespace, lowercased.
+
+    Punctuation-only tokens are dropped, as rouge-score's default tokenizer does.
+    """
+
+    def tokenize(self, text: str) -> List[str]:
+        tokens = []
+        for t in _TOKEN_RE.findall(text.lower()):
+            if _CJK_RE.fullmatch(t):
+                if t.isalnum():  # CJK punctuation is not a token
+                    tokens.append(t)
+                continue
+            t = re.sub(r"[^0-9a-z\u00c0-\u024f]+", " ", t).split()
+            tokens += t
+        return tokens
+
+
+def score(predictions: Sequence[str], labels: Sequence[str]) -> Dict[str, float]:
+    """Exact match (fraction), corpus BLEU-4 and mean ROUGE-1/2/L F1 (0-100), Chinese by character."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        return {}
+    preds = [p.strip() for p in predictions]
+    refs = [l.strip() for l in labels]
+    chinese = any(has_cjk(t) for t in refs + preds)
+    bleu = sacrebleu.corpus_bleu(preds, [refs], tokenize="zh" if chinese else "13a")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=MixedTokenizer())
+    rouge = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for p, r in zip(preds, refs):
+        s = scorer.score(r, p)  # (target, prediction)
+        for k in rouge:
+            rouge[k] += s[k].fmeasure
+    n = len(refs)
+    return {
+        "predict_exact_match": sum(p == r for p, r in zip(preds, refs)) / n,
+        "predict_bleu4": float(bleu.score),
+        "predict_rouge1": 100 * rouge["rouge1"] / n,
+        "predict_rouge2": 100 * rouge["rouge2"] / n,
+        "predict_rougeL": 100 * rouge["rougeL"] / n,
+        "predict_samples": float(n),
+    }
+
+
+# ---------------------------------------------------------------------------
+# generation
+
+
+def stop_ids(model, tokenizer) -> List[int]:
+    """EOS of the tokenizer plus any the model's generation config names (e.g. Llama 3's <|eot_id|>)."""
+    ids = []
+    for v in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        for i in (v if isinstance(v, (list, tuple)) else [v]):
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def generation_kwargs(gen: GenSettings, model, tokenizer) -> dict:
+    kw = {"max_new_tokens": gen.max_new_tokens, "eos_token_id": stop_ids(model, tokenizer),
+          "pad_token_id": tokenizer.pad_token_id, "repetition_penalty": gen.repetition_penalty}
+    if gen.temperature > 0:
+        kw.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def generate(model, tokenizer, conversations: Sequence[List[dict]], gen: Optional[GenSettings] = None,
+             batch_size: int = 16, progress: bool = False) -> List[str]:
+    """The model's answer to each conversation (its messages up to the answer), batched and left-padded."""
+    import torch
+
+    gen = gen or GenSettings()
+    kw = generation_kwargs(gen, model, tokenizer)
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # so every prompt ends where generation starts
+    out: List[str] = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
+                     for c in conversations[start:start + batch_size]]
+            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+            with torch.no_grad():
+                ids = model.generate(**enc, **kw)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            if progress:
+                log.info("  generated %d / %d", len(out), len(conversations))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+def data_config(args: PredictArgs, data_overrides: Sequence[str], run=None):
+    """The ``data`` config to score: the run's, a conf/data preset, or a bare file; plus the split."""
+    from omegaconf import OmegaConf
+
+    split = args.split
+    if args.data is None:
+        if run is None:
+            raise ConfigError("model=PATH needs data=PRESET_OR_FILE (the run's own data is only known with run=)")
+        cfg = OmegaConf.merge(run.cfg.data, OmegaConf.from_dotlist(list(data_overrides)))
+        return cfg, ("eval" if split == "auto" else split)
+    if (CONF_DIR / "data" / f"{args.data}.yaml").is_file():
+        return _compose_data([f"data={args.data}", *_prefixed(data_overrides)]), ("eval" if split == "auto" else split)
+    p = Path(args.data).expanduser()
+    if p.exists():
+        presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
+        cfg = _compose_data(["data=alpaca", f"data.name={p.stem}", f"data.path={p.resolve()}", "data.val_size=0",
+                             *_prefixed(data_overrides)])
+        log.info("data=%s: a file; scoring %s (presets: %s)", p, "all rows" if split == "auto" else split, presets)
+        return cfg, ("all" if split == "auto" else split)
+    presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
+    raise ConfigError(f"data={args.data}: neither a preset ({presets}) nor an existing file")
+
+
+def _prefixed(overrides: Sequence[str]) -> List[str]:
+    return [f"data.{o}" for o in overrides]
+
+
+def _compose_data(overrides: List[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ftrun.config import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides).data
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"data: {str(e).splitlines()[0]}") from None
+
+
+def conversations(data_cfg, split: str):
+    """[(messages before the answer, the answer)] of the split."""
+    from ftrun.runs import row_messages, run_rows
+
+    if split not in ("eval", "train", "all"):
+        raise ConfigError(f"split={split}: choose eval, train, all or auto")
+    train, evals = run_rows(data_cfg)
+    if split == "eval" and not evals:
+        raise ConfigError(f"split=eval: data={data_cfg.name} has no eval split (set data.val_size or "
+                          "data.num_eval, or use split=train / split=all)")
+    rows = {"eval": evals, "train": train, "all": train + evals}[split]
+    out = []
+    for row in rows:
+        msgs = row_messages(row)
+        if not msgs or msgs[-1]["role"] != "assistant":
+            continue
+        out.append((msgs[:-1], msgs[-1]["content"]))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+
+def predict(args: PredictArgs, data_overrides: Sequence[str] = ()) -> Dict[str, float]:
+    """Generate, score, write the files and log to MLflow; returns the metrics."""
+    from transformers import set_seed
+
+    from ftrun import runs
+
+    runs.quiet()
+    set_seed(args.seed)
+    loaded = runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
+                       tracking_uri=args.tracking_uri)
+    run = loaded.run
+    data_cfg, split = data_config(args, data_overrides, run)
+    pairs = conversations(data_cfg, split)
+    if args.max_samples is not None:
+        pairs = pairs[:args.max_samples]
+    if not pairs:
+        raise ConfigError(f"data={data_cfg.name} split={split}: no rows to score")
+    log.info("Predicting %d %s rows of data '%s' with %s (%s)", len(pairs), split, data_cfg.name, loaded.source,
+             "greedy" if args.gen.temperature <= 0 else f"temperature {args.gen.temperature}, top_p {args.gen.top_p}")
+    preds = generate(loaded.model, loaded.tokenizer, [p for p, _ in pairs], args.gen, args.batch_size,
+                     progress=len(pairs) > 4 * args.batch_size)
+    labels = [a for _, a in pairs]
+    metrics = score(preds, labels)
+
+    out = Path(args.out).expanduser() if args.out else (run.run_dir / "predict" if run else Path("predict"))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
+        for (msgs, label), pred in zip(pairs, preds):
+            f.write(json.dumps({"prompt": msgs[-1]["content"] if msgs else "", "label": label, "prediction": pred,
+                                **({"history": msgs[:-1]} if len(msgs) > 1 else {})}, ensure_ascii=False) + "\n")
+    results = {**metrics, "data": str(data_cfg.name), "split": split, "source": loaded.source,
+               "generation": {k: getattr(args.gen, k) for k in ("max_new_tokens", "temperature", "top_p",
+                                                              "repetition_penalty")}}
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    log.info("Predictions: %s", out / PREDICTIONS_FILE)
+    log.info("Metrics: %s", "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if args.mlflow and run is not None and run.mlflow_run_id:
+        _log_to_mlflow(run, metrics, out, args.tracking_uri)
+    return metrics
+
+
+def predict_objective(run: str, metric: str = "predict_exact_match", data: Optional[str] = None,
+                      max_samples: Optional[int] = None, **gen) -> float:
+    """One metric of :func:`predict` for a sweep objective, e.g. predict_objective(run_dir, "predict_rougeL")."""
+    args = PredictArgs(run=run, data=data, max_samples=max_samples, gen=GenSettings(**gen))
+    value = predict(args)[metric]
+    return float(value) if math.isfinite(value) else float("nan")
+
+
+def _log_to_mlflow(run, metrics: Dict[str, float], out: Path, tracking_uri: Optional[str]) -> None:
+    import mlflow
+
+    uri = tracking_uri or (run.cfg.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run.mlflow_run_id):
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(out / PREDICTIONS_FILE), artifact_path="predict")
+        mlflow.log_artifact(str(out / RESULTS_FILE), artifact_path="predict")
+    log.info("MLflow: logged predict metrics and files under run %s", run.mlflow_run_id)
+
+
+def split_data_overrides(argv: Sequence[str]):
+    """``data.KEY=VALUE`` arguments go onto the data config; the rest are predict's own."""
+    own, data = [], []
+    for a in argv:
+        (data if a.startswith("data.") else own).append(a[len("data."):] if a.startswith("data.") else a)
+    return own, data
+
+
+def main(argv=None) -> None:
+    from ftrun import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, data_overrides = split_data_overrides(argv)
+    args = cli.parse(PredictArgs, own, __doc__, positional="run")
+    metrics = predict(args, data_overrides)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    from ftrun.cli import main_guard
+
+    sys.exit(main_guard(main))
