@@ -192,6 +192,8 @@ def from_override(text: str, override) -> BaseDistribution:
             if not isinstance(c, (str, int, float, bool, type(None))):
                 raise SearchSpaceError(f"{text}: choices must be str, int, float, bool or null, not {c!r}")
         choices = [_parse_scalar(c) if isinstance(c, str) else c for c in choices]
+        if getattr(value, "shuffle", False) and all(isinstance(c, (int, float)) for c in choices):
+            choices = sorted(choices)  # the order of a shuffle means nothing to a sampler; keep it stable
         return CategoricalDistribution(choices)
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step

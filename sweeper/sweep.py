@@ -184,8 +184,9 @@ class Sweep:
         sampler_spec = self.conf.get("sampler", "tpe")
         seed = self.conf.get("seed")
         if self.grid:
-            sampler = (build_sampler(sampler_spec, seed=seed, grid=self.space.grid()) if not self.space.conditions
-                       else optuna.samplers.RandomSampler(seed=seed))
+            # every grid point is enqueued (see enqueue_grid); optuna's GridSampler itself cannot serve
+            # ask-and-tell (it calls study.stop()), partial enqueues or conditional parameters
+            sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
             sampler = build_sampler(sampler_spec, seed=seed)
         pruner = build_pruner(self.pruner_spec)
@@ -427,8 +428,7 @@ class Sweep:
             if params:
                 self.study.enqueue_trial(params, skip_if_exists=True)
         if self.grid:
-            for point in self.space.grid_points():
-                self.study.enqueue_trial(point, skip_if_exists=True)
+            enqueue_grid(self.study, self.space)
 
     def _active(self, point: Dict[str, Any], where: str) -> Dict[str, Any]:
         unknown = [k for k in point if k not in self.space.distributions]
@@ -496,6 +496,15 @@ class Sweep:
             if not _select(self.job_cfg, "tracking.uri"):
                 env["MLFLOW_TRACKING_URI"] = self.parent.uri
         return env
+
+
+def enqueue_grid(study, space: SearchSpace) -> int:
+    """``sampler: grid``: enqueue every point of the grid (upper bounds of ranges included,
+    conditional parameters only where active) that the study has not seen; returns the grid size."""
+    points = space.grid_points()
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    return len(points)
 
 
 # ---------------------------------------------------------------------------

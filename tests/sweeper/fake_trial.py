@@ -1,0 +1,62 @@
+"""A stand-in for ``python -m ftrun`` in sweeper tests: same arguments, no training.
+
+Reads ``key=value`` overrides, sleeps, and writes ``result.json`` into
+``hydra.run.dir`` the way :func:`ftrun.train.run` does. Behaviour comes from the
+sampled values and the environment:
+
+- objective ``eval_loss = (log10(lr) + 3)^2 + 0.01 * rank``: best near lr=1e-3
+- ``batch_size=0``: exits 2 with ftrun's ConfigError message
+- ``batch_size > FAKE_OOM_ABOVE``: exits 1 with a CUDA out-of-memory traceback
+- ``FAKE_SLEEP`` seconds (``epochs`` multiplies it) before finishing; with
+  ``FAKE_CHECKPOINT=1`` a checkpoint is written halfway and ``resume=auto`` resumes from it
+- records its environment (devices, threads), pid and start/end times
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+start = time.time()
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
+run_dir = Path(args["hydra.run.dir"])
+run_dir.mkdir(parents=True, exist_ok=True)
+lr = float(args.get("lr", 1e-3))
+rank = int(args.get("rank", 16))
+batch = int(args.get("batch_size", 8))
+epochs = float(args.get("epochs", 1))
+
+if batch == 0:
+    print("[2026-01-01 00:00:00,000][ftrun][ERROR] - invalid configuration:\n  batch_size=0: batch_size must be >= 1")
+    sys.exit(2)
+if batch > int(os.environ.get("FAKE_OOM_ABOVE", "1000000")):
+    print("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+          "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    sys.exit(1)
+
+sleep = float(os.environ.get("FAKE_SLEEP", "0")) * epochs
+resumed = None
+ckpt = run_dir / "checkpoint-5"
+if args.get("resume") == "auto" and (ckpt / "trainer_state.json").is_file():
+    resumed = str(ckpt)
+    time.sleep(sleep / 2)
+else:
+    time.sleep(sleep / 2)
+    if os.environ.get("FAKE_CHECKPOINT"):
+        ckpt.mkdir(exist_ok=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+    time.sleep(sleep / 2)
+
+loss = (math.log10(lr) + 3) ** 2 + 0.01 * rank
+result = {
+    "objective": loss, "eval_loss": loss, "peak_memory_mb": 100.0 * batch, "train_time_s": sleep,
+    "pruned": False, "resumed_from": resumed, "pid": os.getpid(), "start": start, "end": time.time(),
+    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
+    "batch_size": batch, "grad_accum": int(args.get("grad_accum", 1)),
+    "trial": os.environ.get("FTRUN_OPTUNA_TRIAL"), "parent": os.environ.get("FTRUN_MLFLOW_PARENT_RUN_ID"),
+}
+tmp = run_dir / "result.json.tmp"
+tmp.write_text(json.dumps(result))
+tmp.replace(run_dir / "result.json")
