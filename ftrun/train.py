@@ -29,6 +29,7 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _write_resolved_config(cfg, run_dir)
     log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
     _quiet_libraries()
     validate_device(cfg)
@@ -246,6 +247,15 @@ def _checkpoint_to_resume(cfg, run_dir: Path) -> Optional[Path]:
     if Path(cfg.resume).name.startswith("checkpoint-"):
         return Path(cfg.resume)
     return last_checkpoint(run_dir)
+
+
+def _write_resolved_config(cfg, run_dir: Path) -> None:
+    """config_resolved.yaml, also with tracking off: export, predict and chat read the base model from it."""
+    from omegaconf import OmegaConf
+
+    from ftrun.config import to_container
+
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(to_container(cfg)))
 
 
 def _objective(cfg, metrics: dict, summary: dict) -> float:
