@@ -22,7 +22,16 @@ from ftrun.config import ConfigError
 
 
 def field_docs(cls) -> dict:
-    """``{field: docstring}`` from the string literal under each dataclass field."""
+    """``{field: docstring}`` from the string literal under each dataclass field (base classes first)."""
+    docs = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(cls) -> dict:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
@@ -83,6 +92,7 @@ def main_guard(fn, argv=None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel hint is not ours to show
     try:
         fn(argv)
     except ConfigError as e:

@@ -178,6 +178,7 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
                           "prompts": len(prompts)} if s.check else None,
                 "notes": notes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        _normal_permissions(tmp)
         _move_into_place(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -268,6 +269,15 @@ def shard_report(d: Path) -> List[dict]:
 def _dtype_bytes(name: str) -> int:
     return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1,
             "F8_E4M3": 1, "F8_E5M2": 1}.get(name, 4)
+
+
+def _normal_permissions(d: Path) -> None:
+    """mkdtemp makes a 0700 directory; give the export the permissions a plain mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(d, 0o777 & ~umask)
+    for f in d.rglob("*"):
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def _move_into_place(tmp: Path, dest: Path) -> None:
