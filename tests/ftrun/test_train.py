@@ -126,3 +126,14 @@ def test_a_run_dir_with_checkpoints_is_not_overwritten(tiny_dir, tmp_path):
     cfg = compose_cfg(["tracking.enabled=false"], fast=True)
     with pytest.raises(ConfigError, match="resume=auto"):
         run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["precision=bf16", "precision=pure_bf16", "train.gradient_checkpointing=true", "train.neftune_noise_alpha=5",
+     "scheduler.warmup_ratio=0 scheduler.warmup_steps=2", "grad_accum=2"],
+)
+def test_training_options_run(option, tiny_dir, tmp_path):
+    cfg = compose_cfg([*option.split(), "max_steps=2", "train.eval_steps=0", "tracking.enabled=false"], fast=True)
+    loss = run(cfg, tmp_path)
+    assert loss == loss and loss > 0  # finite, not NaN
