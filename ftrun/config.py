@@ -240,6 +240,50 @@ class TrackingConfig:
 
 
 @dataclass
+class PPOSettings:
+    """stage=ppo: on-policy RL against a reward model (TRL's GRPOTrainer, PPO's clipped objective)."""
+
+    num_generations: int = 4
+    """Completions sampled per prompt; each is scored against the others of its prompt."""
+    max_new_tokens: int = 16
+    """Longest sampled completion, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    epsilon: float = 0.2
+    """Clipping range of the policy ratio, as in PPO."""
+    num_iterations: int = 1
+    """Optimizer passes over each batch of rollouts (PPO epochs)."""
+    loss_type: str = "dapo"
+    """TRL's GRPO loss aggregation: grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo or vespo."""
+    scale_rewards: str = "group"
+    """Normalize advantages by the reward std of the group, the batch, or none."""
+
+
+@dataclass
+class StageConfig:
+    """Which training stage runs: pt, sft, rm, dpo, kto or ppo (see ftrun/stages/)."""
+
+    name: str = "sft"
+    """pt (continued pre-training), sft, rm (reward model), dpo, kto or ppo."""
+    objective: str = "eval_loss"
+    """The metric this stage returns to a sweep unless `objective=` says otherwise."""
+    beta: float = 0.1
+    """dpo/kto: strength of the pull towards the reference model; ppo: weight of the KL penalty."""
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    """dpo: TRL's loss types (sigmoid, ipo, hinge, robust, ...), several are summed."""
+    label_smoothing: float = 0.0
+    """dpo: assumed share of flipped preference labels (robust, exo_pair losses)."""
+    policy_run: Optional[str] = None
+    """dpo/kto/ppo/rm: start from this run's model (a run directory or MLflow run id), e.g. an sft run."""
+    reward_run: Optional[str] = None
+    """ppo: the rm run that scores completions (a run directory or MLflow run id)."""
+    text_column: str = "text"
+    """pt: the column of a JSON/JSONL file that holds the raw text."""
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    """ppo: rollout and clipping settings."""
+
+
+@dataclass
 class Config:
     """One fine-tuning run. Short top-level keys are the ones people sweep."""
 
@@ -250,9 +294,7 @@ class Config:
     scheduler: SchedulerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    stage: str = "sft"
-    """Training stage; this release trains sft."""
+    stage: StageConfig = field(default_factory=StageConfig)
     lr: float = 1e-3
     """Peak learning rate (read by optimizer.lr)."""
     epochs: float = 3.0
@@ -274,7 +316,7 @@ class Config:
     precision: str = "fp32"
     """fp32, fp16 (CUDA), bf16 (mixed) or pure_bf16 (bf16 weights, no fp32 master copy)."""
     objective: str = "eval_loss"
-    """Metric the run returns to a sweep: eval_loss, eval_perplexity or eval_exact_match."""
+    """Metric the run returns to a sweep (default: the stage's, e.g. eval_loss for sft)."""
     resume: str = "never"
     """never, auto (newest checkpoint of the newest run with this name) or a run/checkpoint path."""
     name: str = "${ftrun_run_name:}"
@@ -290,7 +332,29 @@ OBJECTIVE_DIRECTIONS = {
     "eval_loss": "minimize",
     "eval_perplexity": "minimize",
     "eval_exact_match": "maximize",
+    # rm: pairwise accuracy and margin of the reward model on the eval pairs
+    "eval_accuracy": "maximize",
+    "eval_margin": "maximize",
+    # dpo and kto: implicit rewards beta * log(pi / pi_ref) on the eval pairs
+    "eval_rewards/accuracies": "maximize",
+    "eval_rewards/margins": "maximize",
+    # ppo: the reward model's score of the policy's completions (mean over the last logged steps)
+    "reward_mean": "maximize",
 }
+
+# the objectives each stage can return (the first is its default, set in conf/stage/<name>.yaml)
+STAGE_OBJECTIVES = {
+    "pt": ("eval_loss", "eval_perplexity"),
+    "sft": ("eval_loss", "eval_perplexity", "eval_exact_match"),
+    "rm": ("eval_accuracy", "eval_margin", "eval_loss"),
+    "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss"),
+    "kto": ("eval_rewards/margins", "eval_loss"),
+    "ppo": ("reward_mean",),
+}
+# what TRL 1.16's DPOTrainer accepts as loss_type
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+PPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 METHODS = ("full", "freeze", "lora", "qlora")
 OPTIMIZERS = {  # ours -> transformers' `optim`
@@ -325,6 +389,8 @@ def format_lr(lr: float) -> str:
 def _run_name(*, _root_: DictConfig) -> str:
     method = _root_.method.name
     parts = [method, _root_.data.name, f"lr{format_lr(float(_root_.lr))}"]
+    if _root_.stage.name != "sft":
+        parts.insert(0, _root_.stage.name)
     if method in ("lora", "qlora"):
         parts.append(f"r{_root_.rank}")
     return "-".join(str(p) for p in parts)
@@ -412,7 +478,7 @@ def validate(cfg: DictConfig) -> None:
     check(c.precision in PRECISIONS, "precision", c.precision, f"choose one of {', '.join(PRECISIONS)}")
     check(c.objective in OBJECTIVE_DIRECTIONS, "objective", c.objective,
           f"choose one of {', '.join(OBJECTIVE_DIRECTIONS)}")
-    check(c.stage == "sft", "stage", c.stage, "this release trains stage=sft only")
+    _check_stage(c, check)
 
     m = c.method
     check(m.name in METHODS, "method.name", m.name, f"choose one of {', '.join(METHODS)}")
@@ -447,7 +513,7 @@ def validate(cfg: DictConfig) -> None:
     check(s.warmup_steps >= 0, "scheduler.warmup_steps", s.warmup_steps, "must be >= 0")
     check(0 <= s.warmup_ratio < 1, "scheduler.warmup_ratio", s.warmup_ratio, "must be in [0, 1)")
     check(not (s.warmup_steps > 0 and s.warmup_ratio > 0), "scheduler.warmup_ratio", s.warmup_ratio,
-          "set warmup_steps or warmup_ratio, not both")
+          "set warmup_steps or warmup_ratio, not both (add scheduler.warmup_ratio=0 to count warm-up in steps)")
 
     d = c.data
     check(d.cutoff_len >= 8, "cutoff_len", d.cutoff_len, "cutoff_len must be >= 8")
@@ -504,6 +570,49 @@ def validate(cfg: DictConfig) -> None:
 
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _check_stage(c: DictConfig, check) -> None:
+    st = c.stage
+    if st.name not in STAGE_OBJECTIVES:
+        check(False, "stage", st.name, f"choose one of {', '.join(STAGE_OBJECTIVES)}")
+        return
+    check(st.name == "sft" or c.method.loraplus_lr_ratio is None, "method.loraplus_lr_ratio",
+          c.method.loraplus_lr_ratio, f"LoRA+ is built for stage=sft only; set it to null for stage={st.name}")
+    allowed = STAGE_OBJECTIVES[st.name]
+    check(c.objective not in OBJECTIVE_DIRECTIONS or c.objective in allowed, "objective", c.objective,
+          f"stage={st.name} reports {', '.join(allowed)}")
+    if st.name in ("dpo", "kto", "ppo"):
+        check(st.beta >= 0 and math.isfinite(st.beta), "stage.beta", st.beta, "must be >= 0 (0.1 is common)")
+    if st.name == "dpo":
+        bad = [t for t in st.loss_type if t not in DPO_LOSSES]
+        check(len(st.loss_type) > 0 and not bad, "stage.loss_type", list(st.loss_type),
+              f"choose from {', '.join(DPO_LOSSES)}")
+        check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
+    if st.name == "ppo":
+        check(st.reward_run is not None, "stage.reward_run", None,
+              "give the rm run that scores completions (its run directory or MLflow run id)")
+        p = st.ppo
+        check(p.num_generations >= 2, "stage.ppo.num_generations", p.num_generations,
+              "must be >= 2: each completion is compared with the others of its prompt")
+        check(c.batch_size % max(p.num_generations, 1) == 0, "batch_size", c.batch_size,
+              f"must be a multiple of stage.ppo.num_generations={p.num_generations}")
+        check(p.max_new_tokens >= 1, "stage.ppo.max_new_tokens", p.max_new_tokens, "must be >= 1")
+        check(p.temperature > 0, "stage.ppo.temperature", p.temperature, "must be > 0")
+        check(p.epsilon > 0, "stage.ppo.epsilon", p.epsilon, "must be > 0 (0.2 is PPO's default)")
+        check(p.num_iterations >= 1, "stage.ppo.num_iterations", p.num_iterations, "must be >= 1")
+        check(p.loss_type in PPO_LOSSES, "stage.ppo.loss_type", p.loss_type, f"choose one of {', '.join(PPO_LOSSES)}")
+        check(p.scale_rewards in ("group", "batch", "none"), "stage.ppo.scale_rewards", p.scale_rewards,
+              "choose group, batch or none")
+    for key in ("policy_run", "reward_run"):
+        ref = st[key]
+        if ref is not None and _looks_local(ref) and not _looks_like_run_id(ref):
+            check(Path(ref).expanduser().is_dir(), f"stage.{key}", ref,
+                  "no such run directory; give a run directory under outputs/ or an MLflow run id")
+
+
+def _looks_like_run_id(ref: str) -> bool:
+    return len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref)
 
 
 def validate_device(cfg: DictConfig) -> None:

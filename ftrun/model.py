@@ -50,13 +50,18 @@ def torch_dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
-def load_model(cfg):
-    """The base causal LM, quantized for qlora, in the dtype that precision asks for."""
+def load_model(cfg, auto_class=None, **extra):
+    """The base causal LM, quantized for qlora, in the dtype that precision asks for.
+
+    ``auto_class`` loads another head instead (the rm stage passes
+    ``AutoModelForSequenceClassification`` and ``num_labels=1`` in ``extra``).
+    """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     m, method = cfg.model, cfg.method
-    kwargs = {"trust_remote_code": m.trust_remote_code, "attn_implementation": m.attn_implementation}
+    auto_class = auto_class or AutoModelForCausalLM
+    kwargs = {"trust_remote_code": m.trust_remote_code, "attn_implementation": m.attn_implementation, **extra}
     if cfg.precision == "pure_bf16":
         kwargs["dtype"] = torch.bfloat16
     elif m.dtype != "auto":
@@ -75,7 +80,7 @@ def load_model(cfg):
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     path = model_path(m)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = auto_class.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ConfigError(f"model.path={m.path}: cannot load a model from it ({e})") from None
     if cfg.train.gradient_checkpointing:
@@ -84,7 +89,7 @@ def load_model(cfg):
     return model
 
 
-def apply_method(model, cfg):
+def apply_method(model, cfg, task_type: str = "CAUSAL_LM"):
     """Make only what the method trains trainable; wrap with LoRA adapters for lora/qlora."""
     method = cfg.method
     if method.name == "full":
@@ -93,27 +98,42 @@ def apply_method(model, cfg):
         return model
     if method.name == "freeze":
         return _freeze(model, method)
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    if method.name == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+    model = prepare_quantized(model, cfg)
+    try:
+        return get_peft_model(model, lora_config(cfg, task_type))
+    except ValueError as e:
+        raise ConfigError(f"method.target_modules={list(method.target_modules)}: {e}") from None
+
+
+def prepare_quantized(model, cfg):
+    """qlora: ready the quantized base for training (fp32 norms, input grads); others unchanged."""
+    if cfg.method.name != "qlora":
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def lora_config(cfg, task_type: str = "CAUSAL_LM"):
+    """peft's LoraConfig for the method group (SEQ_CLS also trains the reward head)."""
+    from peft import LoraConfig
+
+    method = cfg.method
     targets = list(method.target_modules)
-    lora = LoraConfig(
+    return LoraConfig(
         r=method.rank,
         lora_alpha=method.alpha,
         lora_dropout=method.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as e:
-        raise ConfigError(f"method.target_modules={targets}: {e}") from None
 
 
 def _freeze(model, method):

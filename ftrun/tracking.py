@@ -115,7 +115,7 @@ def _tags(cfg, run_dir: Path, overrides: Optional[list]) -> Dict[str, str]:
     tags = {
         "method": cfg.method.name,
         "model": cfg.model.name,
-        "stage": cfg.stage,
+        "stage": cfg.stage.name,
         "data": cfg.data.name,
         "run_dir": str(Path(run_dir).resolve()),
         "overrides": " ".join(overrides or []),

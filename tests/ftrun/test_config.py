@@ -19,7 +19,8 @@ PRESETS = sorted(
     for p in CONF_DIR.rglob("*.yaml")
     if p.parent != CONF_DIR
 )
-NEEDS = {("data", "alpaca"): [f"data.path={ALPACA}"]}
+NEEDS = {("data", "alpaca"): [f"data.path={ALPACA}"],
+         ("stage", "ppo"): [f"stage.reward_run={ROOT}"]}  # any existing directory validates
 
 
 def test_presets_found():

@@ -1,0 +1,101 @@
+"""stage=ppo: RL from a reward model, on TRL's GRPOTrainer.
+
+TRL 1.16 no longer has a PPOTrainer; GRPOTrainer is its successor there. It
+keeps PPO's clipped-ratio policy loss (``stage.ppo.epsilon``, several passes per
+batch with ``stage.ppo.num_iterations``) and a KL penalty to the reference
+(``stage.beta``), and replaces PPO's value network with the other completions of
+the same prompt as the baseline (``stage.ppo.num_generations`` per prompt).
+
+seed -> prompts -> policy from ``stage.policy_run`` (+ LoRA config) -> reward model
+from ``stage.reward_run`` -> GRPOTrainer (sample, score, update) -> report.
+With lora/qlora the reference is the policy with its adapter disabled.
+Logs reward (mean score of the sampled completions), kl and policy_loss each
+logging step; returns ``reward_mean``, the mean reward over the last quarter of
+the logged steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg, run_dir: Path, overrides=None) -> float:
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ftrun.model import load_tokenizer
+    from ftrun.stages.common import (load_policy, load_reward_model, log_trainable, stage_callbacks,
+                                     start_from_run, train_and_report)
+    from ftrun.stages.data import load_prompts
+    from ftrun.tracking import make_tracker
+    from ftrun.train import training_arguments
+
+    set_seed(cfg.seed)
+    log.info("Reading prompts '%s'", cfg.data.name)
+    train_prompts, _ = load_prompts(cfg.data)  # bad data fails here, before any model loads
+    log.info("Data: %d train prompts", len(train_prompts))
+    cfg = start_from_run(cfg, run_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    tokenizer.padding_side = "left"  # generation continues at the right end of each prompt
+
+    log.info("Loading reward model from %s", cfg.stage.reward_run)
+    reward_model, reward_tokenizer = load_reward_model(cfg.stage.reward_run)
+    log.info("Loading policy '%s' (method %s)", cfg.model.name, cfg.method.name)
+    model, peft_config = load_policy(cfg)
+    st, p = cfg.stage, cfg.stage.ppo
+    args = training_arguments(
+        cfg, run_dir, has_eval=False, cls=GRPOConfig,
+        beta=st.beta, num_generations=p.num_generations, max_completion_length=p.max_new_tokens,
+        temperature=p.temperature, epsilon=p.epsilon, num_iterations=p.num_iterations,
+        loss_type=p.loss_type, scale_rewards=p.scale_rewards,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+    )
+    tracker = make_tracker(cfg, run_dir, overrides)
+    log.info("Building GRPOTrainer (beta=%g, %d completions per prompt, clip %.2f)",
+             st.beta, p.num_generations, p.epsilon)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward_model],
+        args=args,
+        train_dataset=Dataset.from_list(train_prompts),
+        processing_class=tokenizer,
+        reward_processing_classes=[reward_tokenizer],
+        peft_config=peft_config,
+        callbacks=[PolicyLoss(st.beta), *stage_callbacks(tracker)],
+    )
+    log_trainable(tracker, trainer.model, {"data_train_samples": len(train_prompts)})
+    return train_and_report(cfg, trainer, tokenizer, tracker, run_dir, extra_metrics=reward_summary)
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class PolicyLoss(_callback_base()):
+    """Adds ``policy_loss`` (the clipped surrogate alone: loss - beta x kl) to each train log.
+
+    TRL logs it only when an entropy bonus is on; both terms are averaged over
+    the same completion tokens, so the difference is the policy part of the loss.
+    """
+
+    def __init__(self, beta: float):
+        self.beta = beta
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and "policy_loss" not in logs:
+            logs["policy_loss"] = logs["loss"] - self.beta * logs.get("kl", 0.0)
+
+
+def reward_summary(history) -> dict:
+    """reward_mean: mean reward over the last quarter of the logged steps; reward_start: the first."""
+    rewards = [h["reward"] for h in history if "reward" in h]
+    if not rewards:
+        return {}
+    tail = rewards[-max(1, len(rewards) // 4):]
+    return {"reward_mean": sum(tail) / len(tail), "reward_start": rewards[0]}
