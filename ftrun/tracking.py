@@ -159,7 +159,12 @@ class MlflowCallback(_callback_base()):
         metrics = {}
         if "loss" in logs:
             metrics = {new: logs[old] for old, new in self.RENAME.items() if old in logs}
+            # MLflow gets only finite values; keep a marker so analysis can still see a divergence
+            if any(isinstance(logs.get(k), float) and not math.isfinite(logs[k]) for k in ("loss", "grad_norm")):
+                metrics["nonfinite_loss"] = 1.0
             now, seen = time.perf_counter(), state.num_input_tokens_seen
+            if seen:
+                metrics["tokens_seen"] = seen
             if self._last is not None and now > self._last[0] and seen > self._last[1]:
                 metrics["tokens_per_second"] = (seen - self._last[1]) / (now - self._last[0])
             self._last = (now, seen)
