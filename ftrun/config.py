@@ -398,8 +398,6 @@ def _run_name(*, _root_: DictConfig) -> str:
 
 def _run_dir(root: str, name: str, resume: str) -> str:
     """Run directory: ``<root>/<name>/<timestamp>``, or the run being resumed."""
-    from datetime import datetime
-
     if resume == "auto":
         found = find_resumable_run(Path(root) / name)
         if found is not None:
@@ -407,7 +405,23 @@ def _run_dir(root: str, name: str, resume: str) -> str:
     elif resume not in ("never", "", None):
         path = Path(resume)
         return str(path.parent if path.name.startswith("checkpoint-") else path)
-    return str(Path(root) / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    return str(Path(root) / name / _start_time().strftime("%Y-%m-%d_%H-%M-%S"))
+
+
+def _start_time():
+    """Now; under torchrun/accelerate, the launcher's start, so that every rank picks the same run dir."""
+    from datetime import datetime
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import psutil
+
+        return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
+    return datetime.now()
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def find_resumable_run(name_dir: Path) -> Optional[Path]:

@@ -103,7 +103,12 @@ class MlflowTracker(NullTracker):
 
 
 def make_tracker(cfg, run_dir: Path, overrides: Optional[list] = None):
-    return MlflowTracker(cfg, run_dir, overrides) if cfg.tracking.enabled else NullTracker()
+    """The MLflow tracker, or a do-nothing one when tracking is off or on a non-zero rank."""
+    from ftrun.config import is_main_process
+
+    if cfg.tracking.enabled and is_main_process():
+        return MlflowTracker(cfg, run_dir, overrides)
+    return NullTracker()
 
 
 def _param(value) -> str:

@@ -99,13 +99,14 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
             mark_pruned(tracker, pruning.pruned_at_step)
 
         model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-        plot_loss(trainer.state.log_history, run_dir / "loss.png", title=cfg.name)
-        tracker.log_metrics({**summary, "objective": objective}, step=trainer.state.global_step)
-        tracker.log_artifacts(run_dir, model_dir)
-        _write_result(run_dir, cfg, objective, metrics, {**summary, "pruned": pruned})
+        trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(model_dir))
+            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+            plot_loss(trainer.state.log_history, run_dir / "loss.png", title=cfg.name)
+            tracker.log_metrics({**summary, "objective": objective}, step=trainer.state.global_step)
+            tracker.log_artifacts(run_dir, model_dir)
+            _write_result(run_dir, cfg, objective, metrics, {**summary, "pruned": pruned})
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
         status = "FINISHED"
