@@ -712,7 +712,8 @@ def _is_oom(text: str) -> bool:
 
 def _error_reason(text: str, rc: Optional[int]) -> str:
     """The last exception line, or ftrun's own ERROR message, from a trial's log."""
-    lines = [l.rstrip() for l in text.splitlines()]
+    noise = ("Set the environment variable HYDRA_FULL_ERROR", "Error executing job with overrides")
+    lines = [l.rstrip() for l in text.splitlines() if not l.startswith(noise)]
     if rc is not None and rc < 0:
         return f"killed by signal {-rc}"
     for i in range(len(lines) - 1, -1, -1):
