@@ -304,7 +304,10 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*kernels.*")
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs a warning when it
+    # cannot; its own fallback kernel is what runs here, so the warning is noise
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
