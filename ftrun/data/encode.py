@@ -82,7 +82,8 @@ def column(ds, name: str) -> list:
     return ds.with_format("arrow")[name].to_pylist()
 
 
-def tokenize_segments(segments, tokenizer, template: Template, train_on_prompt: bool = False):
+def tokenize_segments(segments, tokenizer, template: Template, train_on_prompt: bool = False,
+                      mask_history: bool = False):
     """(input_ids, labels, start of the last trained segment, assistant tokens) of one conversation."""
     texts = [t for t, _ in segments]
     pieces = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -90,13 +91,19 @@ def tokenize_segments(segments, tokenizer, template: Template, train_on_prompt: 
     labels: List[int] = []
     last_answer = n_answer = 0
     stop = template.stop_token_id
-    for (_, trained), piece in zip(segments, pieces):
+    n_answers = sum(1 for _, is_answer in segments if is_answer)
+    seen = 0
+    for (_, is_answer), piece in zip(segments, pieces):
         piece = list(piece)
-        if trained:
+        trained = is_answer
+        if is_answer:
+            seen += 1
             if stop is not None and (not piece or piece[-1] != stop):
                 piece.append(stop)
-            last_answer = len(ids)
-            n_answer += len(piece)
+            trained = not mask_history or seen == n_answers
+            if trained:
+                last_answer = len(ids)
+                n_answer += len(piece)
         ids += piece
         labels += piece if (trained or train_on_prompt) else [IGNORE_INDEX] * len(piece)
     return ids, labels, last_answer, n_answer
@@ -119,7 +126,8 @@ def encode_messages(messages, tokenizer, template: Template, cutoff_len: Optiona
                     train_on_prompt: bool = False, mask_history: bool = False):
     """One conversation -> (features, info) where info has prompt/response lengths and truncation."""
     segments = template.segments(messages, mask_history=mask_history)
-    ids, labels, last_answer, n_response = tokenize_segments(segments, tokenizer, template, train_on_prompt)
+    ids, labels, last_answer, n_response = tokenize_segments(segments, tokenizer, template, train_on_prompt,
+                                                             mask_history)
     info = {"prompt_len": last_answer, "response_len": n_response, "total_len": len(ids), "dropped": 0}
     if cutoff_len is not None:
         ids, labels, info["dropped"] = truncate(ids, labels, last_answer, cutoff_len)

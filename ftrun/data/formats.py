@@ -155,6 +155,8 @@ def load_file(path: Path):
             return datasets.Dataset.from_file(str(path))
         if path.stat().st_size == 0:
             raise ConfigError(f"data.path={path}: the file is empty")
+        if path.suffix.lower() == ".json":
+            _refuse_json_object(path)
         return datasets.load_dataset(kind, data_files=str(path), split="train")
     except ConfigError:
         raise
@@ -166,6 +168,20 @@ def load_file(path: Path):
                           f"{str(cause).splitlines()[0] if str(cause) else ''})") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+
+
+def _refuse_json_object(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"{"):
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return  # JSON lines in a .json file: datasets reads those
+    if isinstance(data, dict):
+        raise ConfigError(f"data.path={path}: expected a JSON list of records (or a .jsonl file), "
+                          f"got an object with keys {', '.join(list(data)[:8])}")
 
 
 def diagnose_json(path: Path) -> None:

@@ -253,11 +253,11 @@ def guess_builtin(tokenizer) -> str:
     """The built-in template that fits a tokenizer without a chat template."""
     vocab = tokenizer.get_vocab()
     name = (getattr(tokenizer, "name_or_path", "") or "").lower()
+    for spec in BUILTINS.values():
+        if spec.vocab_marker and spec.vocab_marker in vocab and spec.name != "chatml":
+            return spec.name
     if "<|im_start|>" in vocab:
         return "qwen" if "qwen" in name else "chatml"
-    for spec in BUILTINS.values():
-        if spec.vocab_marker and spec.vocab_marker in vocab:
-            return spec.name
     if "mistral" in name or "mixtral" in name:
         return "mistral"
     return "default"
