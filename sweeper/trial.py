@@ -72,12 +72,15 @@ class PruningCallback:
         prune = False
         if state.is_world_process_zero:
             value = self._value(metrics or {})
-            if value is not None:
-                trial = self._get_trial()
-                trial.report(value, step=state.global_step)
-                prune = trial.should_prune()
-                log.info("Optuna trial %d: %s=%.4f at step %d%s", trial.number, self.objective, value,
-                         state.global_step, " -> pruned" if prune else "")
+            try:
+                if value is not None:
+                    trial = self._get_trial()
+                    trial.report(value, step=state.global_step)
+                    prune = trial.should_prune()
+                    log.info("Optuna trial %d: %s=%.4f at step %d%s", trial.number, self.objective, value,
+                             state.global_step, " -> pruned" if prune else "")
+            except Exception as e:  # the study unreachable: keep training (and never leave other ranks waiting)
+                log.warning("Optuna: could not report to the study (%s); training goes on", e)
         prune = _broadcast_from_rank0(prune)
         if prune:
             self.pruned = True
