@@ -36,8 +36,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="table of runs: differing params, metrics, state, diagnostics")
     runs_filter(c)
     c.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)")
-    c.add_argument("--sort", metavar="COLUMN", help="sort by this column; prefix '-' for descending "
-                                                    "(default: best_eval_loss)")
+    c.add_argument("--sort", metavar="COLUMN", help="sort by this column (default: best_eval_loss); "
+                                                    "descending with --desc or --sort=-COLUMN")
+    c.add_argument("--desc", action="store_true", help="sort descending")
     c.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     c.add_argument("--limit", type=int, help="show at most this many rows")
     c.add_argument("-o", "--output", help="write to this file instead of stdout")

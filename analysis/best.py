@@ -215,6 +215,8 @@ def resolve(study, c=None, objective: int = 0, conf_dir: Path = CONF_DIR):
     rec = store.trial_runs(c, study).get(trial.number) if c is not None else None
     if rec is not None and rec.tags.get("overrides") is not None:
         start = split_overrides(rec.tags["overrides"])
+    elif trial.user_attrs.get("overrides"):  # the sweeper keeps the trial's overrides here
+        start = [str(o) for o in trial.user_attrs["overrides"]]
     else:
         start = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
     recorded = rec.params if rec is not None else {}

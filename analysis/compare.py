@@ -46,6 +46,10 @@ def build_table(records: Sequence[store.RunRecord]) -> tuple[List[str], List[dic
             "trainable_params": r.metrics.get("trainable_params"),
         })
         flags[r.run_id] = diagnose_run(r.histories, subject=f"{r.short_id} {r.name}", failed=r.state == "failed")
+        if r.state == "failed":
+            flags[r.run_id].append(Flag("failed", r.tags.get("fail_reason", "the run ended FAILED")[:300],
+                                        "see the run's log; an out-of-memory error wants a smaller batch_size "
+                                        "with a larger grad_accum", f"{r.short_id} {r.name}"))
         row["flags"] = ", ".join(f.kind for f in flags[r.run_id])
         rows.append(row)
     return columns, rows, flags
@@ -84,7 +88,8 @@ def cell(value) -> str:
 
 
 def render(columns: Sequence[str], rows: Sequence[dict], fmt: str = "table",
-           flags: Optional[Dict[str, List[Flag]]] = None) -> str:
+           flags: Optional[Dict[str, List[Flag]]] = None, sweep_flags: Sequence[Flag] = ()) -> str:
+    """The table as text; table and Markdown end with the diagnostics (per run, then the sweep's)."""
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -105,7 +110,7 @@ def render(columns: Sequence[str], rows: Sequence[dict], fmt: str = "table",
         lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in cells]
     else:
         raise ValueError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    found = [f for r in rows for f in (flags or {}).get(r["run_id"], [])]
+    found = [f for r in rows for f in (flags or {}).get(r["run_id"], [])] + list(sweep_flags)
     if found:
         lines += ["", "Diagnostics:" if fmt == "table" else "**Diagnostics**", ""]
         lines += [f"- {f}" for f in found]
@@ -122,10 +127,12 @@ def main(args) -> int:
         return 1
     store.load_histories(c, records)
     columns, rows, flags = build_table(records)
-    rows = sort_rows(rows, columns, args.sort)
+    key = args.sort or "best_eval_loss"
+    rows = sort_rows(rows, columns, ("-" + key.lstrip("-")) if args.desc else key)
     if args.limit:
         rows = rows[:args.limit]
-    text = render(columns, rows, args.format, flags)
+    sweep_flags = _sweep_flags(c, args.sweep) if args.sweep else []
+    text = render(columns, rows, args.format, flags, sweep_flags)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
@@ -133,3 +140,17 @@ def main(args) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def _sweep_flags(c, sweep: str) -> List[Flag]:
+    """Range-edge flags of the sweep's study, when its storage can be found from the parent run."""
+    from analysis.diagnostics import range_edges
+
+    parent = store.find_parent_run(c, sweep)
+    name = parent.data.tags.get("study_name") if parent is not None else None
+    if not name:
+        return []
+    try:
+        return range_edges(store.load_study(name, c=c))
+    except Exception:  # no storage reachable: the table stands without it
+        return []

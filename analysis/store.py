@@ -5,10 +5,12 @@ Conventions read here (written by ftrun's tracker and the sweeper):
 * every ftrun run has the tags ``method``, ``model``, ``data``, ``overrides`` and
   the whole resolved config as params;
 * a sweep trial is a child run (tag ``mlflow.parentRunId``) of one parent run per
-  sweep; a pruned trial has the tag ``pruned=true``;
+  sweep (tags ``ftrun.sweep=true``, ``study_name``, ``storage``, ``objectives``);
+  a pruned trial has the tag ``pruned=true``, a failed one ``fail_reason``;
+* the study names its parent run in the user attribute ``mlflow_parent_run_id``;
 * a trial is linked to its MLflow run by the trial's user attribute
-  ``mlflow_run_id``, or by a trial-number tag on the child run (any of
-  :data:`TRIAL_TAGS`).
+  ``mlflow_run_id``, the ``mlflow_run_id`` file in its ``trial_dir``, or a
+  trial-number tag on the child run (any of :data:`TRIAL_TAGS`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAGS = ("trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
+TRIAL_TAGS = ("optuna.trial", "trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
 STUDY_TAGS = ("study_name", "optuna.study_name", "optuna_study_name", "study")
 STORAGE_TAGS = ("storage", "optuna.storage", "optuna_storage")
 STATES = ("finished", "pruned", "failed", "running", "killed")
@@ -111,12 +113,11 @@ def find_runs(c, experiments: Sequence[str] = (), sweep: Optional[str] = None,
     for key, value in (tags or {}).items():
         clauses.append(f"tags.`{key}` = '{value}'")
     runs = _search(c, list(exps), " and ".join(clauses))
-    parents = {r.data.tags.get(PARENT_TAG) for r in runs}
     if not sweep and not include_parents:
         # a run that others name as parent is a sweep's summary run, not a training run
         everything = _search(c, list(exps)) if clauses else runs
-        parents |= {r.data.tags.get(PARENT_TAG) for r in everything}
-        runs = [r for r in runs if r.info.run_id not in parents]
+        parents = {r.data.tags.get(PARENT_TAG) for r in everything}
+        runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get("ftrun.sweep") != "true"]
     records = [to_record(r, exps.get(r.info.experiment_id, "")) for r in runs]
     if states:
         bad = set(states) - set(STATES)
@@ -274,13 +275,16 @@ def trial_runs(c, study, parent=None) -> Dict[int, RunRecord]:
     out: Dict[int, RunRecord] = {}
     for t in study.trials:
         run_id = t.user_attrs.get("mlflow_run_id")
+        id_file = Path(str(t.user_attrs.get("trial_dir", ""))) / "mlflow_run_id"
+        if not run_id and t.user_attrs.get("trial_dir") and id_file.is_file():
+            run_id = id_file.read_text().strip()
         if run_id:
             try:
                 out[t.number] = to_record(c.get_run(run_id))
             except Exception:
                 pass
     if parent is None:
-        parent = find_parent_run(c, study.study_name)
+        parent = study_parent_run(c, study)
     if parent is not None:
         for run in _search(c, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"):
             for key in TRIAL_TAGS:
@@ -289,6 +293,17 @@ def trial_runs(c, study, parent=None) -> Dict[int, RunRecord]:
                     out[int(value)] = to_record(run)
                     break
     return out
+
+
+def study_parent_run(c, study):
+    """The sweep's parent run: the one the study names, else found by the study's name."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            return c.get_run(run_id)
+        except Exception:
+            pass
+    return find_parent_run(c, study.study_name)
 
 
 def _search(c, exp_ids: List[str], filter_string: str = ""):

@@ -64,10 +64,16 @@ STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RU
                "WAITING": "waiting"}
 
 
-def objective_names(study, runs: Optional[Dict[int, store.RunRecord]] = None) -> List[str]:
-    """The study's metric names, else the ``objective`` its runs recorded, else value / values_i."""
+def objective_names(study, runs: Optional[Dict[int, store.RunRecord]] = None, parent=None) -> List[str]:
+    """The study's metric names, else the sweep's ``objectives`` (parent run tag or study user attr),
+    else the ``objective`` its runs recorded, else value / values_i."""
     if study.metric_names:
         return list(study.metric_names)
+    named = study.user_attrs.get("objectives")
+    if not named and parent is not None and parent.data.tags.get("objectives"):
+        named = parent.data.tags["objectives"].split(",")
+    if named and len(named) == len(study.directions):
+        return [str(n) for n in named]
     if len(study.directions) == 1:
         recorded = {r.params.get("objective") for r in (runs or {}).values()} - {None}
         return [recorded.pop()] if len(recorded) == 1 else ["value"]
@@ -129,7 +135,9 @@ def figures(study, out_dir: Path, names: Optional[List[str]] = None) -> Tuple[Li
             continue
         if len(fig.axes) > 1 or name == "parallel.png":
             fig.set_size_inches(max(8.0, 3.2 * len(fig.axes)), 5.0)
-        fig.tight_layout()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's colour-bar axes do not take part in tight_layout
+            fig.tight_layout()
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
         drawn.append((title, name))
@@ -159,11 +167,11 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parent = store.find_parent_run(c, study.study_name) if c is not None else None
+    parent = store.study_parent_run(c, study) if c is not None else None
     runs = store.trial_runs(c, study, parent) if c is not None else {}
     store.load_histories(c, runs.values()) if runs else None
 
-    names = objective_names(study, runs)
+    names = objective_names(study, runs, parent)
     comp = compute_used(study)
     drawn, notes = figures(study, out_dir, names)
     imps, imp_note = importances(study, names)
