@@ -53,8 +53,8 @@ def test_each_slot_gets_its_own_devices(tmp_path, fake_env):
 def test_slots_are_asynchronous(tmp_path, fake_env):
     """A slot that frees up starts the next trial while the other slot's long trial still runs."""
     fake_env(FAKE_SLEEP=1.0)
-    res, study = fake_sweep(tmp_path, ["lr=tag(log,interval(1e-5,1e-1))", "epochs=choice(1,6)"], n_trials=4,
-                            n_jobs=2, enqueue=[{"epochs": 6, "lr": 1e-3}, {"epochs": 1, "lr": 1e-2},
+    res, study = fake_sweep(tmp_path, ["lr=tag(log,interval(1e-5,1e-1))", "epochs=choice(1,10)"], n_trials=4,
+                            n_jobs=2, enqueue=[{"epochs": 10, "lr": 1e-3}, {"epochs": 1, "lr": 1e-2},
                                                {"epochs": 1, "lr": 1e-4}, {"epochs": 1, "lr": 1e-5}])
     t = study.trials
     assert [x.state for x in t] == [COMPLETE] * 4
