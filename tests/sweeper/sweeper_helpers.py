@@ -20,12 +20,13 @@ def fake_sweep(tmp_path: Path, arguments: Sequence[str], fixed: Sequence[str] = 
     """run_sweep in-process with the fake trial command; returns (SweepResult, study)."""
     import optuna
 
+    from sweeper.study import open_storage
     from sweeper.sweep import run_sweep
 
     conf = {"command": FAKE, "study_name": "test", "heartbeat_s": 0.5, **conf}
     job_cfg = compose_cfg(list(fixed))
     result = run_sweep(conf, [*arguments, *fixed], job_cfg, tmp_path / "sweeps")
-    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage))
     return result, study
 
 

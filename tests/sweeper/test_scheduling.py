@@ -107,3 +107,14 @@ def test_rerun_resumes_the_same_study_with_n_trials_as_total(tmp_path):
     assert len(study.trials) == 3  # 2 kept + 1 more, not 2 + 3
     res, study = fake_sweep(tmp_path, args, n_trials=3)
     assert len(study.trials) == 3  # nothing left to do
+
+
+@pytest.mark.parametrize("storage", [None, "journal", "sqlite:///{tmp}/elsewhere.db"])
+def test_study_storage_default_journal_or_url(tmp_path, storage):
+    if storage:
+        storage = storage.format(tmp=tmp_path)
+    res, study = fake_sweep(tmp_path, ["lr=tag(log,interval(1e-5,1e-1))"], n_trials=2, storage=storage)
+    assert len(study.trials) == 2
+    expected = {None: f"sqlite:///{tmp_path}/sweeps/test/study.db",
+                "journal": f"journal:///{tmp_path}/sweeps/test/study.journal"}.get(storage, storage)
+    assert res.storage == expected
