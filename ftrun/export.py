@@ -169,6 +169,12 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
             log.info("Check on %d prompts (%d tokens): max |logit diff| = %.3g, tolerance %.3g "
                      "(atol %g + rtol %g x max|logit| %.3g); argmax agrees at %.1f%% of positions",
                      len(prompts), sum(p.shape[-1] for p in prompts), diff, tol, atol, rtol, scale, 100 * agree)
+            if run.method == "qlora":
+                q = _quantized_diff(run, prompts, got, device)
+                if q is not None:
+                    notes.append(f"qlora: the run's own 4-bit/8-bit model differs from the export by up to {q:.3g} "
+                                 "in logits (quantization error of the trained base; informational, not checked)")
+                    log.info("%s", notes[-1])
             if not diff <= tol:
                 raise ExportCheckError(f"export check failed: the exported model's logits differ from base+adapter "
                                        f"by up to {diff:.3g} > tolerance {tol:.3g}; nothing was written to {dest}")
@@ -217,6 +223,21 @@ def check_prompts(run, tokenizer, n: int):
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :512]
         out.append(ids.to(torch.long))
     return out
+
+
+def _quantized_diff(run, prompts, exported_logits, device) -> Optional[float]:
+    """Max |logit diff| between the quantized base+adapter the run trained and the export (None if unavailable)."""
+    from ftrun import runs
+
+    try:
+        model = runs.load_run_model(run, quantized=True)
+        dev = next(model.parameters()).device
+        q = [_logits(model, ids, dev) for ids in prompts]
+    except Exception as e:  # noqa: BLE001 - informational only (e.g. bitsandbytes missing on this machine)
+        log.info("qlora: could not load the quantized model for comparison (%s)", e)
+        return None
+    del model
+    return max(float((a - b).abs().max()) for a, b in zip(q, exported_logits))
 
 
 def _logits(model, ids, device):

@@ -114,6 +114,7 @@ def test_qlora_is_merged_into_an_unquantized_base(tmp_path_factory, tiny_dir, tm
     with caplog.at_level("INFO", logger="ftrun.export"):
         res = export(str(run_dir), ExportSettings(dir=str(tmp_path / "q")))
     assert any("unquantized" in n for n in res.notes)
+    assert any("quantization error" in n for n in res.notes)  # how far the 4-bit model it trained is, for info
     assert "unquantized" in caplog.text
     config = json.loads((tmp_path / "q" / "config.json").read_text())
     assert "quantization_config" not in config
