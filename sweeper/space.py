@@ -101,6 +101,10 @@ class SearchSpace:
         """Every value of every parameter, for optuna's GridSampler."""
         return {name: grid_values(name, d) for name, d in self.distributions.items()}
 
+    def finite(self) -> bool:
+        """Whether the space has a finite number of configurations (no continuous interval)."""
+        return all(not isinstance(d, FloatDistribution) or d.step is not None for d in self.distributions.values())
+
     def grid_size(self) -> int:
         """Number of distinct active combinations (conditional params counted only where active)."""
         return len(self.grid_points())

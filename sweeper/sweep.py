@@ -132,10 +132,10 @@ class Sweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage_url(conf.get("storage"), self.sweep_dir)
         n_trials = int(conf.get("n_trials", 20))
-        if self.grid:
-            size = space.grid_size()
+        if self.grid or (space.finite() and space.grid_size() < n_trials):
+            size = space.grid_size()  # a finite space (e.g. lr=1e-4,1e-3): no point in more trials than configs
             if n_trials > size:
-                log.info("Grid of %d points: n_trials %d -> %d", size, n_trials, size)
+                log.info("The search space has %d configurations: n_trials %d -> %d", size, n_trials, size)
             n_trials = min(n_trials, size)
         self.n_trials = n_trials
         self.max_failures = self._max_failures(n_trials)

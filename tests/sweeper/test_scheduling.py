@@ -118,3 +118,8 @@ def test_study_storage_default_journal_or_url(tmp_path, storage):
     expected = {None: f"sqlite:///{tmp_path}/sweeps/test/study.db",
                 "journal": f"journal:///{tmp_path}/sweeps/test/study.journal"}.get(storage, storage)
     assert res.storage == expected
+
+
+def test_finite_space_caps_n_trials(tmp_path):
+    res, study = fake_sweep(tmp_path, ["lr=1e-4,1e-3", "rank=choice(8,16)"], n_trials=20)
+    assert len(study.trials) == 4
