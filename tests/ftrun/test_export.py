@@ -63,7 +63,8 @@ def test_round_trip_shards_and_plain_transformers(lora_run, tmp_path):
     # ~2.75 MB of fp32 weights in shards of at most 1 MB (10^6 bytes) of tensors, with an index
     shards = sorted(dest.glob("model-*.safetensors"))
     assert len(shards) == len(res.shards) >= 3
-    assert all(s["tensor_bytes"] <= 1_000_000 for s in res.shards)
+    assert all(s["bytes"] <= 1_000_000 for s in res.shards)  # whole files, headers included
+    assert [s.stat().st_size for s in shards] == [s["bytes"] for s in res.shards]
     index = json.loads((dest / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {s.name for s in shards}
     assert not any("lora" in k for k in index["weight_map"])  # merged: no adapter tensors left
