@@ -273,10 +273,11 @@ class StageConfig:
     """dpo: TRL's loss types (sigmoid, ipo, hinge, robust, ...), several are summed."""
     label_smoothing: float = 0.0
     """dpo: assumed share of flipped preference labels (robust, exo_pair losses)."""
-    policy_run: Optional[str] = None
-    """dpo/kto/ppo/rm: start from this run's model (a run directory or MLflow run id), e.g. an sft run."""
+    init_run: Optional[str] = None
+    """Start from this run's model (LoRA merged): a run directory, a run name directory
+    (its newest finished run) or an MLflow run id; e.g. the sft run for dpo or ppo."""
     reward_run: Optional[str] = None
-    """ppo: the rm run that scores completions (a run directory or MLflow run id)."""
+    """ppo: the rm run that scores completions (given like init_run)."""
     text_column: str = "text"
     """pt: the column of a JSON/JSONL file that holds the raw text."""
     ppo: PPOSettings = field(default_factory=PPOSettings)
@@ -618,11 +619,11 @@ def _check_stage(c: DictConfig, check) -> None:
         check(p.loss_type in PPO_LOSSES, "stage.ppo.loss_type", p.loss_type, f"choose one of {', '.join(PPO_LOSSES)}")
         check(p.scale_rewards in ("group", "batch", "none"), "stage.ppo.scale_rewards", p.scale_rewards,
               "choose group, batch or none")
-    for key in ("policy_run", "reward_run"):
+    for key in ("init_run", "reward_run"):
         ref = st[key]
         if ref is not None and _looks_local(ref) and not _looks_like_run_id(ref):
             check(Path(ref).expanduser().is_dir(), f"stage.{key}", ref,
-                  "no such run directory; give a run directory under outputs/ or an MLflow run id")
+                  "no such run directory; give a run (or run name) directory under outputs/ or an MLflow run id")
 
 
 def _looks_like_run_id(ref: str) -> bool:

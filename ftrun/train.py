@@ -37,6 +37,10 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
         from ftrun.stages import run_stage
 
         return run_stage(cfg, run_dir, overrides)
+    if cfg.stage.init_run:  # continue from an earlier run's model, e.g. a pt run
+        from ftrun.stages.common import start_from_run
+
+        cfg = start_from_run(cfg, run_dir)
 
     from transformers import set_seed
 

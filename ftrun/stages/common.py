@@ -23,9 +23,16 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def resolve_run(ref: str, key: str) -> Path:
-    """The run directory of ``ref``: a directory, or an MLflow run id (its ``run_dir`` tag)."""
+    """The run directory of ``ref``: a run directory, a run name directory
+    (``outputs/<name>``: its newest run that saved a model), or an MLflow run id
+    (its ``run_dir`` tag)."""
     path = Path(ref).expanduser()
     if path.is_dir():
+        if (path / "model").is_dir():
+            return path
+        finished = sorted(d for d in path.iterdir() if (d / "model").is_dir())
+        if finished:
+            return finished[-1]  # run directories are named by timestamp
         return path
     import mlflow
 
@@ -49,16 +56,17 @@ def run_model_dir(ref: str, key: str) -> Path:
 
 
 def start_from_run(cfg, run_dir: Path):
-    """The config with ``model.path`` at ``stage.policy_run``'s model, its LoRA merged in.
+    """The config with ``model.path`` at ``stage.init_run``'s model, its LoRA merged in
+    (unchanged without ``stage.init_run``).
 
     A LoRA run's adapter is merged into its base once and saved under
     ``<run_dir>/init_model``, so every method (qlora included: it quantizes the
     merged weights when loading) starts from the same weights, and with LoRA the
     reference model is that start with the new adapter disabled.
     """
-    if cfg.stage.policy_run is None:
+    if cfg.stage.init_run is None:
         return cfg
-    src = run_model_dir(cfg.stage.policy_run, "stage.policy_run")
+    src = run_model_dir(cfg.stage.init_run, "stage.init_run")
     path = src
     if (src / ADAPTER_CONFIG).is_file():
         path = run_dir / "init_model"
@@ -186,9 +194,9 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_time = time.perf_counter() - start
-        metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
-        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         history = trainer.state.log_history
+        metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
+        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         train_losses = [h["loss"] for h in history if "loss" in h]
         summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
                    "global_step": trainer.state.global_step}
@@ -212,6 +220,14 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _final_eval(trainer) -> dict:
+    """The eval metrics of the final weights: the last evaluation's if it ran at the last step."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
 
 
 def log_trainable(tracker, model, data_metrics: Dict[str, float]) -> None:

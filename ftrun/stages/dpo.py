@@ -1,7 +1,7 @@
 """stage=dpo: direct preference optimization with TRL's DPOTrainer.
 
 seed -> pairs -> policy (+ LoRA config) -> DPOTrainer -> train -> report.
-The reference is the starting model (the base, or ``stage.policy_run``'s
+The reference is the starting model (the base, or ``stage.init_run``'s
 model): with lora/qlora the policy's adapter disabled, otherwise a frozen copy.
 Returns eval reward accuracy: the share of eval pairs whose implicit reward
 ``beta * log(pi / pi_ref)`` is higher for the chosen answer.

@@ -6,7 +6,7 @@ batch with ``stage.ppo.num_iterations``) and a KL penalty to the reference
 (``stage.beta``), and replaces PPO's value network with the other completions of
 the same prompt as the baseline (``stage.ppo.num_generations`` per prompt).
 
-seed -> prompts -> policy from ``stage.policy_run`` (+ LoRA config) -> reward model
+seed -> prompts -> policy from ``stage.init_run`` (+ LoRA config) -> reward model
 from ``stage.reward_run`` -> GRPOTrainer (sample, score, update) -> report.
 With lora/qlora the reference is the policy with its adapter disabled.
 Logs reward (mean score of the sampled completions), kl and policy_loss each
@@ -54,6 +54,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         loss_type=p.loss_type, scale_rewards=p.scale_rewards,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
+    args.include_num_input_tokens_seen = "no"  # rollouts are generated inside the step; there is no input batch to count
     tracker = make_tracker(cfg, run_dir, overrides)
     log.info("Building GRPOTrainer (beta=%g, %d completions per prompt, clip %.2f)",
              st.beta, p.num_generations, p.epsilon)
