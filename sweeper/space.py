@@ -14,9 +14,10 @@ A parameter is written the way Hydra's Optuna sweeper reads it, in
     x=shuffle(range(1,4))             CategoricalDistribution([1, 2, 3])
 
 ``range(start, stop, step)`` keeps Hydra's (and Python's) meaning, stop
-excluded, under every sampler: the grid sampler enumerates exactly the values
-TPE can sample (the Hydra plugin's grid conversion also drops the last value
-of a range *and* of an interval; this one does not). The old dictionary form of
+excluded, under every sampler, and a grid enumerates exactly the values the
+other samplers can draw. (Hydra's Optuna plugin turns ``range(1,5)`` into
+``IntDistribution(1, 5)``, so TPE may draw 5 while its grid stops at 4, and its
+grid also drops the upper bound of an int interval.) The old dictionary form of
 that plugin (``{type: float, low: .., high: .., log: true}``) is accepted too.
 
 Anything that is not a sweep (``method=qlora``, ``data.num_train=64``) is a
@@ -34,8 +35,6 @@ trial runs with the config's own value.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -130,11 +129,6 @@ class SearchSpace:
             if name in out:
                 out[name] += " if " + " and ".join(f"{p} in {list(v)}" for p, v in cond.items())
         return out
-
-    def fingerprint(self) -> str:
-        """Short hash of the space and fixed overrides: the same sweep gets the same study."""
-        blob = json.dumps({"space": self.describe(), "fixed": self.fixed}, sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------------------

@@ -29,14 +29,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from sweeper.slots import Slot, make_slots, popen, stop, trial_command
 from sweeper.space import SearchSpace, parse_search_space, to_override
 from sweeper.study import (
-    DIRECTIONS,
     SweepConfigError,
     build_pruner,
     build_sampler,

@@ -10,7 +10,7 @@ from typing import Dict, Sequence
 
 import pytest
 
-from conftest import FAST, ROOT, compose_cfg
+from conftest import ROOT, compose_cfg
 
 FAKE = [sys.executable, str(Path(__file__).resolve().parent / "fake_trial.py")]
 
@@ -45,4 +45,4 @@ def fake_env(monkeypatch):
     return set_
 
 
-__all__ = ["FAKE", "FAST", "fake_sweep", "ftrun_multirun"]
+__all__ = ["FAKE", "fake_env", "fake_sweep", "ftrun_multirun"]

@@ -11,7 +11,6 @@ evaluation against the median of the two finished ones).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
