@@ -3,7 +3,7 @@
 Figures come from Optuna's own matplotlib visualizations (optimization history,
 intermediate values, parallel coordinates, parameter importances, slices, the
 Pareto front when there are several objectives, timeline); importances from
-``optuna.importance``. The report adds the trial counts by state, the compute
+``optuna.importance``; the trials' loss curves from their MLflow runs. The report adds the trial counts by state, the compute
 each state used and an estimate of what the pruner saved, the diagnostics, and
 a table of trials linked to their MLflow runs. It is also logged as artifacts
 (``sweep_report/``) of the sweep's parent MLflow run when there is one.
@@ -133,12 +133,12 @@ def figures(study, out_dir: Path, names: Optional[List[str]] = None) -> Tuple[Li
         if fig is None:
             notes.append(f"{title}: nothing to draw")
             continue
-        if len(fig.axes) > 1 or name == "parallel.png":
-            fig.set_size_inches(max(8.0, 3.2 * len(fig.axes)), 5.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's colour-bar axes do not take part in tight_layout
-            fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
+        if name.startswith("slice"):  # one panel per parameter: keep each readable
+            fig.set_size_inches(max(8.0, 4.0 * (len(fig.axes) - 1) + 1.5), 4.5)
+        elif name == "parallel.png":
+            fig.set_size_inches(max(9.0, 2.5 * len(fig.axes)), 5.0)
+        # Optuna places its own colour bars: no tight_layout, just crop the margins when saving
+        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
         plt.close(fig)
         drawn.append((title, name))
     return drawn, notes
@@ -174,6 +174,11 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
     names = objective_names(study, runs, parent)
     comp = compute_used(study)
     drawn, notes = figures(study, out_dir, names)
+    if runs:  # the trials' own loss curves, from their MLflow runs
+        from analysis.curves import plot as plot_curves
+
+        plot_curves([runs[n] for n in sorted(runs)], out_dir / "curves.png", title=f"{study.study_name}: trials")
+        drawn.append(("Loss and learning-rate curves of the trials", "curves.png"))
     imps, imp_note = importances(study, names)
     flags: List[Flag] = list(range_edges(study))
     per_trial: Dict[int, List[Flag]] = {}

@@ -158,7 +158,7 @@ def test_sweep_report(sweep, capsys, tmp_path):
     text = " ".join(page.text)
     assert {"Best", "Trials and compute", "Diagnostics", "Parameter importances", "Figures", "Trials"} <= set(
         page.headings)
-    for name in ("history.png", "intermediate.png", "parallel.png", "importances.png", "slice.png"):
+    for name in ("history.png", "intermediate.png", "parallel.png", "importances.png", "slice.png", "curves.png"):
         assert name in page.images
     for src in page.images:
         assert (out_dir / src).read_bytes()[:8] == PNG_MAGIC
@@ -232,6 +232,15 @@ def test_best_print_and_overrides_rebuilt_from_the_record(sweep, capsys):
     # a wrong group choice is switched back as a group, not field by field
     overrides, diff = best.exact_overrides(["method=full", "lr=0.008"], recorded)
     assert diff == {} and "method=lora" in overrides
+
+
+def test_best_of_several_objectives_is_picked_on_the_chosen_one():
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for x in (0.1, 0.5, 0.9):
+        study.enqueue_trial({"x": x})
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("x", 0, 1) ** 0.5), n_trials=3)
+    assert best.best_trial(study, 0).params["x"] == 0.1
+    assert best.best_trial(study, 1).params["x"] == 0.9
 
 
 @pytest.mark.parametrize("value", [None, True, 3, 1e-05, 0.008, "letters", "a b", "null", ["all-linear"],
