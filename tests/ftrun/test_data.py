@@ -10,7 +10,7 @@ import pytest
 
 from ftrun.config import ConfigError, validate
 from ftrun.data import IGNORE_INDEX, build_datasets, encode_rows, read_alpaca
-from tests.conftest import compose_cfg
+from conftest import compose_cfg
 
 ALPACA = [
     {"instruction": "Reverse the letters", "input": "a b c", "output": "c b a"},
@@ -377,3 +377,14 @@ def test_cache_hits_and_invalidation(tok, tmp_path, monkeypatch):
     before = len(calls)
     build_datasets(data_cfg(tmp_path, f"data.path={path}"), copy.deepcopy(tok), template="alpaca")
     assert len(calls) == before + 1
+
+
+@pytest.mark.parametrize("preset", ["sharegpt", "llamafactory"])
+def test_shipped_presets_build(tok, tmp_path, preset):
+    cfg = compose_cfg([f"data={preset}", f"data.cache_dir={tmp_path}"])
+    validate(cfg)
+    train, evals, report = build_datasets(cfg.data, tok)
+    assert report.skipped == 0 and len(train) > 200 and len(evals) > 20
+    if preset == "llamafactory":  # the registry's hub-only entry is refused by name
+        with pytest.raises(ConfigError, match="entry 'alpaca_zh_hub' is a hub dataset"):
+            build_datasets(compose_cfg([f"data={preset}", "data.names=[alpaca_zh_hub]"]).data, tok)

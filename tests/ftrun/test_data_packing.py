@@ -8,7 +8,7 @@ import pytest
 
 from ftrun.data import IGNORE_INDEX, build_datasets, encode_rows
 from ftrun.data.collate import PackedCollator, make_collator, pack_bins, pack_dataset
-from tests.conftest import compose_cfg
+from conftest import compose_cfg
 
 
 @pytest.fixture(scope="module")
