@@ -388,3 +388,11 @@ def test_shipped_presets_build(tok, tmp_path, preset):
     if preset == "llamafactory":  # the registry's hub-only entry is refused by name
         with pytest.raises(ConfigError, match="entry 'alpaca_zh_hub' is a hub dataset"):
             build_datasets(compose_cfg([f"data={preset}", "data.names=[alpaca_zh_hub]"]).data, tok)
+
+
+def test_num_proc_gives_the_same_result(tok, tmp_path):
+    path = write(tmp_path / "d.jsonl", (ALPACA + [{"instruction": "a", "output": ""}]) * 10)
+    one, _, r1 = build(tok, tmp_path, f"data.path={path}", "data.num_proc=1")
+    two, _, r2 = build(tok, tmp_path, f"data.path={path}", "data.num_proc=2", "data.overwrite_cache=true")
+    assert r1.skipped == r2.skipped == 10 and r1.samples == r2.samples == 40
+    assert one["input_ids"][:] == two["input_ids"][:] and one["labels"][:] == two["labels"][:]

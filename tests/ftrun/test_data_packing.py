@@ -127,3 +127,18 @@ def test_collator_pads_unpacked_batches(tok):
         width = max(len(f["input_ids"]) for f in feats)
         assert batch["input_ids"].shape == (4, width) and "attention_mask" in batch
         assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_training_run_with_packing(tmp_path, mlflow_uri):
+    import json
+
+    from ftrun.train import run
+
+    cfg = compose_cfg(["data.packing=true", "cutoff_len=128", "batch_size=2", f"data.cache_dir={tmp_path / 'c'}"],
+                      fast=True)
+    run(cfg, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert state["global_step"] == cfg.max_steps and all(l == l for l in losses)  # no NaN
+    # 2 packed rows of up to 128 tokens per step: far more tokens than 2 letters samples (~26 each)
+    assert state["num_input_tokens_seen"] > cfg.max_steps * 2 * 60
