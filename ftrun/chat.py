@@ -161,13 +161,15 @@ def command(chat: Chat, line: str, say) -> Optional[bool]:
     return None
 
 
-def interactive(chat: Chat, source: str, stdin=None, stdout=None) -> None:
+def interactive(chat: Chat, source: str, stdin=None, stdout=None, notes=()) -> None:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:  # pragma: no cover
         pass
     print(f"ftrun chat with {source}", file=stdout)
+    for note in notes:
+        print(note, file=stdout)
     if chat.system:
         print(f"system: {chat.system}", file=stdout)
     print(HELP, file=stdout, flush=True)
@@ -231,7 +233,7 @@ def main(argv=None) -> None:
                        tracking_uri=args.tracking_uri)
     chat = Chat(loaded.model, loaded.tokenizer, system=args.system, gen=args.gen, keep_history=args.history)
     if tty:
-        interactive(chat, loaded.source)
+        interactive(chat, loaded.source, notes=loaded.notes)
     else:
         batch(chat)
 

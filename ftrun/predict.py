@@ -280,6 +280,8 @@ def predict(args: PredictArgs, data_overrides: Sequence[str] = ()) -> Dict[str, 
     loaded = runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
                        tracking_uri=args.tracking_uri)
     run = loaded.run
+    for note in loaded.notes:
+        log.info("%s", note)
     data_cfg, split = data_config(args, data_overrides, run)
     pairs = conversations(data_cfg, split)
     if args.max_samples is not None:

@@ -231,9 +231,8 @@ def load(run: Optional[str] = None, model: Optional[str] = None, dtype: str = "a
         r = open_run(run, tracking_uri)
         m = load_run_model(r, dtype=dt, device=device)
         kind = f"{r.method} adapter on {base_model_path(r)}" if r.is_adapter else f"{r.method} weights"
-        notes = []
-        if r.method == "qlora" and device != "cuda" and dt is None:
-            notes.append("qlora: the base runs quantized as in training")
+        notes = ["qlora: the base runs quantized, as in training (export the run for an unquantized model)"] \
+            if r.method == "qlora" else []
         return Loaded(m, load_tokenizer(r.model_dir), f"run {r.run_dir} ({kind})", run=r, notes=notes)
     path = Path(model).expanduser()
     if (path / ADAPTER_CONFIG).is_file():  # a bare adapter directory: its config names the base
