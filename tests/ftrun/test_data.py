@@ -54,7 +54,8 @@ def write(path: Path, rows, kind=None) -> Path:
 
 
 def data_cfg(tmp_path, *overrides):
-    cfg = compose_cfg(["data=alpaca", "data.val_size=0", f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    cfg = compose_cfg(["data=alpaca", "data.format=auto", "data.val_size=0", f"data.cache_dir={tmp_path / 'cache'}",
+                       *overrides])
     return cfg.data
 
 
