@@ -305,6 +305,8 @@ def alpaca_messages(row: dict, cols: Dict[str, str]) -> Tuple[Optional[list], st
     inp = _text(row.get(cols.get("input", ""), None)) if "input" in cols else ""
     output = row.get(cols["output"])
     system = _text(row.get(cols["system"])) if "system" in cols else ""
+    if output is None or (isinstance(output, float) and output != output):
+        return None, f"has no '{cols['output']}' (missing or null)"
     if not isinstance(output, str) or not output.strip():
         return None, f"has an empty or non-string '{cols['output']}'"
     if instruction is None:

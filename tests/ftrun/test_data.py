@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -273,7 +274,8 @@ def test_empty_file(tok, tmp_path):
 BAD_RECORDS = [
     ({"instruction": "a", "output": ""}, "line 2 has an empty or non-string 'output'", ".jsonl"),
     ({"instruction": "a", "output": 5}, "line 2 has an empty or non-string 'output'", ".jsonl"),
-    ({"instruction": "a", "output": None}, "line 2 has an empty or non-string 'output'", ".jsonl"),
+    ({"instruction": "a", "output": None}, "line 2 has no 'output' (missing or null)", ".jsonl"),
+    ({"instruction": "a"}, "line 2 has no 'output' (missing or null)", ".jsonl"),
     ({"instruction": "a", "output": "b", "history": [["only one"]]}, "line 2 'history' item 0 is not a", ".jsonl"),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
                         {"from": "gpt", "value": "c"}]}, "record 1 'conversations' turn 1 is 'human' after 'human'",
@@ -300,8 +302,7 @@ def test_bad_record_is_skipped_counted_and_strict_errors(tok, tmp_path, caplog, 
     assert report.samples == 2 and report.skipped == 1
     assert report.as_metrics("data_train")["data_train_skipped"] == 1
     assert f"{path}: {why}" in caplog.text
-    with pytest.raises(ConfigError, match=f"data.path={path}: {why}".replace("(", r"\(").replace("[", r"\[")
-                       + ".*data.strict=true"):
+    with pytest.raises(ConfigError, match=re.escape(f"data.path={path}: {why}") + ".*data.strict=true"):
         build(tok, tmp_path, f"data.path={path}", "data.strict=true")
 
 
