@@ -147,6 +147,7 @@ class Sweep:
         self.host = socket.gethostname()
         self.base_values = self._base_values()
         self.failures = 0
+        self._repeats = 0  # configurations proposed again and answered from the study, this run
         self.running: Dict[int, Running] = {}
         self.parent = None
 
@@ -223,13 +224,22 @@ class Sweep:
             log.info("Sweep %s", s.describe())
         free = list(slots)
         stopped: Optional[str] = None
-        previous = signal.getsignal(signal.SIGTERM)
+        # SIGTERM / Ctrl-C only set a flag that the loop checks between steps: raising from inside
+        # a storage write would leave the study's database locked for the clean-up that follows
+        self._stop_signal: Optional[int] = None
         in_main = _in_main_thread()
+        previous = {}
         if in_main:
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._request_stop)
         last_beat = 0.0
         try:
             while True:
+                if self._stop_signal is not None:
+                    self._interrupt()
+                    raise SweepError(f"interrupted by signal {self._stop_signal}; rerun the same command to "
+                                     "resume (the running trials will be retried)")
                 for r in list(self.running.values()):
                     if r.proc.poll() is not None:
                         if self._finish(r):
@@ -241,8 +251,11 @@ class Sweep:
                     log.error("Sweep: %s", stopped)
                 need = self._need() if stopped is None else 0
                 while need > 0 and free:
-                    self._launch(free.pop(0))
-                    need -= 1
+                    if self._launch(free[0]):
+                        free.pop(0)
+                        need -= 1
+                    else:  # a configuration already trained: answered from the study, ask again
+                        need = self._need()
                 if not self.running:
                     break
                 now = time.time()
@@ -250,12 +263,9 @@ class Sweep:
                     self._heartbeat(now)
                     last_beat = now
                 time.sleep(0.2)
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise
         finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         result = self._summarize(stopped)
         if stopped is not None:
             raise SweepError(f"{stopped}; see {result.summary_path}")
@@ -268,17 +278,37 @@ class Sweep:
         return self.n_trials - done - c["RUNNING"]
 
     def _counts(self) -> Dict[str, int]:
-        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+        """Trials by state; repeats of a trained configuration (``duplicate_of``) are counted apart."""
+        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")}
         for t in self.study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+            state = "DUPLICATE" if "duplicate_of" in t.user_attrs else t.state.name
+            counts[state] = counts.get(state, 0) + 1
         return counts
+
+    def _trained(self, params: Dict[str, Any]):
+        """A COMPLETE trial (not itself a repeat) with exactly these parameters, if any."""
+        TrialState = self.optuna.trial.TrialState
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.params == params and "duplicate_of" not in t.user_attrs:
+                return t
+        return None
 
     # -- one trial ---------------------------------------------------------------
     def _launch(self, slot: Slot, trial=None, extra: Sequence[str] = (), trial_dir: Optional[Path] = None,
-                oom_retried: bool = False) -> None:
+                oom_retried: bool = False) -> bool:
+        """Start a trial in ``slot``; False when the sampler proposed a configuration already trained."""
         if trial is None:
             trial = self.study.ask()
             params = self.space.sample(trial, self.base_values)
+            same = self._trained(params) if self._repeats < max(100, 10 * self.n_trials) else None
+            if same is not None and trial.user_attrs.get("retry_of") is None:
+                # training is seeded, so the same configuration gives the same result: tell the
+                # sampler the known value instead of spending a slot (it does not count in n_trials)
+                self._repeats += 1
+                trial.set_user_attr("duplicate_of", same.number)
+                self.study.tell(trial, values=list(same.values))
+                log.info("Trial %d repeats trial %d's configuration: not trained again", trial.number, same.number)
+                return False
             extra = list(trial.user_attrs.get("extra", []))
             resume_dir = trial.user_attrs.get("resume_dir")
             trial_dir = self.sweep_dir / f"trial_{trial.number:04d}"
@@ -306,6 +336,7 @@ class Sweep:
         proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
         log.info("Trial %d started (%s): %s", trial.number, slot.describe(), " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+        return True
 
     def _finish(self, r: Running) -> bool:
         """Tell the study how the trial ended; False when it was relaunched in the same slot."""
@@ -448,6 +479,12 @@ class Sweep:
             except Exception as e:  # a storage hiccup must not kill the sweep
                 log.debug("heartbeat of trial %d: %s", r.trial.number, e)
 
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second signal: stop waiting for the clean-up
+            raise KeyboardInterrupt(f"signal {signum}")
+        log.warning("Signal %d: stopping the sweep after the current step", signum)
+        self._stop_signal = signum
+
     def _interrupt(self) -> None:
         """The sweeper was interrupted: stop the trials and leave them to be retried by the next run."""
         log.warning("Sweep interrupted: stopping %d running trial(s)", len(self.running))
@@ -516,12 +553,16 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
 
     TrialState = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    counts = {s: sum(1 for t in trials if t.state.name == s and t not in repeats)
+              for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts["REPEATED"] = len(repeats)
     best = []
     if any(t.state == TrialState.COMPLETE for t in trials):
         best = study.best_trials if len(objectives) > 1 else [study.best_trial]
     lines = [f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
-             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else ""), ""]
+             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+             + (f", {counts['REPEATED']} repeated configurations answered without training" if repeats else ""), ""]
     rerun: List[str] = []
     if best:
         title = "Pareto front" if len(objectives) > 1 else "Best trial"
@@ -547,6 +588,8 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         note = t.user_attrs.get("fail_reason") or ""
         if t.user_attrs.get("oom_retry"):
             note = f"OOM retry ({t.user_attrs['oom_retry']}) {note}".strip()
+        if t.user_attrs.get("duplicate_of") is not None:
+            note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
         if t.user_attrs.get("retry_of") is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
         dur = t.user_attrs.get("duration_s")
@@ -803,6 +846,3 @@ def _in_main_thread() -> bool:
 
     return threading.current_thread() is threading.main_thread()
 
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")

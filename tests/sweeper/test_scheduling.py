@@ -122,4 +122,15 @@ def test_study_storage_default_journal_or_url(tmp_path, storage):
 
 def test_finite_space_caps_n_trials(tmp_path):
     res, study = fake_sweep(tmp_path, ["lr=1e-4,1e-3", "rank=choice(8,16)"], n_trials=20)
-    assert len(study.trials) == 4
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert len(trained) == 4 and len({tuple(t.params.values()) for t in trained}) == 4
+
+
+def test_a_configuration_already_trained_is_not_trained_again(tmp_path):
+    res, study = fake_sweep(tmp_path, ["lr=1e-4,1e-3,1e-2"], n_trials=3, sampler="random", seed=0)
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert sorted(t.params["lr"] for t in trained) == [1e-4, 1e-3, 1e-2]  # n_trials distinct configurations
+    for t in repeats:
+        original = study.trials[t.user_attrs["duplicate_of"]]
+        assert t.params == original.params and t.value == original.value and "trial_dir" not in t.user_attrs
