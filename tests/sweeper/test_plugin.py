@@ -77,3 +77,22 @@ def test_resume_after_sigkill_of_the_sweep(tmp_path):
     r = json.loads((Path(retry.user_attrs["trial_dir"]) / "result.json").read_text())
     assert r["resumed_from"].endswith("trial_0001/checkpoint-5")  # continued from its last checkpoint
     assert t[0].datetime_complete < t[1].datetime_start  # trial 0 was not run again
+
+
+def test_sigterm_stops_the_trials_and_leaves_them_to_the_next_run(tmp_path):
+    env = {**os.environ, "FAKE_SLEEP": "30"}
+    proc = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/trial_0000/trial.log")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted by signal 15" in err
+    (db,) = tmp_path.glob("*/study.db")
+    study = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    t = study.get_trials()
+    assert t[0].state == FAIL and "retried" in t[0].user_attrs["fail_reason"]
+    assert t[1].state.name == "WAITING" and t[1].user_attrs["retry_of"] == 0  # the next run starts with it
