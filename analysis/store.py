@@ -254,6 +254,11 @@ def load_study(study_name: str, storage: Optional[str] = None, search: Sequence[
         if parent is not None:
             candidates += [parent.data.tags[k] for k in STORAGE_TAGS if k in parent.data.tags]
     if not storage:
+        for root in search:  # the sweeper's default place first, then any sqlite file below
+            for name in ("study.db", "study.journal"):
+                direct = Path(root) / "sweeps" / study_name / name
+                if direct.is_file():
+                    candidates.append(str(direct))
         for root in search:
             candidates += sorted(glob.glob(os.path.join(root, "**", "*.db"), recursive=True), reverse=True)
     tried = []

@@ -242,14 +242,15 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     # trials ------------------------------------------------------------------
     parts.append("<h2>Trials</h2>")
-    head = ["trial", "state", *names, "seconds", "params", "MLflow run", "flags"]
+    head = ["trial", "state", *names, "seconds", "params", "MLflow run", "flags", "note"]
     rows = []
     for t in study.trials:
         values = t.values or [None] * len(names)
         rec = runs.get(t.number)
         rows.append([t.number, STATE_NAMES.get(t.state.name, t.state.name.lower()), *("" if v is None else f"{v:.6g}" for v in values),
                      f"{t.duration.total_seconds():.1f}" if t.duration else "", _fmt_params(t.params),
-                     rec.run_id if rec else "", ", ".join(f.kind for f in per_trial.get(t.number, []))])
+                     rec.run_id if rec else "", ", ".join(f.kind for f in per_trial.get(t.number, [])),
+                     str(t.user_attrs.get("fail_reason") or (rec.tags.get("fail_reason") if rec else "") or "")[:300]])
     parts.append(_table(head, rows))
 
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
