@@ -291,6 +291,16 @@ def resolve_columns(source: Source, file: Path, available: List[str]) -> Tuple[s
     return fmt, mapping, tags
 
 
+def _json_cell(value: Any) -> Any:
+    """A list stored as JSON text (CSV cells) -> the list; anything else unchanged."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def _text(value: Any) -> Optional[str]:
     if value is None:
         return ""
@@ -318,7 +328,9 @@ def alpaca_messages(row: dict, cols: Dict[str, str]) -> Tuple[Optional[list], st
     if not instruction.strip() and not inp.strip():
         return None, f"has an empty prompt (both '{cols['instruction']}' and '{cols.get('input', 'input')}' are empty)"
     messages = [{"role": "system", "content": system}] if system else []
-    history = row.get(cols["history"]) if "history" in cols else None
+    history = _json_cell(row.get(cols["history"])) if "history" in cols else None
+    if isinstance(history, float) and history != history:
+        history = None
     if history is not None:
         if not isinstance(history, list):
             return None, f"'{cols['history']}' must be a list of [user, assistant] pairs"
@@ -335,7 +347,7 @@ def alpaca_messages(row: dict, cols: Dict[str, str]) -> Tuple[Optional[list], st
 
 def sharegpt_messages(row: dict, cols: Dict[str, str], tags: Dict[str, str]) -> Tuple[Optional[list], str]:
     """(messages, "") for a good ShareGPT / OpenAI-messages row, or (None, why it is skipped)."""
-    turns = row.get(cols["messages"])
+    turns = _json_cell(row.get(cols["messages"]))
     col = cols["messages"]
     if not isinstance(turns, list) or not turns:
         return None, f"has an empty or non-list '{col}'"

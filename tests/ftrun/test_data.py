@@ -104,6 +104,17 @@ def test_csv_without_history(tok, tmp_path):
     assert answers(train, tok)[0] == ["c b a<|im_end|>"]
 
 
+def test_csv_with_json_cells(tok, tmp_path):
+    rows = [{**ALPACA[2], "history": json.dumps(ALPACA[2]["history"])}, ALPACA[0]]
+    path = write(tmp_path / "h.csv", rows)
+    train, _, _ = build(tok, tmp_path, f"data.path={path}")
+    assert answers(train, tok) == [["hello<|im_end|>", "3<|im_end|>"], ["c b a<|im_end|>"]]
+    chats = [{"conversations": json.dumps(SHAREGPT[0]["conversations"])}]
+    path = write(tmp_path / "c.csv", chats)
+    train, _, _ = build(tok, tmp_path, f"data.path={path}", "data.format=sharegpt")
+    assert answers(train, tok) == [["b a<|im_end|>"]]
+
+
 def test_folder_of_files(tok, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
