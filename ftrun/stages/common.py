@@ -134,9 +134,12 @@ def load_policy(cfg):
 # MLflow: the stage's own metrics
 
 
-def stage_callbacks(tracker) -> list:
-    """The tracker's callback, plus one that records what TRL logs besides the loss."""
-    callbacks = [tracker.callback()]
+def stage_callbacks(cfg, tracker) -> list:
+    """The tracker's callback, one that records what TRL logs besides the loss, and
+    the sweep's pruning callback when this run is an Optuna trial."""
+    from sweeper.trial import pruning_callback
+
+    callbacks = [tracker.callback(), pruning_callback(cfg)]
     if tracker.run_id is not None:
         callbacks.append(StageMetricsCallback(tracker))
     return [c for c in callbacks if c is not None]
@@ -205,13 +208,21 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         if extra_metrics is not None:
             summary.update(extra_metrics(history))
         objective = _objective(cfg, {**metrics, **summary}, summary)
+        pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
+        summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
+        if summary["pruned"]:
+            from sweeper.trial import mark_pruned
+
+            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
+            mark_pruned(tracker, pruning.pruned_at_step)
 
         model_dir = run_dir / "model"
         trainer.save_model(str(model_dir))
         tokenizer.save_pretrained(str(model_dir))
         trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
         plot_loss(history, run_dir / "loss.png", title=cfg.name)
-        tracker.log_metrics({**metrics, **summary, "objective": objective}, step=trainer.state.global_step)
+        tracker.log_metrics({**metrics, **summary, "pruned": float(summary["pruned"]), "objective": objective},
+                            step=trainer.state.global_step)
         tracker.log_artifacts(run_dir, model_dir)
         _write_result(run_dir, cfg, objective, metrics, summary)
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",

@@ -51,7 +51,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         eval_dataset=Dataset.from_list([to_trl(p) for p in eval_pairs]) if eval_pairs else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=stage_callbacks(tracker),
+        callbacks=stage_callbacks(cfg, tracker),
     )
     log_trainable(tracker, trainer.model, {"data_train_samples": len(train_pairs)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)

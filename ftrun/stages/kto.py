@@ -50,7 +50,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=stage_callbacks(tracker),
+        callbacks=stage_callbacks(cfg, tracker),
     )
     log_trainable(tracker, trainer.model, {"data_train_samples": len(train_rows)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)

@@ -66,7 +66,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         processing_class=tokenizer,
         reward_processing_classes=[reward_tokenizer],
         peft_config=peft_config,
-        callbacks=[PolicyLoss(st.beta), *stage_callbacks(tracker)],
+        callbacks=[PolicyLoss(st.beta), *stage_callbacks(cfg, tracker)],
     )
     log_trainable(tracker, trainer.model, {"data_train_samples": len(train_prompts)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir, extra_metrics=reward_summary)

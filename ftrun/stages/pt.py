@@ -58,7 +58,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         eval_dataset=_as_dataset(eval_blocks) if eval_blocks else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,  # blocks are full, so no padding (and EOS keeps its loss)
-        callbacks=stage_callbacks(tracker),
+        callbacks=stage_callbacks(cfg, tracker),
     )
     log_trainable(tracker, model, {"data_train_documents": len(train_docs), "data_train_blocks": len(train_blocks)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir, extra_metrics=_perplexity)

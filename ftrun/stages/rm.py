@@ -51,7 +51,12 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         train_dataset=Dataset.from_list([to_trl(p) for p in train_pairs]),
         eval_dataset=Dataset.from_list([to_trl(p) for p in eval_pairs]) if eval_pairs else None,
         processing_class=tokenizer,
-        callbacks=stage_callbacks(tracker),
+        callbacks=stage_callbacks(cfg, tracker),
     )
+    if cfg.method.name == "qlora":  # TRL casts a quantized model's trainable weights to bf16; the head
+        dtype = trainer.model.get_input_embeddings().weight.dtype  # must match the hidden states it reads
+        for name, p in trainer.model.named_parameters():
+            if p.requires_grad and "score" in name:
+                p.data = p.data.to(dtype)
     log_trainable(tracker, trainer.model, {"data_train_samples": len(train_pairs)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)

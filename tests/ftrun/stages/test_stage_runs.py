@@ -135,3 +135,16 @@ def test_run_name_directory_resolves_to_its_newest_finished_run(tmp_path):
     assert resolve_run(str(tmp_path / "rm-demo"), "stage.reward_run").name == "2026-01-02_00-00-00"
     with pytest.raises(ConfigError, match="stage.reward_run=0123456789abcdef0123456789abcdef: neither a run"):
         resolve_run("0123456789abcdef0123456789abcdef", "stage.reward_run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "freeze", "qlora"])
+@pytest.mark.parametrize("stage", ["pt", "rm", "kto", "ppo"])
+def test_every_stage_with_every_method(tiny_dir, tmp_path, request, stage, method):
+    extra = ["max_steps=2", "train.eval_steps=0"]
+    if stage == "ppo":
+        extra += [f"stage.reward_run={request.getfixturevalue('rm_run')[1]}", "batch_size=4", "stage.ppo.num_generations=2",
+                  "stage.ppo.max_new_tokens=8"]
+    objective, result, run_dir = train(tmp_path, [f"stage={stage}", f"method={method}", *extra])
+    assert result["global_step"] == 2 and objective == objective  # finite, not NaN
+    assert (run_dir / "model").is_dir()
