@@ -144,12 +144,17 @@ def directions(objectives: Sequence[str], given: Any = None) -> List[str]:
             if d not in ("minimize", "maximize"):
                 raise SweepConfigError(f"hydra.sweeper.direction={d}: choose minimize or maximize")
         return given
+    try:  # the objectives ftrun's stages define (rm, dpo, kto, ppo ...) know their direction too
+        from ftrun.config import OBJECTIVE_DIRECTIONS
+    except ImportError:  # pragma: no cover
+        OBJECTIVE_DIRECTIONS = {}
+    known = {**OBJECTIVE_DIRECTIONS, **DIRECTIONS}
     out = []
     for name in objectives:
-        if name not in DIRECTIONS:
+        if name not in known:
             raise SweepConfigError(f"hydra.sweeper.objectives: no default direction for {name}; "
-                                   f"set hydra.sweeper.direction (known: {', '.join(DIRECTIONS)})")
-        out.append(DIRECTIONS[name])
+                                   f"set hydra.sweeper.direction (known: {', '.join(known)})")
+        out.append(known[name])
     return out
 
 
