@@ -55,10 +55,16 @@ def ftrun_multirun(args, log_path: Path) -> float:
 def basic_grid(out: Path) -> dict:
     """Hydra's basic sweeper over the grid: jobs run in-process, one after another."""
     sweep_dir = out / "basic"
-    start = time.time()
-    wall = ftrun_multirun(["hydra/sweeper=basic", f"lr={LRS}", f"rank={RANKS}", *TRIAL,
-                           f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"],
-                          out / "basic.log")
+    n = len(LRS.split(",")) * len(RANKS.split(","))
+    if len(list(sweep_dir.glob("*/result.json"))) == n:  # --out-dir of an earlier run: read it back
+        first = next(l for l in (out / "basic.log").read_text().splitlines() if "Launching" in l)
+        start = datetime.strptime(first[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # after its imports
+        wall = max(p.stat().st_mtime for p in sweep_dir.glob("*/result.json")) - start
+    else:
+        start = time.time()
+        wall = ftrun_multirun(["hydra/sweeper=basic", f"lr={LRS}", f"rank={RANKS}", *TRIAL,
+                               f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"],
+                              out / "basic.log")
     jobs = sorted((d for d in sweep_dir.iterdir() if (d / "result.json").is_file()), key=lambda d: int(d.name))
     records, prev = [], start
     for d in jobs:
@@ -74,21 +80,27 @@ def ftrun_sweep(out: Path, name: str, label: str, n_trials: int, pruner: str, n_
 
     sweep_dir = out / name
     start = time.time()
+    log = out / f"{name}.log"
+    if log.exists():  # --out-dir of an earlier run: the same command resumes the study (nothing left to train)
+        log = log.with_suffix(".resumed.log")
     wall = ftrun_multirun([f"lr=choice({LRS})", f"rank=choice({RANKS})", *TRIAL,
                            f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.n_trials={n_trials}",
                            f"hydra.sweeper.n_jobs={n_jobs}", "hydra.sweeper.sampler={name:tpe,n_startup_trials:3}",
-                           "hydra.sweeper.seed=0", f"hydra.sweeper.pruner={pruner}"], out / f"{name}.log")
+                           "hydra.sweeper.seed=0", f"hydra.sweeper.pruner={pruner}"], log)
     (db,) = sweep_dir.glob("*/study.db")
     study = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
     trials = sorted((t for t in study.trials if t.datetime_complete), key=lambda t: t.datetime_complete)
+    if trials:
+        start = min(t.datetime_start for t in study.trials).timestamp()
+        wall = max(t.datetime_complete for t in trials).timestamp() - start
     records, overheads = [], []
     for t in trials:
         secs = (t.datetime_complete - t.datetime_start).total_seconds()
         value = t.value if t.state.name == "COMPLETE" else None
         records.append({"value": value, "seconds": secs, "end": t.datetime_complete.timestamp() - start,
                         "state": t.state.name})
-        o = trial_overhead(Path(t.user_attrs["trial_dir"]), secs)
-        if o:
+        o = trial_overhead(Path(t.user_attrs["trial_dir"]), secs) if "trial_dir" in t.user_attrs else None
+        if o:  # repeats of a trained configuration have no process
             overheads.append(o)
     return {"name": label, "records": records, "wall": wall, "overheads": overheads,
             "pruned": sum(t.state.name == "PRUNED" for t in trials)}
@@ -135,14 +147,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "sweep_efficiency"))
     ap.add_argument("--trials", type=int, default=5, help="trials per ftrun sweep (the grid has 8 points)")
     ap.add_argument("--report", metavar="RUNS_JSON", help="only rewrite the report from an earlier runs.json")
+    ap.add_argument("--out-dir", help="continue an earlier run's directory (finished parts are read back)")
     args = ap.parse_args()
     if args.report:
         out = Path(args.report).parent
         runs = json.loads(Path(args.report).read_text())
         load = None
     else:
-        out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
-        out.mkdir(parents=True)
+        out = Path(args.out_dir) if args.out_dir else Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
         load = os.getloadavg()[0]
         runs = [basic_grid(out)]
         median = "{name:median,n_startup_trials:2,n_warmup_steps:0}"
