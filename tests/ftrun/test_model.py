@@ -137,4 +137,5 @@ def test_loraplus_gives_b_matrices_a_larger_lr(tiny_dir, tmp_path):
             lrs[ids[id(p)]] = group["lr"]
     a = {lr for n, lr in lrs.items() if "lora_A" in n}
     b = {lr for n, lr in lrs.items() if "lora_B" in n}
-    assert a == {1e-3} and b == {pytest.approx(16e-3)}
+    assert a == {1e-3}
+    assert b and all(lr == pytest.approx(16e-3) for lr in b)
