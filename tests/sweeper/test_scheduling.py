@@ -66,8 +66,9 @@ def test_slots_are_asynchronous(tmp_path, fake_env):
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # later trials may draw batch_size=0 again: a budget large enough that they never stop the sweep
     res, study = fake_sweep(tmp_path, ["lr=tag(log,interval(1e-5,1e-1))", "batch_size=choice(0,8)"], n_trials=3,
-                            enqueue=[{"batch_size": 0, "lr": 1e-3}])
+                            enqueue=[{"batch_size": 0, "lr": 1e-3}], max_failures=50)
     states = [t.state for t in study.trials]
     assert states[0] == FAIL and states.count(COMPLETE) == 3  # failed trials are replaced
     assert "batch_size=0: batch_size must be >= 1" in study.trials[0].user_attrs["fail_reason"]
