@@ -85,7 +85,6 @@ class MlflowTracker(NullTracker):
             self.mlflow.log_metrics(clean, step=step)
 
     def log_artifacts(self, run_dir: Path, model_dir: Optional[Path] = None) -> None:
-        import json
 
         from omegaconf import OmegaConf
 

@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 from ftrun.config import OPTIMIZERS, ConfigError, last_checkpoint, validate, validate_device
 
@@ -59,7 +59,7 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     train_ds, eval_ds, report = build_datasets(cfg.data, tokenizer)
     log.info("Data: %d train / %d eval samples, %d truncated",
              len(train_ds), len(eval_ds) if eval_ds is not None else 0, report.truncated)
-    checkpoint = _checkpoint_to_resume(cfg, run_dir)
+    _checkpoint_to_resume(cfg, run_dir)  # refuses an occupied run dir now, before the model loads
 
     # model and method --------------------------------------------------------
     log.info("Loading model '%s'", cfg.model.name)
@@ -74,49 +74,13 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     tracker.log_metrics({"trainable_params": trainable, "total_params": total, **report.as_metrics("data_train")}, step=0)
     log.info("Building trainer (optimizer=%s, scheduler=%s, precision=%s)",
              cfg.optimizer.name, cfg.scheduler.name, cfg.precision)
-    from sweeper.trial import mark_pruned, pruning_callback
+    from sweeper.trial import pruning_callback
 
     pruning = pruning_callback(cfg)  # None unless a sweep started this run as an Optuna trial
     trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir, callbacks=[tracker.callback(), pruning])
 
     # train -------------------------------------------------------------------
-    status = "FAILED"
-    try:
-        if checkpoint:
-            log.info("Resuming from %s", checkpoint)
-        start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        train_time = time.perf_counter() - start
-        metrics = trainer.evaluate() if eval_ds is not None else {}
-        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-        if "eval_loss" in metrics:
-            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-        train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
-                   "global_step": trainer.state.global_step}
-        if train_losses:
-            summary["final_train_loss"] = train_losses[-1]
-        objective = _objective(cfg, metrics, summary)
-        pruned = pruning is not None and pruning.pruned  # stopped early by the sweep's pruner
-        if pruned:
-            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
-            mark_pruned(tracker, pruning.pruned_at_step)
-
-        model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(str(model_dir))
-            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-            plot_loss(trainer.state.log_history, run_dir / "loss.png", title=cfg.name)
-            tracker.log_metrics({**summary, "objective": objective}, step=trainer.state.global_step)
-            tracker.log_artifacts(run_dir, model_dir)
-            _write_result(run_dir, cfg, objective, metrics, {**summary, "pruned": pruned})
-        log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
-                 cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
-        status = "FINISHED"
-        return objective
-    finally:
-        tracker.finish(status)
+    return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)
 
 
 def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callbacks=()):
@@ -201,6 +165,68 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **ex
         remove_unused_columns=False,
         **extra,
     )
+
+
+def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
+                     extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
+    """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
+
+    The same tail as :func:`ftrun.train.run`; ``extra_metrics`` turns the
+    trainer's log history into more summary metrics (ppo's reward_mean).
+    """
+    checkpoint = _checkpoint_to_resume(cfg, run_dir)
+    status = "FAILED"
+    try:
+        if checkpoint:
+            log.info("Resuming from %s", checkpoint)
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_time = time.perf_counter() - start
+        history = trainer.state.log_history
+        metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
+        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if "eval_loss" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        train_losses = [h["loss"] for h in history if "loss" in h]
+        summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
+                   "global_step": trainer.state.global_step}
+        if train_losses:
+            summary["final_train_loss"] = train_losses[-1]
+        if extra_metrics is not None:
+            summary.update(extra_metrics(history))
+        objective = _objective(cfg, {**metrics, **summary}, summary)
+        pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
+        summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
+        if summary["pruned"]:
+            from sweeper.trial import mark_pruned
+
+            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
+            mark_pruned(tracker, pruning.pruned_at_step)
+
+        model_dir = run_dir / "model"
+        trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(model_dir))
+            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+            plot_loss(history, run_dir / "loss.png", title=cfg.name)
+            tracker.log_metrics({**metrics, **summary, "pruned": float(summary["pruned"]), "objective": objective},
+                                step=trainer.state.global_step)
+            tracker.log_artifacts(run_dir, model_dir)
+            _write_result(run_dir, cfg, objective, metrics, summary)
+        log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
+                 cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
+        status = "FINISHED"
+        return objective
+    finally:
+        tracker.finish(status)
+
+
+def _final_eval(trainer) -> dict:
+    """The eval metrics of the final weights: the last evaluation's if it ran at the last step."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
 
 
 # ---------------------------------------------------------------------------

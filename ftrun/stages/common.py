@@ -7,9 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 from ftrun.config import ConfigError
 
@@ -180,65 +179,7 @@ class StageMetricsCallback(_callback_base()):
 # train, evaluate, save, report
 
 
-def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
-                     extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
-    """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
-
-    The same tail as :func:`ftrun.train.run`; ``extra_metrics`` turns the
-    trainer's log history into more summary metrics (ppo's reward_mean).
-    """
-    from ftrun.train import _checkpoint_to_resume, _objective, _write_result, peak_memory_mb, plot_loss
-
-    checkpoint = _checkpoint_to_resume(cfg, run_dir)
-    status = "FAILED"
-    try:
-        if checkpoint:
-            log.info("Resuming from %s", checkpoint)
-        start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        train_time = time.perf_counter() - start
-        history = trainer.state.log_history
-        metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
-        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        train_losses = [h["loss"] for h in history if "loss" in h]
-        summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
-                   "global_step": trainer.state.global_step}
-        if train_losses:
-            summary["final_train_loss"] = train_losses[-1]
-        if extra_metrics is not None:
-            summary.update(extra_metrics(history))
-        objective = _objective(cfg, {**metrics, **summary}, summary)
-        pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
-        summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
-        if summary["pruned"]:
-            from sweeper.trial import mark_pruned
-
-            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
-            mark_pruned(tracker, pruning.pruned_at_step)
-
-        model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-        plot_loss(history, run_dir / "loss.png", title=cfg.name)
-        tracker.log_metrics({**metrics, **summary, "pruned": float(summary["pruned"]), "objective": objective},
-                            step=trainer.state.global_step)
-        tracker.log_artifacts(run_dir, model_dir)
-        _write_result(run_dir, cfg, objective, metrics, summary)
-        log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
-                 cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
-        status = "FINISHED"
-        return objective
-    finally:
-        tracker.finish(status)
-
-
-def _final_eval(trainer) -> dict:
-    """The eval metrics of the final weights: the last evaluation's if it ran at the last step."""
-    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        return last
-    return trainer.evaluate()
+from ftrun.train import train_and_report  # noqa: E402,F401  (the tail every stage shares with sft)
 
 
 def log_trainable(tracker, model, data_metrics: Dict[str, float]) -> None:
