@@ -52,8 +52,11 @@ class MlflowTracker(NullTracker):
         import mlflow
 
         self.mlflow = mlflow
-        if cfg.tracking.uri:
-            mlflow.set_tracking_uri(cfg.tracking.uri)
+        # tracking.uri, else MLFLOW_TRACKING_URI; set explicitly so that a URI some earlier code in
+        # this process set globally (mlflow.set_tracking_uri) cannot redirect this run
+        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.experiment)
         id_file = Path(run_dir) / RUN_ID_FILE
         resumed_id = id_file.read_text().strip() if id_file.is_file() else None
