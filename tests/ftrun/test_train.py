@@ -137,3 +137,19 @@ def test_training_options_run(option, tiny_dir, tmp_path):
     cfg = compose_cfg([*option.split(), "max_steps=2", "train.eval_steps=0", "tracking.enabled=false"], fast=True)
     loss = run(cfg, tmp_path)
     assert loss == loss and loss > 0  # finite, not NaN
+
+
+def test_mlflow_tracking_uri_env_wins_over_a_uri_set_earlier_in_the_process(tiny_dir, tmp_path, mlflow_uri,
+                                                                             monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # e.g. left by earlier code in the process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # what this run is asked to use
+    try:
+        run(compose_cfg(["max_steps=2", "train.eval_steps=0"], fast=True), tmp_path / "run")
+    finally:
+        mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    exp = client.get_experiment_by_name("ftrun")
+    assert exp is not None and len(client.search_runs([exp.experiment_id])) == 1
