@@ -194,7 +194,7 @@ class SchedulerConfig:
 
     name: str = MISSING
     """linear, cosine, cosine_with_restarts, polynomial, constant,
-    constant_with_warmup, inverse_sqrt or reduce_lr_on_plateau."""
+    constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau or warmup_stable_decay (preset scheduler=wsd)."""
     warmup_steps: int = 0
     """Linear warm-up steps (use warmup_ratio for a share of the run instead)."""
     warmup_ratio: float = 0.0
@@ -211,6 +211,9 @@ class TrainConfig:
     """Log train loss, lr, grad norm and tokens/s every this many steps."""
     eval_steps: int = 50
     """Evaluate every this many steps (0 = only at the end)."""
+    eval_examples: int = 0
+    """Evaluate every this many training examples instead (0 = use eval_steps); trials of a sweep with different
+    batch sizes then evaluate after the same data, which is what a pruner compares."""
     save_steps: int = 100
     """Write a resumable checkpoint every this many steps (0 = none)."""
     save_total_limit: Optional[int] = 2
@@ -373,6 +376,7 @@ SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
     "reduce_lr_on_plateau",
+    "warmup_stable_decay",
 )
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
 DTYPES = ("auto", "fp32", "bf16", "fp16")

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Tuple
 
+from ftrun import keep
 from ftrun.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,14 @@ def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
     path = model_path(model_cfg)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    except OSError as e:
-        raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
+
+    def build():
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        except OSError as e:
+            raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
+
+    tok = keep.shared("tokenizer", {"path": path, "remote": model_cfg.trust_remote_code}, build, copy=keep.deepcopy)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # Llama-style tokenizers ship no pad token
     # the data pipeline reads this: the tokenizer's own chat template (auto), or a built-in
@@ -79,10 +84,18 @@ def load_model(cfg, auto_class=None, **extra):
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     path = model_path(m)
-    try:
-        model = auto_class.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ConfigError(f"model.path={m.path}: cannot load a model from it ({e})") from None
+
+    def build():
+        try:
+            return auto_class.from_pretrained(path, **kwargs)
+        except OSError as e:
+            raise ConfigError(f"model.path={m.path}: cannot load a model from it ({e})") from None
+
+    if "quantization_config" in kwargs:  # quantized weights are made again per run
+        model = build()
+    else:  # a warm sweep worker keeps the base weights and gives each run its own copy
+        key = {"path": path, "class": auto_class.__name__, **{k: str(v) for k, v in kwargs.items()}}
+        model = keep.shared("base model", key, build, copy=keep.deepcopy)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

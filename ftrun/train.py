@@ -24,8 +24,33 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 
+class Phases:
+    """Where a run's time goes (setup, data, model, tracking, trainer, train, eval, save), in seconds;
+    result.json keeps them as ``phases_s`` so a sweep can tell training from overhead."""
+
+    def __init__(self):
+        self.spent: Dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """Charge the time since the previous mark to ``name``."""
+        now = time.perf_counter()
+        self.spent[name] = self.spent.get(name, 0.0) + now - self._t
+        self._t = now
+
+    def move(self, seconds: float, src: str, dst: str) -> None:
+        seconds = min(seconds, self.spent.get(src, 0.0))
+        self.spent[src] = self.spent.get(src, 0.0) - seconds
+        self.spent[dst] = self.spent.get(dst, 0.0) + seconds
+
+
+phases = Phases()  # the current run's; run() starts it anew
+
+
 def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     """Train one run into ``run_dir`` and return its objective."""
+    global phases
+    phases = Phases()
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,11 +69,14 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
 
     from transformers import set_seed
 
+    from ftrun import keep
+    from ftrun.config import to_container
     from ftrun.data import build_datasets
     from ftrun.model import apply_method, count_parameters, load_model, load_tokenizer
     from ftrun.tracking import make_tracker
 
     # seed ------------------------------------------------------------------
+    phases.mark("setup")  # checks and imports (in a fresh process most of it is importing)
     set_seed(cfg.seed)
     log.info("Seed %d", cfg.seed)
 
@@ -56,10 +84,13 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     log.info("Loading tokenizer for model '%s'", cfg.model.name)
     tokenizer = load_tokenizer(cfg.model)
     log.info("Building data '%s' (cutoff_len=%d)", cfg.data.name, cfg.data.cutoff_len)
-    train_ds, eval_ds, report = build_datasets(cfg.data, tokenizer)
+    train_ds, eval_ds, report = keep.shared(  # a warm sweep worker tokenizes each data config once
+        "tokenized data", {"data": to_container(cfg.data), "model": to_container(cfg.model)},
+        lambda: build_datasets(cfg.data, tokenizer))
     log.info("Data: %d train / %d eval samples, %d truncated",
              len(train_ds), len(eval_ds) if eval_ds is not None else 0, report.truncated)
     _checkpoint_to_resume(cfg, run_dir)  # refuses an occupied run dir now, before the model loads
+    phases.mark("data")
 
     # model and method --------------------------------------------------------
     log.info("Loading model '%s'", cfg.model.name)
@@ -68,16 +99,19 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
     log.info("Trainable parameters: %s / %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    phases.mark("model")
 
     # tracker and trainer -------------------------------------------------------
     tracker = make_tracker(cfg, run_dir, overrides)
     tracker.log_metrics({"trainable_params": trainable, "total_params": total, **report.as_metrics("data_train")}, step=0)
+    phases.mark("tracking")
     log.info("Building trainer (optimizer=%s, scheduler=%s, precision=%s)",
              cfg.optimizer.name, cfg.scheduler.name, cfg.precision)
     from sweeper.trial import pruning_callback
 
     pruning = pruning_callback(cfg)  # None unless a sweep started this run as an Optuna trial
     trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir, callbacks=[tracker.callback(), pruning])
+    phases.mark("trainer")
 
     # train -------------------------------------------------------------------
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)
@@ -89,7 +123,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
 
     from ftrun.data import make_collator
 
-    args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None)
+    args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
     optimizers = (None, None)
     if cfg.method.name in ("lora", "qlora") and cfg.method.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
@@ -114,18 +148,26 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     )
 
 
-def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **extra):
+def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_examples: Optional[int] = None,
+                       **extra):
     """The Trainer's arguments from the config; ``cls`` is a TRL config class for the other stages,
-    and ``extra`` its own fields (beta, loss_type, ...)."""
+    and ``extra`` its own fields (beta, loss_type, ...); ``num_examples`` (training rows) turns
+    warmup_stable_decay's ``decay_ratio`` into steps."""
     import torch
     from transformers import TrainingArguments
 
     o, s, t = cfg.optimizer, cfg.scheduler, cfg.train
-    evaluate = has_eval and t.eval_steps > 0
+    eval_steps = t.eval_steps
+    if t.eval_examples > 0:  # the same data between evaluations whatever the batch size
+        eval_steps = max(1, round(t.eval_examples / examples_per_step(cfg)))
+    evaluate = has_eval and eval_steps > 0
     if s.name == "reduce_lr_on_plateau" and not evaluate:
         raise ConfigError("scheduler=reduce_lr_on_plateau: it steps on the eval loss; "
                           "set train.eval_steps > 0 and use data with an eval split")
     optim_args = f"momentum={o.momentum}" if o.name == "sgd" else None
+    scheduler_kwargs = dict(s.kwargs or {})
+    if s.name == "warmup_stable_decay":
+        scheduler_kwargs = _wsd_kwargs(cfg, scheduler_kwargs, num_examples)
     return (cls or TrainingArguments)(
         output_dir=str(run_dir),
         seed=cfg.seed,
@@ -144,7 +186,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **ex
         optim=OPTIMIZERS[o.name],
         optim_args=optim_args,
         lr_scheduler_type=s.name,
-        lr_scheduler_kwargs=dict(s.kwargs or {}),
+        lr_scheduler_kwargs=scheduler_kwargs,
         warmup_steps=s.warmup_ratio if s.warmup_ratio > 0 else s.warmup_steps,
         fp16=cfg.precision == "fp16",
         bf16=cfg.precision == "bf16",
@@ -153,7 +195,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **ex
         neftune_noise_alpha=t.neftune_noise_alpha,
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
-        eval_steps=t.eval_steps if evaluate else None,
+        eval_steps=eval_steps if evaluate else None,
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps if t.save_steps > 0 else 500,
         save_total_limit=t.save_total_limit,
@@ -165,6 +207,37 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **ex
         remove_unused_columns=False,
         **extra,
     )
+
+
+def _wsd_kwargs(cfg, kwargs: dict, num_examples: Optional[int]) -> dict:
+    """warmup-stable-decay: ``decay_ratio`` (share of all steps spent decaying) -> ``num_decay_steps``.
+
+    A constant learning rate until the decay makes an evaluation in the stable phase
+    comparable to a shorter run's, which is what multi-fidelity pruning assumes.
+    """
+    ratio = kwargs.pop("decay_ratio", None)
+    if ratio is None:
+        if "num_decay_steps" not in kwargs:
+            raise ConfigError("scheduler=wsd: give scheduler.kwargs.decay_ratio (e.g. 0.2) or num_decay_steps")
+        return kwargs
+    if not 0 <= float(ratio) <= 1:
+        raise ConfigError(f"scheduler.kwargs.decay_ratio={ratio}: must be in [0, 1]")
+    if cfg.max_steps > 0:
+        total = cfg.max_steps
+    elif num_examples is not None:
+        total = math.ceil(math.ceil(num_examples / examples_per_step(cfg)) * cfg.epochs)
+    else:
+        raise ConfigError(f"scheduler.kwargs.decay_ratio: stage={cfg.stage.name} needs max_steps set, or "
+                          "scheduler.kwargs.num_decay_steps instead")
+    kwargs["num_decay_steps"] = max(1, round(float(ratio) * total))
+    return kwargs
+
+
+def examples_per_step(cfg) -> int:
+    """Training examples in one optimizer step: batch_size x grad_accum x processes."""
+    import os
+
+    return cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
@@ -179,11 +252,16 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     try:
         if checkpoint:
             log.info("Resuming from %s", checkpoint)
+        phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_time = time.perf_counter() - start
+        phases.mark("train")
         history = trainer.state.log_history
+        # evaluations inside the loop count as evaluation, not training
+        phases.move(sum(h.get("eval_runtime", 0.0) for h in history if "eval_runtime" in h), "train", "eval")
         metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
+        phases.mark("eval")
         metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         if "eval_loss" in metrics:
             metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
@@ -209,9 +287,12 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
             tokenizer.save_pretrained(str(model_dir))
             trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
             plot_loss(history, run_dir / "loss.png", title=cfg.name)
+            phases.mark("save")
             tracker.log_metrics({**metrics, **summary, "pruned": float(summary["pruned"]), "objective": objective},
                                 step=trainer.state.global_step)
             tracker.log_artifacts(run_dir, model_dir)
+            phases.mark("tracking")
+            summary["phases_s"] = {k: round(v, 4) for k, v in phases.spent.items() if k != "prepare" or v > 0.001}
             _write_result(run_dir, cfg, objective, metrics, summary)
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
@@ -262,7 +343,11 @@ def peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:  # VmHWM: the peak resident set, which a warm sweep worker resets between trials
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---------------------------------------------------------------------------

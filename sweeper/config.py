@@ -44,6 +44,11 @@ class FtrunSweeperConf:
     """Device ids handed out to the slots (null: every visible GPU)."""
     launcher: str = "accelerate"
     """Multi-process launcher for gpus_per_trial > 1: accelerate or torchrun."""
+    budget_trial_s: Optional[float] = None
+    """Compute budget: no new trial starts once the study's trials have used this many trial-seconds (summed wall
+    time of every trial, earlier runs of the sweep included; running trials finish). null = no budget."""
+    budget_wall_s: Optional[float] = None
+    """Wall-clock budget of this run of the sweep: no new trial starts after this many seconds. null = none."""
     max_failures: Optional[int] = None
     """Failed trials this run tolerates before it stops starting new ones (null: max(3, n_trials/4))."""
     max_failure_rate: Optional[float] = None
@@ -70,6 +75,13 @@ class FtrunSweeperConf:
     """Hydra Optuna sweeper's Python hook; not supported here (use conditions)."""
 
     # -- trials ------------------------------------------------------------------
+    workers: str = "warm"
+    """warm: each slot keeps one worker process that imports the libraries and keeps the tokenized data and base
+    weights across trials; fresh: a new process per trial. Multi-process trials and a custom command run fresh."""
+    worker_max_trials: int = 50
+    """A warm worker is replaced after this many trials (0 = never)."""
+    worker_max_rss_mb: Optional[float] = None
+    """A warm worker is replaced when its resident memory passes this many MB after a trial (null = no bound)."""
     command: Optional[List[str]] = None
     """A trial's entry point; null = [<this python>, -m, ftrun]."""
     mlflow: bool = True

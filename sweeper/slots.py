@@ -128,8 +128,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def popen(cmd: List[str], slot: Slot, env: Dict[str, str], log_path, cwd=None) -> subprocess.Popen:
-    """Start a trial in its own process group, pinned to the slot's cores, dying with the sweeper."""
+def popen(cmd: List[str], slot: Slot, env: Dict[str, str], log_path, cwd=None, stdin=None,
+          pass_fds=()) -> subprocess.Popen:
+    """Start a trial (or a warm worker) in its own process group, pinned to the slot's cores,
+    dying with the sweeper."""
     full_env = {**os.environ, **slot.env(), **env}
     cores = set(slot.cores)
 
@@ -143,8 +145,8 @@ def popen(cmd: List[str], slot: Slot, env: Dict[str, str], log_path, cwd=None) -
 
     out = open(log_path, "ab")
     try:
-        return subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                start_new_session=True, preexec_fn=prepare)
+        return subprocess.Popen(cmd, env=full_env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True, preexec_fn=prepare, pass_fds=tuple(pass_fds))
     finally:
         out.close()
 

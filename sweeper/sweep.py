@@ -46,6 +46,7 @@ from sweeper.study import (
     storage_url,
 )
 from sweeper.trial import trial_env
+from sweeper.worker import WarmTrial, Worker
 
 log = logging.getLogger("ftrun.sweeper")
 
@@ -150,6 +151,14 @@ class Sweep:
         self._repeats = 0  # configurations proposed again and answered from the study, this run
         self.running: Dict[int, Running] = {}
         self.parent = None
+        self.workers_mode = str(conf.get("workers", "warm"))
+        if self.workers_mode not in ("warm", "fresh"):
+            raise SweepConfigError(f"hydra.sweeper.workers={self.workers_mode}: choose warm or fresh")
+        self.workers: Dict[int, Worker] = {}  # slot index -> its warm worker
+        self.budget_trial_s = _positive(conf.get("budget_trial_s"), "budget_trial_s")
+        self.budget_wall_s = _positive(conf.get("budget_wall_s"), "budget_wall_s")
+        self._budget_spent = False
+        self._started = time.time()
 
     # -- setup -------------------------------------------------------------------
     def _derive_name(self) -> str:
@@ -188,7 +197,9 @@ class Sweep:
             # ask-and-tell (it calls study.stop()), partial enqueues or conditional parameters
             sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
-            sampler = build_sampler(sampler_spec, seed=seed)
+            # a resumed study must not replay the startup points the same seed drew in the first run
+            done = _n_trials(storage, self.study_name)
+            sampler = build_sampler(sampler_spec, seed=None if seed is None else int(seed) + done)
         pruner = build_pruner(self.pruner_spec)
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     directions=self.directions, load_if_exists=True)
@@ -249,7 +260,10 @@ class Sweep:
                     stopped = (f"{self.failures} failed trials (more than max_failures={self.max_failures}); "
                                "no new trials started")
                     log.error("Sweep: %s", stopped)
-                need = self._need() if stopped is None else 0
+                if stopped is None and self.budget_left() <= 0 and not self._budget_spent:
+                    self._budget_spent = True
+                    log.info("Sweep: the compute budget is spent (%s); no new trials start", self._budget_text())
+                need = self._need() if stopped is None and not self._budget_spent else 0
                 while need > 0 and free:
                     if self._launch(free[0]):
                         free.pop(0)
@@ -266,10 +280,36 @@ class Sweep:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._close_workers()
         result = self._summarize(stopped)
         if stopped is not None:
             raise SweepError(f"{stopped}; see {result.summary_path}")
         return result
+
+    # -- budget ----------------------------------------------------------------------
+    def trial_seconds(self) -> float:
+        """Compute spent on this study: finished trials' wall time (all runs of the sweep) plus the running ones'."""
+        now = time.time()
+        done = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in self.study.get_trials(deepcopy=False)
+                   if t.state.is_finished())
+        return done + sum(now - r.started for r in self.running.values())
+
+    def budget_left(self) -> float:
+        """Seconds left in the tighter of the two budgets (inf without one)."""
+        left = math.inf
+        if self.budget_trial_s is not None:
+            left = min(left, self.budget_trial_s - self.trial_seconds())
+        if self.budget_wall_s is not None:
+            left = min(left, self.budget_wall_s - (time.time() - self._started))
+        return left
+
+    def _budget_text(self) -> str:
+        parts = []
+        if self.budget_trial_s is not None:
+            parts.append(f"{self.trial_seconds():.0f} of {self.budget_trial_s:.0f} trial-s")
+        if self.budget_wall_s is not None:
+            parts.append(f"{time.time() - self._started:.0f} of {self.budget_wall_s:.0f} wall s")
+        return ", ".join(parts)
 
     def _need(self) -> int:
         """Trials still to start: total wanted minus finished minus running (here or elsewhere)."""
@@ -320,8 +360,9 @@ class Sweep:
         overrides = [f"{k}={v}" for k, v in self.space.fixed.items()] + [to_override(k, v) for k, v in params.items()]
         overrides = _replace(overrides, extra)
         trial_dir.mkdir(parents=True, exist_ok=True)
-        cmd = trial_command(self.command, [*self.entry_args, *overrides, f"hydra.run.dir={trial_dir}"],
-                            processes=slot.processes, launcher=self.conf.get("launcher", "accelerate"))
+        args = [*self.entry_args, *overrides, f"hydra.run.dir={trial_dir}"]
+        cmd = trial_command(self.command, args, processes=slot.processes,
+                            launcher=self.conf.get("launcher", "accelerate"))
         env = trial_env(self.storage_url, self.study_name, trial._trial_id, trial.number,
                         pruner=None if _pruner_key(self.pruner_spec) == "none" else self.pruner_spec,
                         objective=self.objectives[0])
@@ -331,10 +372,17 @@ class Sweep:
                            "sweeper_host": self.host, "sweeper_pid": os.getpid(), "heartbeat": now,
                            "slot": slot.index, "devices": ",".join(slot.gpus) or "cpu"}.items():
             trial.set_user_attr(key, value)
+        warm = self._warm(slot)
         with open(trial_dir / TRIAL_LOG, "ab") as f:
-            f.write(f"\n$ {shlex.join(cmd)}\n".encode())
-        proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
-        log.info("Trial %d started (%s): %s", trial.number, slot.describe(), " ".join(overrides))
+            f.write(f"\n$ {shlex.join(cmd)}{'   # in a warm worker' if warm else ''}\n".encode())
+        if warm:
+            worker = self._worker(slot)
+            trial.set_user_attr("worker", f"{self.host}:{worker.pid} (trial {worker.trials + 1} of this worker)")
+            proc = WarmTrial(worker, {"args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)})
+        else:
+            proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
+        log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
+                 " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
         return True
 
@@ -373,6 +421,8 @@ class Sweep:
             reason = _error_reason(tail, rc)
         else:
             reason = "finished without result.json" if rc == 0 else _error_reason(tail, rc)
+        if isinstance(r.proc, WarmTrial):
+            reason = self._after_warm_trial(r, reason)
         if reason:
             trial.set_user_attr("fail_reason", reason[:1000])
         duration = time.time() - r.started
@@ -393,6 +443,45 @@ class Sweep:
                                   oom_retry=r.oom_retried)
             self.parent.update(self.study, self.multi)
         return True
+
+    # -- warm workers --------------------------------------------------------------
+    def _warm(self, slot: Slot) -> bool:
+        """Whether this slot's trials run in a warm worker: ftrun's own entry point, one process per trial."""
+        return self.workers_mode == "warm" and not self.conf.get("command") and slot.processes == 1
+
+    def _worker(self, slot: Slot) -> Worker:
+        worker = self.workers.get(slot.index)
+        if worker is None or not worker.alive():
+            n = sum(1 for _ in (self.sweep_dir / "workers").glob(f"slot{slot.index}_*.log")) \
+                if (self.sweep_dir / "workers").is_dir() else 0
+            worker = Worker(slot, self.sweep_dir / "workers" / f"slot{slot.index}_{n:03d}.log",
+                            env={"TOKENIZERS_PARALLELISM": "false"})
+            self.workers[slot.index] = worker
+        return worker
+
+    def _after_warm_trial(self, r: Running, reason: Optional[str]) -> Optional[str]:
+        """A dead worker is the trial's failure and is replaced; a worn one is retired."""
+        worker = r.proc.worker
+        if r.proc.worker_died:
+            self.workers.pop(r.slot.index, None)
+            worker.close()
+            why = reason or f"exit status {r.proc.returncode}"
+            return (f"its warm worker (pid {worker.pid}) died: {why}; the slot starts a new worker "
+                    f"(rerun with hydra.sweeper.workers=fresh to see the trial alone)")
+        max_trials = int(self.conf.get("worker_max_trials") or 0)
+        max_rss = float(self.conf.get("worker_max_rss_mb") or 0)
+        rss = worker.rss_mb() if max_rss else 0.0
+        if (max_trials and worker.trials >= max_trials) or (max_rss and rss > max_rss):
+            log.info("Retiring warm worker %d after %d trials (%.0f MB resident)", worker.pid, worker.trials,
+                     rss or worker.rss_mb())
+            self.workers.pop(r.slot.index, None)
+            worker.close()
+        return reason
+
+    def _close_workers(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
 
     def _oom_overrides(self, r: Running) -> Optional[List[str]]:
         values = dict(o.split("=", 1) for o in r.overrides if "=" in o)
@@ -501,11 +590,13 @@ class Sweep:
 
     # -- the end -----------------------------------------------------------------
     def _summarize(self, stopped: Optional[str]) -> SweepResult:
-        summary = build_summary(self.study, self.objectives, self.command, self.entry_args)
+        summary = build_summary(self.study, self.objectives, self.command, self.entry_args, space=self.space)
         summary_path = self.sweep_dir / "summary.md"
         header = [f"# Sweep {self.study_name}", "", f"storage: `{self.storage_url}`", ""]
         if stopped:
             header += [f"**Stopped early:** {stopped}", ""]
+        if self._budget_spent:
+            header += [f"Stopped starting trials when the compute budget was spent ({self._budget_text()}).", ""]
         summary_path.write_text("\n".join(header + summary["lines"]) + "\n")
         (self.sweep_dir / "summary.json").write_text(json.dumps(
             {k: v for k, v in summary.items() if k != "lines"} | {"study_name": self.study_name,
@@ -547,8 +638,10 @@ def enqueue_grid(study, space: SearchSpace) -> int:
 # summary
 
 
-def build_summary(study, objectives: Sequence[str], command: Sequence[str], entry_args: Sequence[str] = ()) -> dict:
-    """Counts, best trial(s) (the Pareto front for several objectives), rerun command, table of trials."""
+def build_summary(study, objectives: Sequence[str], command: Sequence[str], entry_args: Sequence[str] = (),
+                  space: Optional[SearchSpace] = None) -> dict:
+    """Counts, best trial(s) (the Pareto front for several objectives), rerun command, compute spent
+    against the equivalent grid, table of trials."""
     import optuna
 
     TrialState = optuna.trial.TrialState
@@ -574,6 +667,8 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get("overrides", [])]
         rerun = cmd
         lines += ["", "Rerun the best trial:", "", f"    {shlex.join(cmd)}", ""]
+    compute = compute_spent(trials, space)
+    lines += ["## Compute", "", compute["text"], ""]
     lines += ["## All trials", "",
               "| trial | state | " + " | ".join(objectives) + " | params | time (s) | note |",
               "|---|---|" + "---|" * len(objectives) + "---|---|---|"]
@@ -595,8 +690,56 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         dur = t.user_attrs.get("duration_s")
         lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
                      + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
-    return {"counts": counts, "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],
+    return {"counts": counts, "compute": {k: v for k, v in compute.items() if k != "text"},
+            "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],
             "best_params": [dict(t.params) for t in best], "rerun": rerun, "lines": lines}
+
+
+GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
+
+
+def compute_spent(trials, space: Optional[SearchSpace]) -> Dict[str, Any]:
+    """Trial-seconds this study spent, and what the grid over the same space would have cost at the
+    mean time of a trial that ran to the end."""
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs and t.state.is_finished()]
+    spent = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in trained)
+    full = [float(t.user_attrs["duration_s"]) for t in trained
+            if t.state.name == "COMPLETE" and t.user_attrs.get("duration_s")]
+    out: Dict[str, Any] = {"trial_seconds": spent, "trials": len(trained)}
+    text = f"Spent {spent:.0f} trial-seconds on {len(trained)} trials"
+    if full and space is not None and space.distributions:
+        per = sum(full) / len(full)
+        if space.finite():
+            size, how = space.grid_size(), "the grid of this space"
+        else:
+            size = _coarse_grid_size(space)
+            how = f"a coarse grid ({GRID_POINTS_PER_INTERVAL} values per continuous parameter)"
+        grid = size * per
+        out.update(grid_configurations=size, grid_trial_seconds=grid, mean_complete_trial_s=per,
+                   share_of_grid=spent / grid if grid else None)
+        text += (f"; {how} has {size} configurations, which at the mean complete trial's {per:.0f} s would cost "
+                 f"about {grid:.0f} trial-seconds: this sweep used {100 * spent / grid:.0f}% of that.")
+    else:
+        text += "."
+    out["text"] = text
+    return out
+
+
+def _coarse_grid_size(space: SearchSpace) -> int:
+    size = 1
+    for _, values in _grid_or_coarse(space):
+        size *= max(1, len(values))
+    return size
+
+
+def _grid_or_coarse(space: SearchSpace):
+    from optuna.distributions import FloatDistribution
+
+    from sweeper.space import grid_values
+
+    for name, d in space.distributions.items():
+        continuous = isinstance(d, FloatDistribution) and d.step is None
+        yield name, range(GRID_POINTS_PER_INTERVAL) if continuous else grid_values(name, d)
 
 
 def _params(params: Mapping[str, Any]) -> str:
@@ -642,7 +785,8 @@ class _ParentRun:
         id_file.write_text(run_id)
         sweep.study.set_user_attr("mlflow_parent_run_id", run_id)
         params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
-        params.update({f"fixed.{k}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
+        # a '+key=value' / '~key' override is a valid Hydra override but not a valid MLflow param name
+        params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
         params.update({"n_trials": str(sweep.n_trials), "n_jobs": str(sweep.conf.get("n_jobs", 1)),
                        "sampler_spec": json.dumps(sweep.conf.get("sampler"), default=str),
                        "pruner_spec": json.dumps(sweep.pruner_spec, default=str)})
@@ -678,7 +822,7 @@ class _ParentRun:
                                              tags={"mlflow.parentRunId": self.run_id, **tags})
                 from mlflow.entities import Param
 
-                params = [Param(k, str(v)[:6000]) for k, v in
+                params = [Param(k.lstrip("+~"), str(v)[:6000]) for k, v in
                           (o.split("=", 1) for o in (overrides or []) if "=" in o)]
                 if params:
                     self.client.log_batch(run.info.run_id, params=params)
@@ -795,6 +939,23 @@ def _alive(pid: int) -> bool:
 def _replace(overrides: List[str], extra: Sequence[str]) -> List[str]:
     keys = {e.split("=", 1)[0] for e in extra}
     return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(extra)
+
+
+def _n_trials(storage, study_name: str) -> int:
+    """Trials the study already has (0 for a new study)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _positive(value: Any, key: str) -> Optional[float]:
+    if value is None:
+        return None
+    if float(value) <= 0:
+        raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be > 0 (or null for no budget)")
+    return float(value)
 
 
 def _pruner_key(spec: Any) -> str:

@@ -38,7 +38,7 @@ def pruning_callback(cfg):
     """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None."""
     if not os.environ.get(STORAGE_ENV) or PRUNER_ENV not in os.environ:
         return None
-    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective)
+    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples)
 
 
 def mark_pruned(tracker, step: int) -> None:
@@ -52,8 +52,9 @@ class PruningCallback:
     """At every evaluation during training, rank 0 reports the objective to the Optuna
     trial and asks the pruner; every rank learns the answer and stops training together."""
 
-    def __init__(self, objective: str):
+    def __init__(self, objective: str, every: int = 0):
         self.objective = objective
+        self.every = every  # train.eval_examples: report steps are rounded to its multiples
         self.pruned = False
         self.pruned_at_step: Optional[int] = None
         self._trial = None
@@ -75,10 +76,11 @@ class PruningCallback:
             try:
                 if value is not None:
                     trial = self._get_trial()
-                    trial.report(value, step=state.global_step)
+                    seen = examples_seen(args, state, self.every)
+                    trial.report(value, step=seen)
                     prune = trial.should_prune()
-                    log.info("Optuna trial %d: %s=%.4f at step %d%s", trial.number, self.objective, value,
-                             state.global_step, " -> pruned" if prune else "")
+                    log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
+                             value, state.global_step, seen, " -> pruned" if prune else "")
             except Exception as e:  # the study unreachable: keep training (and never leave other ranks waiting)
                 log.warning("Optuna: could not report to the study (%s); training goes on", e)
         prune = _broadcast_from_rank0(prune)
@@ -112,6 +114,18 @@ class PruningCallback:
             )
             self._trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
         return self._trial
+
+
+def examples_seen(args, state, every: int = 0) -> int:
+    """The step under which an evaluation is reported to the study: training examples seen so far.
+
+    Trials with different batch sizes are then compared after the same data (a pruner compares
+    the values that trials reported at the same step). With ``train.eval_examples`` set, the
+    count is rounded to its multiple, so evaluations that a batch size puts a few examples off
+    still line up.
+    """
+    seen = state.global_step * args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    return max(every, round(seen / every) * every) if every > 0 else seen
 
 
 _CLASS = None

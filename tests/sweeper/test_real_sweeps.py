@@ -61,7 +61,8 @@ def test_pruned_trial_stops_early_and_is_pruned(sweep):
     result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
     assert result["pruned"] is True
     assert result["global_step"] == 2 < 12  # stopped at its first evaluation, not after max_steps
-    assert list(t.intermediate_values) == [2]
+    # reported under the training examples seen (2 steps of batch 8), so batch sizes compare fairly
+    assert list(t.intermediate_values) == [2 * 8]
 
 
 def test_failing_trial_is_fail_with_reason_and_sweep_finishes(sweep):

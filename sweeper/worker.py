@@ -1,0 +1,318 @@
+"""Warm trial workers: one long-lived ``python -m sweeper.worker`` process per slot.
+
+A fresh trial pays for starting Python, importing torch/transformers/peft,
+reading and tokenizing the data and loading the base model before it trains a
+step; on small and medium trials that is most of the trial. A warm worker
+imports the libraries once and keeps what trials share (:mod:`ftrun.keep`:
+tokenized datasets, the tokenizer, the base weights in host memory), so a trial
+pays only for its own model instance, adapter, optimizer and training.
+
+Each trial still gets a fresh model instance (a copy of the kept weights),
+fresh seeding (``ftrun.train.run`` seeds), its own MLflow run, its own log
+file (the worker's stdout and stderr are pointed at ``trial.log`` for the
+trial), its own environment (the Optuna and MLflow variables a fresh trial
+process would get) and a reset of accelerate's process-wide state and of the
+peak-memory counters. A trial that kills its worker (segfault, OOM kill,
+``os._exit``) fails with that reason, and the slot starts a new worker for its
+next trial. A worker is replaced after ``worker_max_trials`` trials or when its
+resident memory passes ``worker_max_rss_mb``.
+
+The protocol is one JSON line per message: requests on the worker's stdin,
+replies on a pipe whose descriptor is the worker's first argument (so nothing
+a trial prints can be mistaken for a reply).
+
+This module's parent side (:class:`Worker`, :class:`WarmTrial`) imports neither
+torch nor ftrun's training code; :func:`main` is the worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
+
+
+# ---------------------------------------------------------------------------
+# the sweeper's side
+
+
+class Worker:
+    """A warm worker process pinned to one slot."""
+
+    def __init__(self, slot, log_path: Path, env: Optional[Dict[str, str]] = None):
+        from sweeper.slots import popen
+
+        self.slot = slot
+        self.trials = 0
+        read_fd, write_fd = os.pipe()
+        os.set_inheritable(write_fd, True)
+        self._reply = os.fdopen(read_fd, "rb", buffering=0)
+        self._buf = b""
+        cmd = [sys.executable, "-m", "sweeper.worker", str(write_fd)]
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        self.proc = popen(cmd, slot, dict(env or {}), log_path, stdin=subprocess.PIPE, pass_fds=(write_fd,))
+        os.close(write_fd)
+        self.started = time.time()
+        log.info("Warm worker %d started for slot %d", self.proc.pid, slot.index)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def submit(self, request: Dict[str, Any]) -> None:
+        self.trials += 1
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def reply(self) -> Optional[Dict[str, Any]]:
+        """The next reply if one has arrived (a trial's end), else None; never blocks."""
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self._reply], [], [], 0)
+            if not ready:
+                return None
+            chunk = self._reply.read(65536)
+            if not chunk:  # the worker is gone
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        message = json.loads(line)
+        return self.reply() if message.get("ready") else message
+
+    def rss_mb(self) -> float:
+        try:
+            import psutil
+
+            return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        except Exception:
+            return 0.0
+
+    def close(self, grace_s: float = 30.0) -> None:
+        """Let the worker exit after its current trial (end of input), or stop it."""
+        from sweeper.slots import stop
+
+        if self.alive():
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=grace_s)
+            except (OSError, subprocess.TimeoutExpired):
+                stop(self.proc)
+        self._reply.close()
+
+
+class WarmTrial:
+    """A trial running in a warm worker, with the face of a trial process (``poll``, ``wait``,
+    ``pid``, ``returncode``) so the sweep loop treats both alike."""
+
+    def __init__(self, worker: Worker, request: Dict[str, Any]):
+        self.worker = worker
+        self.pid = worker.pid
+        self.returncode: Optional[int] = None
+        self.info: Dict[str, Any] = {}
+        self.worker_died = False
+        worker.submit(request)
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is not None:
+            return self.returncode
+        message = self.worker.reply()
+        if message is not None:
+            self.info = message
+            self.returncode = int(message.get("rc", 1))
+        elif not self.worker.alive():
+            message = self.worker.reply()  # a reply written just before it exited
+            if message is not None:
+                self.info = message
+                self.returncode = int(message.get("rc", 1))
+            else:
+                self.worker_died = True
+                self.returncode = self.worker.proc.returncode
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired("warm trial", timeout)
+            select.select([self.worker._reply], [], [], 0.5)
+        return self.returncode
+
+
+# ---------------------------------------------------------------------------
+# the worker process
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    reply = os.fdopen(int(argv[0]), "w", buffering=1)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    import faulthandler
+
+    faulthandler.enable()  # a segfault leaves its traceback in the trial's log
+    started = time.perf_counter()
+    from ftrun import keep
+
+    _import_libraries()
+    keep.enable()
+    log.info("Worker %d ready in %.1f s", os.getpid(), time.perf_counter() - started)
+    reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        request = json.loads(line)
+        rc, info = run_trial(request)
+        reply.write(json.dumps({"rc": rc, **info}) + "\n")
+
+
+def _import_libraries() -> None:
+    """What every trial imports, once."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import peft  # noqa: F401
+    import datasets  # noqa: F401
+
+    import ftrun.data  # noqa: F401
+    import ftrun.model  # noqa: F401
+    import ftrun.tracking  # noqa: F401
+    import ftrun.train  # noqa: F401
+
+
+def run_trial(request: Dict[str, Any]):
+    """Compose the trial's config from its overrides and run it, as ``python -m ftrun`` would.
+
+    Returns (exit status, info): 0 done, 2 a configuration error (logged like
+    ftrun's ``ConfigError``), 1 any other exception (its traceback is in the log).
+    """
+    import traceback
+
+    started = time.perf_counter()
+    log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    saved = _redirect(log_fd)
+    env_before = {k: os.environ.get(k) for k in request.get("env", {})}
+    os.environ.update(request.get("env", {}))
+    _reset_process_state()
+    rc, info = 1, {}
+    try:
+        from ftrun.config import ConfigError
+
+        try:
+            cfg, run_dir, overrides = compose_trial(request["args"])
+            info["compose_s"] = time.perf_counter() - started
+            from ftrun.train import run
+
+            run(cfg, run_dir, overrides=overrides)
+            rc = 0
+        except ConfigError as e:
+            logging.getLogger("ftrun").error("%s", e)
+            rc = 2
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - the worker outlives the trial; the log keeps the traceback
+            traceback.print_exc()
+            rc = 1
+    finally:
+        info["worker_s"] = time.perf_counter() - started
+        _restore(saved)
+        os.close(log_fd)
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _release_memory()
+    return rc, info
+
+
+def compose_trial(args: List[str]):
+    """(config, run dir, task overrides) from a trial's command-line arguments."""
+    from hydra import compose, initialize_config_dir
+
+    from ftrun.__main__ import CONF_DIR
+    from ftrun.config import register_configs
+
+    config_name, config_dirs, overrides, run_dir = "config", [], [], None
+    it = iter(args)
+    for a in it:
+        if a == "--config-name":
+            config_name = next(it)
+        elif a == "--config-dir":
+            config_dirs.append(next(it))
+        elif a.startswith("hydra.run.dir="):
+            run_dir = Path(a.split("=", 1)[1])
+        else:
+            overrides.append(a)
+    if run_dir is None:
+        raise ValueError("a warm trial needs hydra.run.dir=<trial dir>")
+    extra = [f"hydra.searchpath=[{','.join('file://' + d for d in config_dirs)}]"] if config_dirs else []
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
+    return cfg, run_dir, overrides
+
+
+def _redirect(fd: int):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    return saved
+
+
+def _restore(saved) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+
+
+def _reset_process_state() -> None:
+    """What a fresh process would not carry over from the previous trial."""
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)  # mixed precision etc. may differ per trial
+        GradientState._reset_state()
+    except ImportError:  # pragma: no cover
+        pass
+    try:  # the peak resident memory ("high water mark") that result.json reports is per trial
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
