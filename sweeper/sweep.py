@@ -349,6 +349,16 @@ class Sweep:
                 self.study.tell(trial, values=list(same.values))
                 log.info("Trial %d repeats trial %d's configuration: not trained again", trial.number, same.number)
                 return False
+            busy = next((r.trial for r in self.running.values() if r.trial.params == params), None)
+            if busy is not None and trial.user_attrs.get("retry_of") is None and self._repeats < 10 * self.n_trials:
+                # two slots must not train the same configuration at once (a small categorical space
+                # makes that likely among random startup points): ask again
+                self._repeats += 1
+                trial.set_user_attr("duplicate_of", busy.number)
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                log.info("Trial %d: trial %d is training the same configuration now; asking again",
+                         trial.number, busy.number)
+                return False
             extra = list(trial.user_attrs.get("extra", []))
             resume_dir = trial.user_attrs.get("resume_dir")
             trial_dir = self.sweep_dir / f"trial_{trial.number:04d}"
@@ -377,7 +387,8 @@ class Sweep:
             f.write(f"\n$ {shlex.join(cmd)}{'   # in a warm worker' if warm else ''}\n".encode())
         if warm:
             worker = self._worker(slot)
-            trial.set_user_attr("worker", f"{self.host}:{worker.pid} (trial {worker.trials + 1} of this worker)")
+            trial.set_user_attr("worker_pid", worker.pid)
+            trial.set_user_attr("worker_trial", worker.trials + 1)  # 1: the worker's first, which pays its start
             proc = WarmTrial(worker, {"args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)})
         else:
             proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
