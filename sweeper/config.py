@@ -65,6 +65,9 @@ class FtrunSweeperConf:
     # -- the search space --------------------------------------------------------
     params: Dict[str, Any] = field(default_factory=dict)
     """name: sweep, in Hydra's Optuna-sweeper syntax (interval, tag(log,..), choice, range, int(..)), or a fixed value."""
+    auto: Optional[List[Any]] = None
+    """sweep=auto's priors: [{methods: [..], max_params_b: .., params: {..}}]; the first entry that fits the run's
+    method and model size gives the search space (params and the command line override its keys)."""
     conditions: Dict[str, Any] = field(default_factory=dict)
     """name: {parent: [values]}: sample name only when parent has one of the values."""
     enqueue: List[Any] = field(default_factory=list)

@@ -101,6 +101,13 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg, sweep_
     """
     conf = _plain(conf)
     params = dict(conf.get("search_space") or {})
+    if conf.get("auto"):  # sweep=auto: the priors for this method and model size
+        from sweeper.auto import auto_params, count_parameters
+
+        prior, why = auto_params(conf["auto"], str(_select(job_cfg, "method.name")),
+                                 count_parameters(_select(job_cfg, "model")))
+        log.info("%s: %s", why, ", ".join(f"{k}={v}" for k, v in prior.items()))
+        params.update(prior)
     params.update(conf.get("params") or {})
     if conf.get("custom_search_space"):
         raise SweepConfigError("hydra.sweeper.custom_search_space: not supported by the ftrun sweeper; "

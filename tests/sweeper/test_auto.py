@@ -1,0 +1,64 @@
+"""sweep=auto: the priors entry that fits the method and the model size gives the search space."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_cfg
+from sweeper.auto import AutoSpaceError, auto_params, count_parameters
+from sweeper_helpers import fake_sweep
+
+
+def auto_entries():
+    from hydra import compose, initialize_config_dir
+
+    from ftrun.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["sweep=auto"], return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.sweeper.auto, resolve=True)
+
+
+@pytest.mark.parametrize("method, n_params, lr_range", [
+    ("lora", 7e9, "interval(1e-5, 2e-3)"),
+    ("qlora", 70e9, "interval(1e-5, 2e-3)"),
+    ("full", 0.5e9, "interval(5e-6, 1e-4)"),
+    ("full", 7e9, "interval(1e-6, 5e-5)"),
+    ("freeze", 70e9, "interval(5e-7, 2e-5)"),
+    ("full", None, "interval(5e-7, 2e-5)"),  # unknown size: the entry without a limit
+])
+def test_priors_entry_by_method_and_size(method, n_params, lr_range):
+    params, why = auto_params(auto_entries(), method, n_params)
+    assert lr_range in params["lr"] and params["lr"].startswith("tag(log")
+    assert ("rank" in params) == (method in ("lora", "qlora"))
+    assert f"method={method}" in why
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(AutoSpaceError, match="no entry for method=prefix"):
+        auto_params(auto_entries(), "prefix", 1e9)
+
+
+def test_parameter_count_from_config_matches_the_model(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    assert count_parameters(compose_cfg().model) == pytest.approx(real, rel=0.1)
+    # a local model directory: read from its config.json without loading weights
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+         "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}))  # Qwen2.5-0.5B's shape
+    assert count_parameters(OmegaConf.create({"path": str(tmp_path), "tiny": None})) == pytest.approx(494e6, rel=0.05)
+
+
+def test_auto_sweep_searches_the_lora_priors(tmp_path):
+    result, study = fake_sweep(tmp_path, ["sweep=auto", "tracking.enabled=false"], fixed=("sweep=auto",
+                               "tracking.enabled=false"), n_trials=3, pruner="none", auto=auto_entries())
+    dists = study.trials[0].distributions
+    assert set(dists) == {"lr", "rank", "batch_size", "epochs"}
+    assert (dists["lr"].low, dists["lr"].high, dists["lr"].log) == (1e-5, 2e-3, True)
+    assert list(dists["rank"].choices) == [8, 16, 32, 64]
