@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import select
 import shlex
 import signal
 import socket
@@ -283,7 +284,7 @@ class Sweep:
                 if now - last_beat >= float(self.conf.get("heartbeat_s", 10.0)):
                     self._heartbeat(now)
                     last_beat = now
-                time.sleep(0.2)
+                self._wait(0.2)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -292,6 +293,14 @@ class Sweep:
         if stopped is not None:
             raise SweepError(f"{stopped}; see {result.summary_path}")
         return result
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a warm trial replies or ``timeout`` passes (fresh trials are polled)."""
+        replies = [r.proc.worker.reply_file for r in self.running.values() if isinstance(r.proc, WarmTrial)]
+        if replies:
+            select.select(replies, [], [], timeout)
+        else:
+            time.sleep(timeout)
 
     # -- budget ----------------------------------------------------------------------
     def trial_seconds(self) -> float:
@@ -392,6 +401,7 @@ class Sweep:
         warm = self._warm(slot)
         with open(trial_dir / TRIAL_LOG, "ab") as f:
             f.write(f"\n$ {shlex.join(cmd)}{'   # in a warm worker' if warm else ''}\n".encode())
+        now = time.time()  # the trial's time starts when it is handed to its process
         if warm:
             worker = self._worker(slot)
             trial.set_user_attr("worker_pid", worker.pid)

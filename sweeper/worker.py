@@ -56,7 +56,7 @@ class Worker:
         self.trials = 0
         read_fd, write_fd = os.pipe()
         os.set_inheritable(write_fd, True)
-        self._reply = os.fdopen(read_fd, "rb", buffering=0)
+        self.reply_file = os.fdopen(read_fd, "rb", buffering=0)
         self._buf = b""
         cmd = [sys.executable, "-m", "sweeper.worker", str(write_fd)]
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +80,10 @@ class Worker:
     def reply(self) -> Optional[Dict[str, Any]]:
         """The next reply if one has arrived (a trial's end), else None; never blocks."""
         while b"\n" not in self._buf:
-            ready, _, _ = select.select([self._reply], [], [], 0)
+            ready, _, _ = select.select([self.reply_file], [], [], 0)
             if not ready:
                 return None
-            chunk = self._reply.read(65536)
+            chunk = self.reply_file.read(65536)
             if not chunk:  # the worker is gone
                 return None
             self._buf += chunk
@@ -109,7 +109,7 @@ class Worker:
                 self.proc.wait(timeout=grace_s)
             except (OSError, subprocess.TimeoutExpired):
                 stop(self.proc)
-        self._reply.close()
+        self.reply_file.close()
 
 
 class WarmTrial:
@@ -146,7 +146,7 @@ class WarmTrial:
         while self.poll() is None:
             if deadline is not None and time.time() > deadline:
                 raise subprocess.TimeoutExpired("warm trial", timeout)
-            select.select([self.worker._reply], [], [], 0.5)
+            select.select([self.worker.reply_file], [], [], 0.5)
         return self.returncode
 
 
@@ -175,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         request = json.loads(line)
         rc, info = run_trial(request)
         reply.write(json.dumps({"rc": rc, **info}) + "\n")
+        _release_memory()  # after the reply: the sweeper need not wait for it
 
 
 def _import_libraries() -> None:
@@ -183,6 +184,8 @@ def _import_libraries() -> None:
     import transformers  # noqa: F401
     import peft  # noqa: F401
     import datasets  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401  (the loss plot)
+    import mlflow  # noqa: F401
 
     import ftrun.data  # noqa: F401
     import ftrun.model  # noqa: F401
@@ -223,6 +226,7 @@ def run_trial(request: Dict[str, Any]):
         except BaseException:  # noqa: BLE001 - the worker outlives the trial; the log keeps the traceback
             traceback.print_exc()
             rc = 1
+        logging.getLogger(__name__).info("Trial finished in the worker after %.2f s", time.perf_counter() - started)
     finally:
         info["worker_s"] = time.perf_counter() - started
         _restore(saved)
@@ -232,7 +236,6 @@ def run_trial(request: Dict[str, Any]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        _release_memory()
     return rc, info
 
 
