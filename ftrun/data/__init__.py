@@ -166,7 +166,7 @@ def load_conversations(data_cfg, sources=None):
 
 
 def cache_root() -> Path:
-    from ftrun.tiny import cache_root as root
+    from ftrun.contract import cache_root as root
 
     return root() / "data"
 
