@@ -23,8 +23,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from analysis import store
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+from ftrun.compose import conf_dir as _shipped_conf
+from ftrun.config import ALIASES, canonical_overrides
+
+CONF_DIR = _shipped_conf()
 _BARE = re.compile(r"^[A-Za-z_/.][\w./:\-]*$")
 _RESERVED = {"true", "false", "null", "none", "yes", "no", "on", "off", "nan", "inf"}
 
@@ -112,14 +114,10 @@ def override_key(override: str) -> str:
 
 def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Dict[str, str]:
     """The flattened resolved config (as MLflow params are written) that ``overrides`` compose."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ftrun.compose import compose as ftrun_compose
+    from ftrun.config import flatten, to_container
 
-    from ftrun.config import flatten, register_configs, to_container
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    cfg = ftrun_compose(overrides, config_dir=None if Path(conf_dir) == CONF_DIR else conf_dir)
     return {k: _param(v) for k, v in flatten(to_container(cfg)).items()}
 
 
@@ -145,9 +143,13 @@ def group_option(conf_dir: Path, key: str, value: str) -> Optional[str]:
 
 def differences(composed: Dict[str, str], recorded: Dict[str, str],
                 ignore: Sequence[str] = store.VOLATILE_PARAMS) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
-    """{key: (composed, recorded)} for every recorded key the composition does not reproduce."""
+    """{key: (composed, recorded)} for every recorded key the composition does not reproduce.
+
+    A run recorded before each knob had one home also has its short copies (``lr``
+    beside ``optimizer.lr``); those are compared at their home only.
+    """
     return {k: (composed.get(k), v) for k, v in recorded.items()
-            if k not in ignore and composed.get(k) != v}
+            if k not in ignore and not (k in ALIASES and ALIASES[k] in recorded) and composed.get(k) != v}
 
 
 def exact_overrides(start: Sequence[str], recorded: Dict[str, str], conf_dir: Path = CONF_DIR,
@@ -159,7 +161,7 @@ def exact_overrides(start: Sequence[str], recorded: Dict[str, str], conf_dir: Pa
     interpolations keep working and groups are switched as groups.
     """
     ignore = {*store.VOLATILE_PARAMS}
-    overrides = [o for o in start if override_key(o) not in ignore]
+    overrides = canonical_overrides([o for o in start if override_key(o) not in ignore])
     diff = differences(compose(overrides, conf_dir), recorded) if recorded else {}
     for _ in range(rounds):
         if not diff:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ftrun.config import RECORDING_KEYS
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAGS = ("optuna.trial", "trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
 STUDY_TAGS = ("study_name", "optuna.study_name", "optuna_study_name", "study")
@@ -30,8 +32,7 @@ STATES = ("finished", "pruned", "failed", "running", "killed")
 HISTORY_KEYS = ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_seen",
                 "tokens_per_second", "nonfinite_loss", "eval_exact_match")
 # params that say where or how a run was recorded, not what it trained
-VOLATILE_PARAMS = ("name", "output_root", "resume", "tracking.uri", "tracking.experiment",
-                   "tracking.enabled", "tracking.log_model")
+VOLATILE_PARAMS = RECORDING_KEYS
 
 
 @dataclass

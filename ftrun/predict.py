@@ -43,7 +43,6 @@ log = logging.getLogger("ftrun.predict")
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # CJK ideographs (unified + extension A + compatibility), CJK punctuation, full-width forms
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
@@ -213,16 +212,17 @@ def data_config(args: PredictArgs, data_overrides: Sequence[str], run=None):
             raise ConfigError("model=PATH needs data=PRESET_OR_FILE (the run's own data is only known with run=)")
         cfg = OmegaConf.merge(run.cfg.data, OmegaConf.from_dotlist(list(data_overrides)))
         return cfg, ("eval" if split == "auto" else split)
-    if (CONF_DIR / "data" / f"{args.data}.yaml").is_file():
+    from ftrun.compose import conf_dir
+
+    presets = ", ".join(sorted(f.stem for f in (conf_dir() / "data").glob("*.yaml")))
+    if (conf_dir() / "data" / f"{args.data}.yaml").is_file():
         return _compose_data([f"data={args.data}", *_prefixed(data_overrides)]), ("eval" if split == "auto" else split)
     p = Path(args.data).expanduser()
     if p.exists():
-        presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
         cfg = _compose_data(["data=alpaca", f"data.name={p.stem}", f"data.path={p.resolve()}", "data.val_size=0",
                              *_prefixed(data_overrides)])
         log.info("data=%s: a file; scoring %s (presets: %s)", p, "all rows" if split == "auto" else split, presets)
         return cfg, ("all" if split == "auto" else split)
-    presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
     raise ConfigError(f"data={args.data}: neither a preset ({presets}) nor an existing file")
 
 
@@ -231,18 +231,9 @@ def _prefixed(overrides: Sequence[str]) -> List[str]:
 
 
 def _compose_data(overrides: List[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from ftrun.compose import compose
 
-    from ftrun.config import register_configs
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides).data
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"data: {str(e).splitlines()[0]}") from None
+    return compose(overrides).data
 
 
 def conversations(data_cfg, split: str):

@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ftrun.compose import conf_dir as _conf_dir
 from ftrun.config import ConfigError
 from ftrun.data.formats import FORMATS, Source, list_files
 
-CONF_DATA_DIR = Path(__file__).resolve().parents[2] / "conf" / "data"
+CONF_DATA_DIR = _conf_dir() / "data"
 SOURCE_KEYS = ("name", "path", "format", "columns", "tags", "max_samples")
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 MEDIA_COLUMNS = ("images", "videos", "audios")
