@@ -25,6 +25,7 @@ from analysis import store
 
 from ftrun.compose import conf_dir as _shipped_conf
 from ftrun.config import ALIASES, canonical_overrides
+from ftrun.contract import ATTR_OVERRIDES, TAG_OVERRIDES
 
 CONF_DIR = _shipped_conf()
 _BARE = re.compile(r"^[A-Za-z_/.][\w./:\-]*$")
@@ -215,10 +216,10 @@ def resolve(study, c=None, objective: int = 0, conf_dir: Path = CONF_DIR):
     """(trial, its run or None, exact override list, remaining differences)."""
     trial = best_trial(study, objective)
     rec = store.trial_runs(c, study).get(trial.number) if c is not None else None
-    if rec is not None and rec.tags.get("overrides") is not None:
-        start = split_overrides(rec.tags["overrides"])
-    elif trial.user_attrs.get("overrides"):  # the sweeper keeps the trial's overrides here
-        start = [str(o) for o in trial.user_attrs["overrides"]]
+    if rec is not None and rec.tags.get(TAG_OVERRIDES) is not None:
+        start = split_overrides(rec.tags[TAG_OVERRIDES])
+    elif trial.user_attrs.get(ATTR_OVERRIDES):  # the sweeper keeps the trial's overrides here
+        start = [str(o) for o in trial.user_attrs[ATTR_OVERRIDES]]
     else:
         start = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
     recorded = rec.params if rec is not None else {}

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from analysis import store
 from analysis.diagnostics import Flag, diagnose_run
 from ftrun.config import display_key
-from ftrun.contract import TAG_FAIL_REASON
+from ftrun.contract import TAG_FAIL_REASON, TAG_STUDY_NAME
 
 FORMATS = ("table", "csv", "markdown")
 
@@ -150,7 +150,7 @@ def _sweep_flags(c, sweep: str) -> List[Flag]:
     from analysis.diagnostics import range_edges
 
     parent = store.find_parent_run(c, sweep)
-    name = parent.data.tags.get("study_name") if parent is not None else None
+    name = parent.data.tags.get(TAG_STUDY_NAME) if parent is not None else None
     if not name:
         return []
     try:

@@ -84,7 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        from ftrun.contract import MLFLOW_URI_ENV
+
+        os.environ[MLFLOW_URI_ENV] = f"sqlite:///{tmp / 'mlflow.db'}"
         plain, ours = [], []
         for i in range(args.repeats):
             plain.append(plain_run(tmp))

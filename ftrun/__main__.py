@@ -40,7 +40,8 @@ def _run(cfg: DictConfig) -> float:
 
 def main() -> None:
     """The ``ftrun`` console script."""
-    sys.argv[1:] = canonical_overrides(sys.argv[1:])
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
     _run()
 
 

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ftrun.contract import TRAINER_STATE
+
 
 class ConfigError(ValueError):
     """A user mistake in the configuration; the message says what to change."""
@@ -401,11 +403,14 @@ ALIASES = {**SHORT_KEYS, "stage.objective": "objective"}
 _SHORT_NAME = {home: short for short, home in SHORT_KEYS.items()}
 
 
-def canonical_overrides(overrides: Sequence[str]) -> List[str]:
+def canonical_overrides(overrides: Sequence[str], keep_sweeps: bool = False) -> List[str]:
     """Overrides with every alias written as its home key: ``lr=1e-4`` -> ``optimizer.lr=1e-4``.
 
-    ``+lr=...`` loses its ``+`` (the home always exists); sweep syntax such as
-    ``lr=choice(1e-4,1e-3)`` keeps its value unchanged.
+    ``+lr=...`` loses its ``+`` (the home always exists). ``keep_sweeps`` (a ``-m``
+    command line) leaves search-space overrides such as ``lr=choice(1e-4,1e-3)`` as
+    typed: Hydra does not compose them, and the sweeper names the study's parameter
+    after them, as the sweep presets, ``enqueue`` and ``conditions`` do; each trial
+    then gets ``lr=<value>``, rewritten here.
     """
     out = []
     for o in overrides:
@@ -413,12 +418,21 @@ def canonical_overrides(overrides: Sequence[str]) -> List[str]:
         prefix = "++" if o.startswith("++") else o[:1] if o[:1] in "+~" else ""
         rest = o[len(prefix):]
         key, eq, value = rest.partition("=")
-        if key in ALIASES:
+        if key in ALIASES and not (keep_sweeps and _is_sweep(o)):
             if prefix == "+":
                 prefix = ""
             o = f"{prefix}{ALIASES[key]}{eq}{value}"
         out.append(o)
     return out
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # not an override Hydra can parse: Hydra will say so
+        return False
 
 
 def display_key(key: str) -> str:
@@ -523,7 +537,7 @@ def last_checkpoint(run_dir: Path) -> Optional[Path]:
     ckpts = []
     for d in run_dir.glob("checkpoint-*"):
         step = d.name.split("-", 1)[1]
-        if step.isdigit() and (d / "trainer_state.json").is_file():
+        if step.isdigit() and (d / TRAINER_STATE).is_file():
             ckpts.append((int(step), d))
     return max(ckpts)[1] if ckpts else None
 
@@ -562,14 +576,17 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             problems.append(f"{display_key(key)}={_show(value)}: {why}")
 
-    def positive(key: str, value: Any, why: str = "must be > 0") -> None:
-        check(value is not None and value > 0 and math.isfinite(value), key, value, why)
+    def leaf(key: str) -> str:
+        return display_key(key).rsplit(".", 1)[-1]
+
+    def positive(key: str, value: Any, why: str = "") -> None:
+        check(value is not None and value > 0 and math.isfinite(value), key, value, why or f"{leaf(key)} must be > 0")
 
     def at_least(key: str, value: Any, low: float) -> None:
-        check(value is not None and value >= low, key, value, f"must be >= {low:g}")
+        check(value is not None and value >= low, key, value, f"{leaf(key)} must be >= {low:g}")
 
-    def in_unit(key: str, value: Any, why: str = "must be in [0, 1)") -> None:
-        check(value is not None and 0 <= value < 1, key, value, why)
+    def in_unit(key: str, value: Any) -> None:
+        check(value is not None and 0 <= value < 1, key, value, f"{leaf(key)} must be in [0, 1)")
 
     c = cfg
     # run ---------------------------------------------------------------------
@@ -585,7 +602,7 @@ def validate(cfg: DictConfig) -> None:
     if c.resume not in ("never", "auto", "force"):
         check(Path(c.resume).exists(), "resume", c.resume,
               "no such run directory or checkpoint; use resume=auto, resume=force or a path under outputs/")
-    _check_stage(c, check, positive, at_least, in_unit)
+    _check_stage(c, check, positive, at_least)
 
     # model -------------------------------------------------------------------
     md = c.model
@@ -703,7 +720,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _check_stage(c: DictConfig, check, positive, at_least, in_unit) -> None:
+def _check_stage(c: DictConfig, check, positive, at_least) -> None:
     st = c.stage
     check(st.name == "sft" or c.method.loraplus_lr_ratio is None, "method.loraplus_lr_ratio",
           c.method.loraplus_lr_ratio, f"LoRA+ is built for stage=sft only; set it to null for stage={st.name}")

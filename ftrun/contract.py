@@ -102,6 +102,8 @@ ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
 """A trial's MLflow run id."""
 ATTR_MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"
 """A study's MLflow parent run id."""
+ATTR_OBJECTIVES = TAG_OBJECTIVES
+"""A study's objective names."""
 ATTR_FAIL_REASON = TAG_FAIL_REASON
 ATTR_OOM_RETRY = TAG_OOM_RETRY
 ATTR_PRUNED = TAG_PRUNED

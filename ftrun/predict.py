@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ftrun.config import ConfigError
+from ftrun.contract import MLFLOW_URI_ENV
 
 log = logging.getLogger("ftrun.predict")
 
@@ -314,7 +315,7 @@ def predict_objective(run: str, metric: str = "predict_exact_match", data: Optio
 def _log_to_mlflow(run, metrics: Dict[str, float], out: Path, tracking_uri: Optional[str]) -> None:
     import mlflow
 
-    uri = tracking_uri or (run.cfg.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or (run.cfg.get("tracking") or {}).get("uri") or os.environ.get(MLFLOW_URI_ENV)
     if uri:
         mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run.mlflow_run_id):

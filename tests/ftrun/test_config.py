@@ -71,6 +71,13 @@ def test_canonical_overrides():
         "hydra.run.dir=d", "method=qlora", "--cfg", "job"]
 
 
+def test_a_sweep_keeps_the_spelling_of_its_search_space():
+    # -m: the study's parameter is named as typed (like presets, enqueue and conditions); each trial's
+    # lr=<value> is rewritten when it composes
+    assert canonical_overrides(["lr=tag(log,interval(1e-5,1e-1))", "rank=8,16", "alpha=64"], keep_sweeps=True) == [
+        "lr=tag(log,interval(1e-5,1e-1))", "rank=8,16", "method.alpha=64"]
+
+
 def test_cfg_job_shows_one_value_per_knob(tmp_path):
     out = _cli("--cfg", "job", "lr=3e-4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
