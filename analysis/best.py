@@ -3,12 +3,12 @@
 The override list starts from the trial's MLflow ``overrides`` tag (what the
 trial was launched with), or from the trial's Optuna params when there is no
 run. It is then checked against the truth: the whole resolved config the trial
-recorded as MLflow params. The config those overrides compose from ``conf/`` is
-compared key by key, and any key that differs (conf/ changed since, a fixed
+recorded as MLflow params. The config those overrides compose from ``ftrun/conf/`` is
+compared key by key, and any key that differs (ftrun/conf/ changed since, a fixed
 sweep override missing from the tag) gets an explicit override. What is left
 different is printed.
 
-By default the result is written as ``conf/experiment/<name>.yaml`` (a global
+By default the result is written as ``ftrun/conf/experiment/<name>.yaml`` (a global
 package with ``override /group: option`` defaults), so the rerun is
 ``python -m ftrun +experiment=<name>``; ``--print`` prints the override list only.
 """
@@ -129,7 +129,7 @@ def _param(value) -> str:
 
 
 def group_option(conf_dir: Path, key: str, value: str) -> Optional[str]:
-    """For ``<group>.name`` = value, the option file in conf/<group>/ that sets that name."""
+    """For ``<group>.name`` = value, the option file in ftrun/conf/<group>/ that sets that name."""
     group, _, leaf = key.rpartition(".")
     folder = Path(conf_dir) / group.replace(".", "/")
     if leaf != "name" or not folder.is_dir():
@@ -225,7 +225,7 @@ def resolve(study, c=None, objective: int = 0, conf_dir: Path = CONF_DIR):
     recorded = rec.params if rec is not None else {}
     try:
         overrides, diff = exact_overrides(start, recorded, conf_dir)
-    except Exception:  # the tag holds something conf/ no longer accepts: rebuild from the record
+    except Exception:  # the tag holds something ftrun/conf/ no longer accepts: rebuild from the record
         overrides, diff = exact_overrides([f"{k}={hydra_value(v)}" for k, v in trial.params.items()],
                                           recorded, conf_dir)
     return trial, rec, overrides, diff
@@ -242,7 +242,7 @@ def main(args) -> int:
     if rec is None:
         print("warning: without the run's recorded config the fixed (non-searched) overrides of the sweep are unknown")
     if diff:
-        print("warning: these recorded values are not reproduced by conf/ as it is now:")
+        print("warning: these recorded values are not reproduced by ftrun/conf/ as it is now:")
         for k, (now, then) in sorted(diff.items()):
             print(f"  {k}: recorded {then}, composes to {now}")
     elif rec is not None:

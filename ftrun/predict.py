@@ -7,7 +7,7 @@ Generate answers for a data set with a fine-tuned model and score them:
 - prompts are rendered with the model's own chat template (the one the run
   trained with), left-padded and generated in batches; greedy by default
   (``gen.temperature=0``), sampling with ``gen.temperature`` / ``gen.top_p`` otherwise;
-- ``data=`` is a preset of conf/data (``data=letters``, ``data=alpaca
+- ``data=`` is a preset of ftrun/conf/data (``data=letters``, ``data=alpaca
   data.path=...``), a data file (all its rows are scored), or left out for the
   run's own data; ``data.KEY=VALUE`` adjusts it; ``split=eval`` (default for a
   preset or the run's data) scores the held-out split;
@@ -70,7 +70,7 @@ class PredictArgs:
     model: Optional[str] = None
     """Or a model directory (an export, a base model)."""
     data: Optional[str] = None
-    """A conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
+    """A ftrun/conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
     split: str = "auto"
     """eval, train or all; auto = eval for a preset / the run's data, all rows of a bare file."""
     max_samples: Optional[int] = None
@@ -204,7 +204,7 @@ def generate(model, tokenizer, conversations: Sequence[List[dict]], gen: Optiona
 
 
 def data_config(args: PredictArgs, data_overrides: Sequence[str], run=None):
-    """The ``data`` config to score: the run's, a conf/data preset, or a bare file; plus the split."""
+    """The ``data`` config to score: the run's, a ftrun/conf/data preset, or a bare file; plus the split."""
     from omegaconf import OmegaConf
 
     split = args.split
