@@ -292,3 +292,11 @@ def test_cfg_job_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "method:" in out.stdout
+
+
+def test_the_template_choice_matches_the_templates_ftrun_has():
+    # config.py cannot import the data layer (composing must stay light), so the names are listed twice
+    from ftrun.config import TEMPLATES
+    from ftrun.data.templates import TEMPLATE_NAMES
+
+    assert set(TEMPLATES) == set(TEMPLATE_NAMES)
