@@ -17,7 +17,7 @@ EPILOG = """examples:
   python -m analysis compare --sweep STUDY_OR_PARENT_RUN_ID --status pruned --format markdown
   python -m analysis curves RUN_ID RUN_ID -o curves.png
   python -m analysis sweep --study lora_search --storage multirun/.../optuna.db
-  python -m analysis best --study lora_search          # writes conf/experiment/best_lora_search.yaml
+  python -m analysis best --study lora_search          # writes ftrun/conf/experiment/best_lora_search.yaml
 """
 
 
@@ -58,12 +58,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="report folder (default: sweep_reports/STUDY)")
     s.add_argument("--no-mlflow", action="store_true", help="do not log the report to the parent run")
 
-    b = sub.add_parser("best", help="the best trial as conf/experiment/*.yaml (or an override list)")
+    b = sub.add_parser("best", help="the best trial as ftrun/conf/experiment/*.yaml (or an override list)")
     b.add_argument("--study", required=True, help="Optuna study name")
     b.add_argument("--storage", help="as for `sweep`")
     b.add_argument("--objective", type=int, default=0, help="with several objectives: best on this one (index)")
     b.add_argument("--name", help="experiment file name (default: best_STUDY)")
-    b.add_argument("--conf-dir", help="config folder to write into (default: the project's conf/)")
+    b.add_argument("--conf-dir", help="config folder to write into (default: ftrun/conf, the configs in the package)")
     b.add_argument("--print", action="store_true", help="print the override list; write no file")
     return p
 

@@ -3,12 +3,12 @@
 The override list starts from the trial's MLflow ``overrides`` tag (what the
 trial was launched with), or from the trial's Optuna params when there is no
 run. It is then checked against the truth: the whole resolved config the trial
-recorded as MLflow params. The config those overrides compose from ``conf/`` is
-compared key by key, and any key that differs (conf/ changed since, a fixed
+recorded as MLflow params. The config those overrides compose from ``ftrun/conf/`` is
+compared key by key, and any key that differs (ftrun/conf/ changed since, a fixed
 sweep override missing from the tag) gets an explicit override. What is left
 different is printed.
 
-By default the result is written as ``conf/experiment/<name>.yaml`` (a global
+By default the result is written as ``ftrun/conf/experiment/<name>.yaml`` (a global
 package with ``override /group: option`` defaults), so the rerun is
 ``python -m ftrun +experiment=<name>``; ``--print`` prints the override list only.
 """
@@ -23,8 +23,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from analysis import store
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+from ftrun.compose import conf_dir as _shipped_conf
+from ftrun.config import ALIASES, canonical_overrides
+from ftrun.contract import ATTR_OVERRIDES, TAG_OVERRIDES
+
+CONF_DIR = _shipped_conf()
 _BARE = re.compile(r"^[A-Za-z_/.][\w./:\-]*$")
 _RESERVED = {"true", "false", "null", "none", "yes", "no", "on", "off", "nan", "inf"}
 
@@ -112,14 +115,10 @@ def override_key(override: str) -> str:
 
 def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Dict[str, str]:
     """The flattened resolved config (as MLflow params are written) that ``overrides`` compose."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ftrun.compose import compose as ftrun_compose
+    from ftrun.config import flatten, to_container
 
-    from ftrun.config import flatten, register_configs, to_container
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    cfg = ftrun_compose(overrides, config_dir=None if Path(conf_dir) == CONF_DIR else conf_dir)
     return {k: _param(v) for k, v in flatten(to_container(cfg)).items()}
 
 
@@ -130,7 +129,7 @@ def _param(value) -> str:
 
 
 def group_option(conf_dir: Path, key: str, value: str) -> Optional[str]:
-    """For ``<group>.name`` = value, the option file in conf/<group>/ that sets that name."""
+    """For ``<group>.name`` = value, the option file in ftrun/conf/<group>/ that sets that name."""
     group, _, leaf = key.rpartition(".")
     folder = Path(conf_dir) / group.replace(".", "/")
     if leaf != "name" or not folder.is_dir():
@@ -145,9 +144,13 @@ def group_option(conf_dir: Path, key: str, value: str) -> Optional[str]:
 
 def differences(composed: Dict[str, str], recorded: Dict[str, str],
                 ignore: Sequence[str] = store.VOLATILE_PARAMS) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
-    """{key: (composed, recorded)} for every recorded key the composition does not reproduce."""
+    """{key: (composed, recorded)} for every recorded key the composition does not reproduce.
+
+    A run recorded before each knob had one home also has its short copies (``lr``
+    beside ``optimizer.lr``); those are compared at their home only.
+    """
     return {k: (composed.get(k), v) for k, v in recorded.items()
-            if k not in ignore and composed.get(k) != v}
+            if k not in ignore and not (k in ALIASES and ALIASES[k] in recorded) and composed.get(k) != v}
 
 
 def exact_overrides(start: Sequence[str], recorded: Dict[str, str], conf_dir: Path = CONF_DIR,
@@ -159,7 +162,7 @@ def exact_overrides(start: Sequence[str], recorded: Dict[str, str], conf_dir: Pa
     interpolations keep working and groups are switched as groups.
     """
     ignore = {*store.VOLATILE_PARAMS}
-    overrides = [o for o in start if override_key(o) not in ignore]
+    overrides = canonical_overrides([o for o in start if override_key(o) not in ignore])
     diff = differences(compose(overrides, conf_dir), recorded) if recorded else {}
     for _ in range(rounds):
         if not diff:
@@ -213,16 +216,16 @@ def resolve(study, c=None, objective: int = 0, conf_dir: Path = CONF_DIR):
     """(trial, its run or None, exact override list, remaining differences)."""
     trial = best_trial(study, objective)
     rec = store.trial_runs(c, study).get(trial.number) if c is not None else None
-    if rec is not None and rec.tags.get("overrides") is not None:
-        start = split_overrides(rec.tags["overrides"])
-    elif trial.user_attrs.get("overrides"):  # the sweeper keeps the trial's overrides here
-        start = [str(o) for o in trial.user_attrs["overrides"]]
+    if rec is not None and rec.tags.get(TAG_OVERRIDES) is not None:
+        start = split_overrides(rec.tags[TAG_OVERRIDES])
+    elif trial.user_attrs.get(ATTR_OVERRIDES):  # the sweeper keeps the trial's overrides here
+        start = [str(o) for o in trial.user_attrs[ATTR_OVERRIDES]]
     else:
         start = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
     recorded = rec.params if rec is not None else {}
     try:
         overrides, diff = exact_overrides(start, recorded, conf_dir)
-    except Exception:  # the tag holds something conf/ no longer accepts: rebuild from the record
+    except Exception:  # the tag holds something ftrun/conf/ no longer accepts: rebuild from the record
         overrides, diff = exact_overrides([f"{k}={hydra_value(v)}" for k, v in trial.params.items()],
                                           recorded, conf_dir)
     return trial, rec, overrides, diff
@@ -239,7 +242,7 @@ def main(args) -> int:
     if rec is None:
         print("warning: without the run's recorded config the fixed (non-searched) overrides of the sweep are unknown")
     if diff:
-        print("warning: these recorded values are not reproduced by conf/ as it is now:")
+        print("warning: these recorded values are not reproduced by ftrun/conf/ as it is now:")
         for k, (now, then) in sorted(diff.items()):
             print(f"  {k}: recorded {then}, composes to {now}")
     elif rec is not None:

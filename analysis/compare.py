@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 from analysis import store
 from analysis.diagnostics import Flag, diagnose_run
+from ftrun.config import display_key
+from ftrun.contract import TAG_FAIL_REASON, TAG_STUDY_NAME
 
 FORMATS = ("table", "csv", "markdown")
 
@@ -22,8 +24,9 @@ FORMATS = ("table", "csv", "markdown")
 def build_table(records: Sequence[store.RunRecord]) -> tuple[List[str], List[dict], Dict[str, List[Flag]]]:
     """Columns, one row per run (raw values), and the diagnostics per run id."""
     params = store.differing_params(records)
+    names = {p: display_key(p) for p in params}  # optimizer.lr is shown as lr, the spelling people sweep
     has_em = any("eval_exact_match" in r.metrics for r in records)
-    columns = ["run", "name", "state", *params, "eval_loss", "best_eval_loss"]
+    columns = ["run", "name", "state", *names.values(), "eval_loss", "best_eval_loss"]
     if has_em:
         columns += ["eval_exact_match", "best_eval_exact_match"]
     columns += ["train_loss", "train_time_s", "tokens_per_s", "peak_memory_mb", "trainable_params", "flags"]
@@ -33,7 +36,7 @@ def build_table(records: Sequence[store.RunRecord]) -> tuple[List[str], List[dic
         ems = r.histories.get("eval_exact_match", [])
         tps = [v for _, v in r.histories.get("tokens_per_second", []) if math.isfinite(v)]
         row = {"run": r.short_id, "name": r.name, "state": r.state, "run_id": r.run_id}
-        row.update({p: r.params.get(p) for p in params})
+        row.update({names[p]: r.params.get(p) for p in params})
         row.update({
             "eval_loss": r.metrics.get("eval_loss"),
             "best_eval_loss": min((v for _, v in evals), default=r.metrics.get("eval_loss")),
@@ -47,7 +50,7 @@ def build_table(records: Sequence[store.RunRecord]) -> tuple[List[str], List[dic
         })
         flags[r.run_id] = diagnose_run(r.histories, subject=f"{r.short_id} {r.name}", failed=r.state == "failed")
         if r.state == "failed":
-            flags[r.run_id].append(Flag("failed", r.tags.get("fail_reason", "the run ended FAILED")[:300],
+            flags[r.run_id].append(Flag("failed", r.tags.get(TAG_FAIL_REASON, "the run ended FAILED")[:300],
                                         "see the run's log; an out-of-memory error wants a smaller batch_size "
                                         "with a larger grad_accum", f"{r.short_id} {r.name}"))
         row["flags"] = ", ".join(f.kind for f in flags[r.run_id])
@@ -147,7 +150,7 @@ def _sweep_flags(c, sweep: str) -> List[Flag]:
     from analysis.diagnostics import range_edges
 
     parent = store.find_parent_run(c, sweep)
-    name = parent.data.tags.get("study_name") if parent is not None else None
+    name = parent.data.tags.get(TAG_STUDY_NAME) if parent is not None else None
     if not name:
         return []
     try:

@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAGS = ("optuna.trial", "trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
-STUDY_TAGS = ("study_name", "optuna.study_name", "optuna_study_name", "study")
-STORAGE_TAGS = ("storage", "optuna.storage", "optuna_storage")
+from ftrun import contract as C
+from ftrun.config import RECORDING_KEYS
+
+PARENT_TAG = C.TAG_PARENT
+TRIAL_TAGS = (C.TAG_TRIAL, "trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
+STUDY_TAGS = (C.TAG_STUDY_NAME, "optuna.study_name", "optuna_study_name", "study")
+STORAGE_TAGS = (C.TAG_STORAGE, "optuna.storage", "optuna_storage")
 STATES = ("finished", "pruned", "failed", "running", "killed")
 HISTORY_KEYS = ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_seen",
                 "tokens_per_second", "nonfinite_loss", "eval_exact_match")
 # params that say where or how a run was recorded, not what it trained
-VOLATILE_PARAMS = ("name", "output_root", "resume", "tracking.uri", "tracking.experiment",
-                   "tracking.enabled", "tracking.log_model")
+VOLATILE_PARAMS = RECORDING_KEYS
 
 
 @dataclass
@@ -62,7 +64,7 @@ def client(tracking_uri: Optional[str] = None):
 
 def run_state(run) -> str:
     """finished / pruned / failed / running / killed, with the sweeper's pruned tag first."""
-    if str(run.data.tags.get("pruned", "")).lower() in ("true", "1", "yes"):
+    if str(run.data.tags.get(C.TAG_PRUNED, "")).lower() in ("true", "1", "yes"):
         return "pruned"
     return {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running", "SCHEDULED": "running",
             "KILLED": "killed"}.get(run.info.status, run.info.status.lower())
@@ -71,7 +73,7 @@ def run_state(run) -> str:
 def to_record(run, experiment_name: str = "") -> RunRecord:
     return RunRecord(
         run_id=run.info.run_id,
-        name=run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+        name=run.info.run_name or run.data.tags.get(C.TAG_RUN_NAME, ""),
         experiment=experiment_name,
         state=run_state(run),
         params=dict(run.data.params),
@@ -117,7 +119,7 @@ def find_runs(c, experiments: Sequence[str] = (), sweep: Optional[str] = None,
         # a run that others name as parent is a sweep's summary run, not a training run
         everything = _search(c, list(exps)) if clauses else runs
         parents = {r.data.tags.get(PARENT_TAG) for r in everything}
-        runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get("ftrun.sweep") != "true"]
+        runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get(C.TAG_SWEEP) != "true"]
     records = [to_record(r, exps.get(r.info.experiment_id, "")) for r in runs]
     if states:
         bad = set(states) - set(STATES)
@@ -279,9 +281,9 @@ def trial_runs(c, study, parent=None) -> Dict[int, RunRecord]:
     """{trial number: its MLflow run}, from trial user attrs or trial-number tags of the sweep's children."""
     out: Dict[int, RunRecord] = {}
     for t in study.trials:
-        run_id = t.user_attrs.get("mlflow_run_id")
-        id_file = Path(str(t.user_attrs.get("trial_dir", ""))) / "mlflow_run_id"
-        if not run_id and t.user_attrs.get("trial_dir") and id_file.is_file():
+        run_id = t.user_attrs.get(C.ATTR_MLFLOW_RUN_ID)
+        id_file = Path(str(t.user_attrs.get(C.ATTR_TRIAL_DIR, ""))) / C.RUN_ID_FILE
+        if not run_id and t.user_attrs.get(C.ATTR_TRIAL_DIR) and id_file.is_file():
             run_id = id_file.read_text().strip()
         if run_id:
             try:
@@ -302,7 +304,7 @@ def trial_runs(c, study, parent=None) -> Dict[int, RunRecord]:
 
 def study_parent_run(c, study):
     """The sweep's parent run: the one the study names, else found by the study's name."""
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    run_id = study.user_attrs.get(C.ATTR_MLFLOW_PARENT_RUN_ID)
     if run_id:
         try:
             return c.get_run(run_id)

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from analysis import store
 from analysis.diagnostics import Flag, diagnose_run, range_edges
+from ftrun import contract as C
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ def objective_names(study, runs: Optional[Dict[int, store.RunRecord]] = None, pa
     else the ``objective`` its runs recorded, else value / values_i."""
     if study.metric_names:
         return list(study.metric_names)
-    named = study.user_attrs.get("objectives")
-    if not named and parent is not None and parent.data.tags.get("objectives"):
-        named = parent.data.tags["objectives"].split(",")
+    named = study.user_attrs.get(C.ATTR_OBJECTIVES)
+    if not named and parent is not None and parent.data.tags.get(C.TAG_OBJECTIVES):
+        named = parent.data.tags[C.TAG_OBJECTIVES].split(",")
     if named and len(named) == len(study.directions):
         return [str(n) for n in named]
     if len(study.directions) == 1:
@@ -250,7 +251,7 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
         rows.append([t.number, STATE_NAMES.get(t.state.name, t.state.name.lower()), *("" if v is None else f"{v:.6g}" for v in values),
                      f"{t.duration.total_seconds():.1f}" if t.duration else "", _fmt_params(t.params),
                      rec.run_id if rec else "", ", ".join(f.kind for f in per_trial.get(t.number, [])),
-                     str(t.user_attrs.get("fail_reason") or (rec.tags.get("fail_reason") if rec else "") or "")[:300]])
+                     str(t.user_attrs.get(C.ATTR_FAIL_REASON) or (rec.tags.get(C.TAG_FAIL_REASON) if rec else "") or "")[:300]])
     parts.append(_table(head, rows))
 
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -42,17 +42,9 @@ def synthetic_rows(n: int, seed: int = 0):
     return rows
 
 
-def compose(overrides):
-    from hydra import compose as hcompose, initialize_config_dir
-
-    from ftrun.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides))
-
-
 def run_once(data_path: Path, packing: bool, batch: int, steps: int, cutoff: int, extra, workdir: Path) -> dict:
+    from ftrun.compose import compose
+    from ftrun.contract import RESULT_FILE, TRAINER_STATE
     from ftrun.train import run
 
     overrides = [
@@ -66,8 +58,8 @@ def run_once(data_path: Path, packing: bool, batch: int, steps: int, cutoff: int
     start = time.perf_counter()
     run(cfg, run_dir)
     wall = time.perf_counter() - start
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    result = json.loads((run_dir / "result.json").read_text())
+    state = json.loads((run_dir / TRAINER_STATE).read_text())
+    result = json.loads((run_dir / RESULT_FILE).read_text())
     tokens = state.get("num_input_tokens_seen") or 0
     t = result["train_time_s"]
     return {"packing": packing, "batch_size": batch, "steps": state["global_step"], "train_time_s": t,
@@ -77,6 +69,7 @@ def run_once(data_path: Path, packing: bool, batch: int, steps: int, cutoff: int
 
 def padding_share(data_path: Path, batch: int, cutoff: int, extra) -> float:
     """Share of padding in randomly drawn unpacked batches of ``batch`` samples."""
+    from ftrun.compose import compose
     from ftrun.data import build_datasets
     from ftrun.model import load_tokenizer
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 OVERRIDES = ["method=lora", "train.eval_steps=0", "train.save_steps=0", "tracking.experiment=bench"]
 
@@ -29,14 +29,14 @@ OVERRIDES = ["method=lora", "train.eval_steps=0", "train.save_steps=0", "trackin
 def ftrun_run(tmp: Path) -> float:
     import json
 
-    from conftest import compose_cfg
-
+    from ftrun.compose import compose
+    from ftrun.contract import TRAINER_STATE
     from ftrun.train import run
 
-    cfg = compose_cfg(OVERRIDES)
+    cfg = compose(OVERRIDES)
     run_dir = tmp / f"ftrun-{time.time_ns()}"
     run(cfg, run_dir)
-    state = json.loads((run_dir / "trainer_state.json").read_text())
+    state = json.loads((run_dir / TRAINER_STATE).read_text())
     return state["num_input_tokens_seen"] / _train_runtime(state)
 
 
@@ -52,12 +52,11 @@ def plain_run(tmp: Path) -> float:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments, set_seed)
 
-    from conftest import compose_cfg
-
+    from ftrun.compose import compose
     from ftrun.data import build_datasets
     from ftrun.model import model_path
 
-    cfg = compose_cfg(OVERRIDES)
+    cfg = compose(OVERRIDES)
     set_seed(cfg.seed)
     path = model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -67,7 +66,7 @@ def plain_run(tmp: Path) -> float:
                                              task_type="CAUSAL_LM"))
     args = TrainingArguments(
         output_dir=str(tmp / f"plain-{time.time_ns()}"), per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs, learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=0.03,
+        num_train_epochs=cfg.epochs, learning_rate=cfg.optimizer.lr, lr_scheduler_type="cosine", warmup_steps=0.03,
         logging_steps=cfg.train.logging_steps, save_strategy="no", report_to="none", seed=cfg.seed,
         data_seed=cfg.seed, use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
         disable_tqdm=True, optim="adamw_torch",
@@ -85,7 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        from ftrun.contract import MLFLOW_URI_ENV
+
+        os.environ[MLFLOW_URI_ENV] = f"sqlite:///{tmp / 'mlflow.db'}"
         plain, ours = [], []
         for i in range(args.repeats):
             plain.append(plain_run(tmp))

@@ -1,8 +1,10 @@
-"""``python -m ftrun [overrides]``: compose a run from conf/ and train it.
+"""``ftrun [overrides]`` (or ``python -m ftrun``): compose a run from ftrun/conf and train it.
 
 The entrypoint only composes and calls :func:`ftrun.train.run`; it returns the
-objective so a ``-m`` sweep can optimize it. A user mistake (``ConfigError``)
-ends with its message and exit status 2, not a traceback.
+objective so a ``-m`` sweep can optimize it. Short spellings (``lr=``) are
+rewritten to their home keys (``optimizer.lr=``) before Hydra reads the command
+line. A user mistake (``ConfigError``) ends with its message and exit status 2,
+not a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ftrun.config import ConfigError, register_configs
+from ftrun.compose import CONF_PATH, CONFIG_NAME
+from ftrun.config import ConfigError, canonical_overrides, register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("ftrun")
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=CONFIG_NAME)
+def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from ftrun.train import run
@@ -34,6 +36,13 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(2)
+
+
+def main() -> None:
+    """The ``ftrun`` console script."""
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
+    _run()
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """The configuration schema: structured configs registered in Hydra's ConfigStore.
 
 Each group (``model``, ``method``, ``data``, ``optimizer``, ``scheduler``) has one
-dataclass; ``conf/<group>/*.yaml`` holds presets merged onto it, so a typo in a
-key or a value of the wrong type fails at compose time. The knobs people sweep
-(``lr``, ``rank``, ``batch_size`` ...) are short top-level keys that the groups
-read through interpolation (``optimizer.lr: ${lr}``).
+dataclass; ``ftrun/conf/<group>/*.yaml`` holds presets merged onto it, so a typo in
+a key, a value of the wrong type or a choice outside its Enum fails at compose time.
 
-Range checks that a type cannot express live in :func:`validate`; it runs before
-any model or dataset is loaded and names the override to fix.
+Every knob has one home. The ones people sweep have a short spelling as well
+(:data:`SHORT_KEYS`: ``lr`` is ``optimizer.lr``, ``rank`` is ``method.rank``, ...);
+:func:`canonical_overrides` rewrites the short spelling to the home before Hydra
+composes, so both reach the same value and the same check, and ``--cfg job``
+shows each knob once.
+
+Range and cross-field checks that a type cannot express live in :func:`validate`;
+it runs before any model or dataset is loaded, reports every problem at once and
+names each by the override that fixes it.
 
 Nothing here imports torch: composing a config must stay fast.
 """
@@ -17,14 +22,77 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ftrun.contract import TRAINER_STATE
 
 
 class ConfigError(ValueError):
     """A user mistake in the configuration; the message says what to change."""
+
+
+class Choice(str, Enum):
+    """A key that takes one of a fixed set of values; compares, hashes and prints as its plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _choice(name: str, values: Sequence[str]):
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
+
+
+METHODS = ("full", "freeze", "lora", "qlora")
+OPTIMIZERS = {  # ours -> transformers' `optim`
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+}
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "warmup_stable_decay",
+)
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
+PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+ATTN = ("eager", "sdpa", "flash_attention_2")
+TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "mistral", "glm4")  # ftrun.data.templates
+# what TRL 1.16's DPOTrainer accepts as loss_type
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+PPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+Method = _choice("Method", METHODS)
+Optimizer = _choice("Optimizer", tuple(OPTIMIZERS))
+Scheduler = _choice("Scheduler", SCHEDULERS)
+Stage = _choice("Stage", STAGES)
+Precision = _choice("Precision", PRECISIONS)
+Dtype = _choice("Dtype", DTYPES)
+Attn = _choice("Attn", ATTN)
+TemplateName = _choice("TemplateName", TEMPLATES)
+QuantType = _choice("QuantType", ("nf4", "fp4"))
+ComputeDtype = _choice("ComputeDtype", ("fp32", "bf16", "fp16"))
+DataFormat = _choice("DataFormat", ("auto", "alpaca", "sharegpt"))
+Mix = _choice("Mix", ("concat", "interleave"))
+MixStop = _choice("MixStop", ("first_exhausted", "all_exhausted"))
+DPOLoss = _choice("DPOLoss", DPO_LOSSES)
+PPOLoss = _choice("PPOLoss", PPO_LOSSES)
+ScaleRewards = _choice("ScaleRewards", ("group", "batch", "none"))
 
 
 # ---------------------------------------------------------------------------
@@ -65,11 +133,11 @@ class ModelConfig:
     """Local directory or hub id; null for the built-in tiny model."""
     tiny: Optional[TinyArch] = None
     """Set only for the built-in model: it is built from this on first use."""
-    template: str = "auto"
+    template: TemplateName = TemplateName.auto
     """Chat template: `auto` uses the tokenizer's own."""
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     """Weights dtype when loading: auto, fp32, bf16 or fp16."""
-    attn_implementation: str = "sdpa"
+    attn_implementation: Attn = Attn.sdpa
     """Attention kernel: eager, sdpa or flash_attention_2."""
     trust_remote_code: bool = False
     """Run the model repository's own code; only for repositories you trust."""
@@ -79,7 +147,7 @@ class ModelConfig:
 class MethodConfig:
     """How the model trains: full, freeze, lora or qlora."""
 
-    name: str = MISSING
+    name: Method = MISSING
     """full, freeze, lora or qlora."""
     # freeze
     trainable_layers: int = 2
@@ -88,9 +156,9 @@ class MethodConfig:
     """freeze: further modules that train, by name (e.g. lm_head, embed_tokens)."""
     # lora / qlora
     rank: int = 16
-    """LoRA rank r."""
+    """LoRA rank r, at most the model's hidden size (short spelling: rank=)."""
     alpha: float = 32
-    """LoRA alpha; the update is scaled by alpha/rank (alpha/sqrt(rank) with rslora)."""
+    """LoRA alpha, usually 2 x rank; the update is scaled by alpha/rank (alpha/sqrt(rank) with rslora) (short: alpha=)."""
     dropout: float = 0.0
     """Dropout on the LoRA input."""
     target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
@@ -104,11 +172,11 @@ class MethodConfig:
     # qlora
     bits: int = 4
     """qlora: quantization of the frozen base, 4 or 8 bits."""
-    quant_type: str = "nf4"
+    quant_type: QuantType = QuantType.nf4
     """qlora 4-bit: nf4 or fp4."""
     double_quant: bool = True
     """qlora 4-bit: quantize the quantization constants too."""
-    compute_dtype: str = "fp32"
+    compute_dtype: ComputeDtype = ComputeDtype.fp32
     """qlora 4-bit: dtype of the de-quantized matmuls: fp32, bf16 or fp16."""
 
 
@@ -120,7 +188,7 @@ class DataConfig:
     """Short name used in run names and MLflow tags."""
     path: Optional[str] = None
     """A data file (.json, .jsonl, .csv, .parquet), a folder of them or a glob; null for the built-in task."""
-    format: str = "auto"
+    format: DataFormat = DataFormat.auto
     """Record layout: alpaca, sharegpt (also OpenAI messages), or auto (from the columns)."""
     columns: Dict[str, str] = field(default_factory=dict)
     """Column renames, role -> column in the file: {instruction: prompt, output: response, messages: chat}."""
@@ -132,11 +200,11 @@ class DataConfig:
     """Datasets to mix, by name: conf/data presets, or data.registry entries."""
     sources: List[Any] = field(default_factory=list)
     """Datasets with their own settings: [{name: a, max_samples: 1000}, {path: b.jsonl, format: sharegpt}]."""
-    mix: str = "concat"
+    mix: Mix = Mix.concat
     """How several datasets mix: concat or interleave."""
     mix_probs: Optional[List[float]] = None
     """interleave: the probability of each dataset (null: equal)."""
-    mix_stop: str = "first_exhausted"
+    mix_stop: MixStop = MixStop.first_exhausted
     """interleave: stop when the first dataset runs out (first_exhausted) or the last (all_exhausted)."""
     builtin: Optional[str] = None
     """Name of a built-in generated task (e.g. letters) used when no dataset is given."""
@@ -145,11 +213,11 @@ class DataConfig:
     num_eval: int = 200
     """Built-in task: evaluation examples to generate (from another seed)."""
     val_size: float = 0.1
-    """Share (<1) or count (>=1) of the rows held out for evaluation; 0 = none."""
+    """Share in [0, 1) or a whole count (>= 1) of the rows held out for evaluation; 0 = none."""
     max_samples: Optional[int] = None
     """Use at most this many training rows."""
     cutoff_len: int = 512
-    """Longest tokenized sample; longer ones are truncated (the last answer keeps at least half)."""
+    """Longest tokenized sample; longer ones are truncated, the last answer keeps at least half (short: cutoff_len=)."""
     train_on_prompt: bool = False
     """Also compute the loss on prompt tokens."""
     mask_history: bool = False
@@ -172,10 +240,10 @@ class DataConfig:
 class OptimizerConfig:
     """The optimizer; names follow transformers' ``optim`` choices."""
 
-    name: str = MISSING
+    name: Optimizer = MISSING
     """adamw, adamw_8bit, sgd or adafactor."""
-    lr: float = 1e-4
-    """Peak learning rate."""
+    lr: float = 1e-3
+    """Peak learning rate; the tiny model likes 1e-3, real models with LoRA 1e-4 to 2e-4 (short: lr=)."""
     weight_decay: float = 0.0
     """Decoupled weight decay."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -183,7 +251,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     """Adam epsilon."""
     momentum: float = 0.0
-    """SGD momentum."""
+    """SGD momentum, in [0, 1)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 disables clipping."""
 
@@ -192,9 +260,9 @@ class OptimizerConfig:
 class SchedulerConfig:
     """The learning-rate schedule; names follow transformers' ``lr_scheduler_type``."""
 
-    name: str = MISSING
-    """linear, cosine, cosine_with_restarts, polynomial, constant,
-    constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau or warmup_stable_decay (preset scheduler=wsd)."""
+    name: Scheduler = MISSING
+    """linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt,
+    reduce_lr_on_plateau or warmup_stable_decay (preset scheduler=wsd)."""
     warmup_steps: int = 0
     """Linear warm-up steps (use warmup_ratio for a share of the run instead)."""
     warmup_ratio: float = 0.0
@@ -256,9 +324,9 @@ class PPOSettings:
     """Clipping range of the policy ratio, as in PPO."""
     num_iterations: int = 1
     """Optimizer passes over each batch of rollouts (PPO epochs)."""
-    loss_type: str = "dapo"
+    loss_type: PPOLoss = PPOLoss.dapo
     """TRL's GRPO loss aggregation: grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo or vespo."""
-    scale_rewards: str = "group"
+    scale_rewards: ScaleRewards = ScaleRewards.group
     """Normalize advantages by the reward std of the group, the batch, or none."""
 
 
@@ -266,13 +334,11 @@ class PPOSettings:
 class StageConfig:
     """Which training stage runs: pt, sft, rm, dpo, kto or ppo (see ftrun/stages/)."""
 
-    name: str = "sft"
+    name: Stage = Stage.sft
     """pt (continued pre-training), sft, rm (reward model), dpo, kto or ppo."""
-    objective: str = "eval_loss"
-    """The metric this stage returns to a sweep unless `objective=` says otherwise."""
     beta: float = 0.1
     """dpo/kto: strength of the pull towards the reference model; ppo: weight of the KL penalty."""
-    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_type: List[DPOLoss] = field(default_factory=lambda: [DPOLoss.sigmoid])
     """dpo: TRL's loss types (sigmoid, ipo, hinge, robust, ...), several are summed."""
     label_smoothing: float = 0.0
     """dpo: assumed share of flipped preference labels (robust, exo_pair losses)."""
@@ -289,18 +355,25 @@ class StageConfig:
 
 @dataclass
 class Config:
-    """One fine-tuning run. Short top-level keys are the ones people sweep."""
+    """One fine-tuning run. The top-level keys are the run's own; lr, rank, alpha and
+    cutoff_len are short spellings of optimizer.lr, method.rank, method.alpha and data.cutoff_len."""
 
     model: ModelConfig = MISSING
+    """The base model (model=tiny, qwen2.5-0.5b-instruct, llama3-8b-instruct)."""
     method: MethodConfig = MISSING
+    """How it trains (method=full, freeze, lora, qlora)."""
     data: DataConfig = MISSING
+    """What it trains on (data=letters, alpaca, sharegpt, llamafactory)."""
     optimizer: OptimizerConfig = MISSING
+    """The optimizer (optimizer=adamw, adamw_8bit, sgd, adafactor)."""
     scheduler: SchedulerConfig = MISSING
+    """The learning-rate schedule (scheduler=cosine, linear, ...)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Logging, evaluation and checkpoint cadence, memory savers."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Where the run is recorded in MLflow."""
     stage: StageConfig = field(default_factory=StageConfig)
-    lr: float = 1e-3
-    """Peak learning rate (read by optimizer.lr)."""
+    """Which training stage runs (stage=pt, sft, rm, dpo, kto, ppo)."""
     epochs: float = 3.0
     """Passes over the training data."""
     max_steps: int = -1
@@ -309,24 +382,67 @@ class Config:
     """Per-device micro-batch size."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (effective batch = batch_size x grad_accum x devices)."""
-    rank: int = 16
-    """LoRA rank (read by method.rank)."""
-    alpha: float = 32
-    """LoRA alpha (read by method.alpha)."""
-    cutoff_len: int = 512
-    """Longest tokenized sample (read by data.cutoff_len)."""
     seed: int = 42
     """Seed for weights init of adapters, data order and dropout."""
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     """fp32, fp16 (CUDA), bf16 (mixed) or pure_bf16 (bf16 weights, no fp32 master copy)."""
-    objective: str = "eval_loss"
-    """Metric the run returns to a sweep (default: the stage's, e.g. eval_loss for sft)."""
+    objective: str = "${ftrun_stage_objective:${stage.name}}"
+    """Metric the run returns to a sweep; default: the stage's own (STAGE_OBJECTIVES, e.g. eval_loss for sft)."""
     resume: str = "never"
-    """never, auto (newest checkpoint of the newest run with this name) or a run/checkpoint path."""
+    """never, auto (the newest run with this name, if its config matches), force (auto without the check) or a run/checkpoint path."""
     name: str = "${ftrun_run_name:}"
-    """Readable run name (default built from method, lr and rank)."""
+    """Readable run name (default built from stage, method, data, lr and rank)."""
     output_root: str = "outputs"
     """Runs are written to <output_root>/<name>/<timestamp>."""
+
+
+# the short spellings people sweep -> the one home of each value
+SHORT_KEYS = {
+    "lr": "optimizer.lr",
+    "rank": "method.rank",
+    "alpha": "method.alpha",
+    "cutoff_len": "data.cutoff_len",
+}
+# other spellings that refer to a home (kept so that old command lines and experiment files still work)
+ALIASES = {**SHORT_KEYS, "stage.objective": "objective"}
+_SHORT_NAME = {home: short for short, home in SHORT_KEYS.items()}
+
+
+def canonical_overrides(overrides: Sequence[str], keep_sweeps: bool = False) -> List[str]:
+    """Overrides with every alias written as its home key: ``lr=1e-4`` -> ``optimizer.lr=1e-4``.
+
+    ``+lr=...`` loses its ``+`` (the home always exists). ``keep_sweeps`` (a ``-m``
+    command line) leaves search-space overrides such as ``lr=choice(1e-4,1e-3)`` as
+    typed: Hydra does not compose them, and the sweeper names the study's parameter
+    after them, as the sweep presets, ``enqueue`` and ``conditions`` do; each trial
+    then gets ``lr=<value>``, rewritten here.
+    """
+    out = []
+    for o in overrides:
+        o = str(o)
+        prefix = "++" if o.startswith("++") else o[:1] if o[:1] in "+~" else ""
+        rest = o[len(prefix):]
+        key, eq, value = rest.partition("=")
+        if key in ALIASES and not (keep_sweeps and _is_sweep(o)):
+            if prefix == "+":
+                prefix = ""
+            o = f"{prefix}{ALIASES[key]}{eq}{value}"
+        out.append(o)
+    return out
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # not an override Hydra can parse: Hydra will say so
+        return False
+
+
+def display_key(key: str) -> str:
+    """How a message names a key: its short spelling when it has one (``optimizer.lr`` -> ``lr``)."""
+    return _SHORT_NAME.get(key, key)
 
 
 # ---------------------------------------------------------------------------
@@ -346,7 +462,10 @@ OBJECTIVE_DIRECTIONS = {
     "reward_mean": "maximize",
 }
 
-# the objectives each stage can return (the first is its default, set in conf/stage/<name>.yaml)
+# stages whose data can be packed (data.packing=true): sft packs samples, pt always packs raw text
+PACKING_STAGES = ("sft", "pt")
+
+# the objectives each stage can return; the first is its default (the `objective` key resolves to it)
 STAGE_OBJECTIVES = {
     "pt": ("eval_loss", "eval_perplexity"),
     "sft": ("eval_loss", "eval_perplexity", "eval_exact_match"),
@@ -355,35 +474,6 @@ STAGE_OBJECTIVES = {
     "kto": ("eval_rewards/margins", "eval_loss"),
     "ppo": ("reward_mean",),
 }
-# what TRL 1.16's DPOTrainer accepts as loss_type
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-PPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
-
-METHODS = ("full", "freeze", "lora", "qlora")
-OPTIMIZERS = {  # ours -> transformers' `optim`
-    "adamw": "adamw_torch",
-    "adamw_8bit": "adamw_bnb_8bit",
-    "sgd": "sgd",
-    "adafactor": "adafactor",
-}
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "reduce_lr_on_plateau",
-    "warmup_stable_decay",
-)
-PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-ATTN = ("eager", "sdpa", "flash_attention_2")
-TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "mistral", "glm4")  # ftrun.data.templates
-
-
 def format_lr(lr: float) -> str:
     """``1e-4`` -> ``"1e-4"``, ``3.5e-4`` -> ``"3.5e-4"``, ``0.1`` -> ``"1e-1"``."""
     mantissa, exponent = f"{lr:.2e}".split("e")
@@ -393,21 +483,21 @@ def format_lr(lr: float) -> str:
 
 def _run_name(*, _root_: DictConfig) -> str:
     method = _root_.method.name
-    parts = [method, _root_.data.name, f"lr{format_lr(float(_root_.lr))}"]
+    parts = [method, _root_.data.name, f"lr{format_lr(float(_root_.optimizer.lr))}"]
     if _root_.stage.name != "sft":
         parts.insert(0, _root_.stage.name)
     if method in ("lora", "qlora"):
-        parts.append(f"r{_root_.rank}")
+        parts.append(f"r{_root_.method.rank}")
     return "-".join(str(p) for p in parts)
 
 
 def _run_dir(root: str, name: str, resume: str) -> str:
     """Run directory: ``<root>/<name>/<timestamp>``, or the run being resumed."""
-    if resume == "auto":
+    if resume in ("auto", "force"):
         found = find_resumable_run(Path(root) / name)
         if found is not None:
             return str(found)
-    elif resume not in ("never", "", None):
+    elif resume not in ("never", "", None) and Path(resume).exists():
         path = Path(resume)
         return str(path.parent if path.name.startswith("checkpoint-") else path)
     return str(Path(root) / name / _start_time().strftime("%Y-%m-%d_%H-%M-%S"))
@@ -452,7 +542,7 @@ def last_checkpoint(run_dir: Path) -> Optional[Path]:
     ckpts = []
     for d in run_dir.glob("checkpoint-*"):
         step = d.name.split("-", 1)[1]
-        if step.isdigit() and (d / "trainer_state.json").is_file():
+        if step.isdigit() and (d / TRAINER_STATE).is_file():
             ckpts.append((int(step), d))
     return max(ckpts)[1] if ckpts else None
 
@@ -463,10 +553,12 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("ftrun_run_name"):
         OmegaConf.register_new_resolver("ftrun_run_name", _run_name)
+    if not OmegaConf.has_resolver("ftrun_stage_objective"):
+        OmegaConf.register_new_resolver("ftrun_stage_objective", lambda stage: STAGE_OBJECTIVES[str(stage)][0])
     if not OmegaConf.has_resolver("ftrun_run_dir"):
         # cached: the timestamp must not change between two resolutions
         OmegaConf.register_new_resolver("ftrun_run_dir", _run_dir, use_cache=True)
-    # conf/config.yaml lists this first, so every group preset merged after it is
+    # ftrun/conf/config.yaml lists this first, so every group preset merged after it is
     # type-checked against the dataclass of its field
     ConfigStore.instance().store(name="ftrun_schema", node=Config)
 
@@ -476,73 +568,123 @@ def register_configs() -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check ranges and combinations; raise :class:`ConfigError` listing every problem.
+    """Check every key's range and the rules between keys; raise :class:`ConfigError` listing every problem.
 
-    Each line reads ``override=value: what is wrong``, so the user knows which
-    command-line override to change.
+    Types and fixed choices (the Enums above) are already checked when Hydra
+    composes. Each line reads ``override=value: what is wrong``, so the user knows
+    which command-line override to change. Nothing here loads data or weights:
+    the model's hidden size is read from its ``config.json``.
     """
     problems: List[str] = []
 
     def check(ok: bool, key: str, value: Any, why: str) -> None:
         if not ok:
-            problems.append(f"{key}={_show(value)}: {why}")
+            problems.append(f"{display_key(key)}={_show(value)}: {why}")
+
+    def leaf(key: str) -> str:
+        return display_key(key).rsplit(".", 1)[-1]
+
+    def positive(key: str, value: Any, why: str = "") -> None:
+        check(value is not None and value > 0 and math.isfinite(value), key, value, why or f"{leaf(key)} must be > 0")
+
+    def at_least(key: str, value: Any, low: float) -> None:
+        check(value is not None and value >= low, key, value, f"{leaf(key)} must be >= {low:g}")
+
+    def in_unit(key: str, value: Any) -> None:
+        check(value is not None and 0 <= value < 1, key, value, f"{leaf(key)} must be in [0, 1)")
 
     c = cfg
-    check(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "lr must be > 0")
-    check(c.epochs > 0, "epochs", c.epochs, "epochs must be > 0")
+    # run ---------------------------------------------------------------------
+    positive("epochs", c.epochs)
     check(c.max_steps == -1 or c.max_steps > 0, "max_steps", c.max_steps, "must be > 0, or -1 for all epochs")
-    check(c.batch_size >= 1, "batch_size", c.batch_size, "batch_size must be >= 1")
-    check(c.grad_accum >= 1, "grad_accum", c.grad_accum, "grad_accum must be >= 1")
-    check(c.seed >= 0, "seed", c.seed, "seed must be >= 0")
-    check(c.precision in PRECISIONS, "precision", c.precision, f"choose one of {', '.join(PRECISIONS)}")
+    at_least("batch_size", c.batch_size, 1)
+    at_least("grad_accum", c.grad_accum, 1)
+    at_least("seed", c.seed, 0)
     check(c.objective in OBJECTIVE_DIRECTIONS, "objective", c.objective,
           f"choose one of {', '.join(OBJECTIVE_DIRECTIONS)}")
-    _check_stage(c, check)
+    check(bool(str(c.name)) and "/" not in str(c.name), "name", c.name, "give a non-empty name without '/'")
+    check(bool(str(c.output_root)), "output_root", c.output_root, "give a folder")
+    if c.resume not in ("never", "auto", "force"):
+        check(Path(c.resume).exists(), "resume", c.resume,
+              "no such run directory or checkpoint; use resume=auto, resume=force or a path under outputs/")
+    _check_stage(c, check, positive, at_least)
 
+    # model -------------------------------------------------------------------
+    md = c.model
+    check(bool(md.name), "model.name", md.name, "give a short name")
+    check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")
+    if md.path is not None and _looks_local(md.path):
+        check(Path(md.path).expanduser().is_dir(), "model.path", md.path,
+              "no such directory; give a local model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
+    if md.tiny is not None:
+        t = md.tiny
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "vocab_size", "max_position_embeddings"):
+            at_least(f"model.tiny.{key}", t[key], 1)
+        at_least("model.tiny.pretrain_steps", t.pretrain_steps, 0)
+        at_least("model.tiny.seed", t.seed, 0)
+        if t.num_attention_heads >= 1 and t.num_key_value_heads >= 1:
+            check(t.hidden_size % t.num_attention_heads == 0, "model.tiny.num_attention_heads", t.num_attention_heads,
+                  f"must divide model.tiny.hidden_size={t.hidden_size}")
+            check(t.num_attention_heads % t.num_key_value_heads == 0, "model.tiny.num_key_value_heads",
+                  t.num_key_value_heads, f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
+    arch = model_arch(md)
+
+    # method ------------------------------------------------------------------
     m = c.method
-    check(m.name in METHODS, "method.name", m.name, f"choose one of {', '.join(METHODS)}")
+    at_least("method.rank", m.rank, 1)
+    positive("method.alpha", m.alpha)
+    in_unit("method.dropout", m.dropout)
+    at_least("method.trainable_layers", m.trainable_layers, 0)
+    check(m.bits in (4, 8), "method.bits", m.bits, "bits must be 4 or 8")
+    check(m.loraplus_lr_ratio is None or m.loraplus_lr_ratio > 0, "method.loraplus_lr_ratio",
+          m.loraplus_lr_ratio, "must be > 0 (16 is common), or null to disable LoRA+")
     if m.name in ("lora", "qlora"):
-        check(m.rank >= 1, "rank", m.rank, "rank must be >= 1")
-        check(m.alpha > 0, "alpha", m.alpha, "alpha must be > 0")
-        check(0 <= m.dropout < 1, "method.dropout", m.dropout, "dropout must be in [0, 1)")
         check(len(m.target_modules) > 0, "method.target_modules", list(m.target_modules),
               "name at least one module, or [all-linear]")
-        check(m.loraplus_lr_ratio is None or m.loraplus_lr_ratio > 0, "method.loraplus_lr_ratio",
-              m.loraplus_lr_ratio, "must be > 0 (16 is common), or null to disable LoRA+")
+        hidden = arch.get("hidden_size")
+        check(hidden is None or m.rank <= hidden, "method.rank", m.rank,
+              f"larger than the model's hidden size ({hidden}); a rank above it adds nothing")
     if m.name == "freeze":
-        check(m.trainable_layers >= 0, "method.trainable_layers", m.trainable_layers, "must be >= 0")
         check(m.trainable_layers > 0 or len(m.extra_modules) > 0, "method.trainable_layers",
               m.trainable_layers, "nothing would train: set trainable_layers > 0 or method.extra_modules")
-    if m.name == "qlora":
-        check(m.bits in (4, 8), "method.bits", m.bits, "bits must be 4 or 8")
-        check(m.quant_type in ("nf4", "fp4"), "method.quant_type", m.quant_type, "choose nf4 or fp4")
-        check(m.compute_dtype in ("fp32", "bf16", "fp16"), "method.compute_dtype", m.compute_dtype,
-              "choose fp32, bf16 or fp16")
+        layers = arch.get("num_hidden_layers")
+        check(layers is None or m.trainable_layers <= layers, "method.trainable_layers", m.trainable_layers,
+              f"the model has {layers} layers")
 
+    # optimizer and schedule ----------------------------------------------------
     o = c.optimizer
-    check(o.name in OPTIMIZERS, "optimizer.name", o.name, f"choose one of {', '.join(OPTIMIZERS)}")
+    positive("optimizer.lr", o.lr, "lr must be > 0")
     check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas),
           "give two betas, each in [0, 1)")
-    check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
-    check(o.eps > 0, "optimizer.eps", o.eps, "must be > 0")
+    at_least("optimizer.weight_decay", o.weight_decay, 0)
+    positive("optimizer.eps", o.eps)
+    in_unit("optimizer.momentum", o.momentum)
     check(o.max_grad_norm >= 0, "optimizer.max_grad_norm", o.max_grad_norm, "must be >= 0 (0 = no clipping)")
-
     s = c.scheduler
-    check(s.name in SCHEDULERS, "scheduler.name", s.name, f"choose one of {', '.join(SCHEDULERS)}")
-    check(s.warmup_steps >= 0, "scheduler.warmup_steps", s.warmup_steps, "must be >= 0")
-    check(0 <= s.warmup_ratio < 1, "scheduler.warmup_ratio", s.warmup_ratio, "must be in [0, 1)")
+    at_least("scheduler.warmup_steps", s.warmup_steps, 0)
+    in_unit("scheduler.warmup_ratio", s.warmup_ratio)
     check(not (s.warmup_steps > 0 and s.warmup_ratio > 0), "scheduler.warmup_ratio", s.warmup_ratio,
           "set warmup_steps or warmup_ratio, not both (add scheduler.warmup_ratio=0 to count warm-up in steps)")
+    check(isinstance(s.kwargs, (dict, DictConfig)), "scheduler.kwargs", s.kwargs, "give a mapping, e.g. {num_cycles: 2}")
 
+    # data --------------------------------------------------------------------
     d = c.data
-    check(d.cutoff_len >= 8, "cutoff_len", d.cutoff_len, "cutoff_len must be >= 8")
-    check(d.val_size >= 0, "data.val_size", d.val_size, "a share in [0, 1) or a count >= 1")
+    check(bool(d.name), "data.name", d.name, "give a short name")
+    at_least("data.cutoff_len", d.cutoff_len, 8)
+    max_pos = arch.get("max_position_embeddings")
+    check(max_pos is None or d.cutoff_len <= max_pos, "data.cutoff_len", d.cutoff_len,
+          f"longer than the model's context ({max_pos} positions)")
+    check(0 <= d.val_size < 1 or (d.val_size >= 1 and float(d.val_size).is_integer()), "data.val_size", d.val_size,
+          "a share in [0, 1) or a whole count >= 1")
     check(d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "must be > 0 or null")
-    check(d.format in ("auto", "alpaca", "sharegpt"), "data.format", d.format, "choose auto, alpaca or sharegpt")
-    check(d.mix in ("concat", "interleave"), "data.mix", d.mix, "choose concat or interleave")
-    check(d.mix_stop in ("first_exhausted", "all_exhausted"), "data.mix_stop", d.mix_stop,
-          "choose first_exhausted or all_exhausted")
     check(d.num_proc is None or d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1 or null")
+    from ftrun.tasks import BUILTIN
+
+    check(d.builtin is None or d.builtin in BUILTIN, "data.builtin", d.builtin,
+          f"choose one of {', '.join(BUILTIN)}, or null with data.path")
+    at_least("data.num_train", d.num_train, 1)
+    at_least("data.num_eval", d.num_eval, 0)
     n_sets = len(d.sources) or len(d.names)
     if d.mix_probs is not None:
         probs = list(d.mix_probs)
@@ -564,70 +706,80 @@ def validate(cfg: DictConfig) -> None:
             check(p.exists() or any(ch in d.path for ch in "*?["), "data.path", d.path,
                   "no such file or folder; give an Alpaca/ShareGPT .json, .jsonl, .csv or .parquet file, "
                   "or a folder of them")
-    if d.builtin is not None:
-        check(d.num_train > 0, "data.num_train", d.num_train, "must be > 0")
-        check(d.num_eval >= 0, "data.num_eval", d.num_eval, "must be >= 0")
+    check(not d.packing or c.stage.name in PACKING_STAGES, "data.packing", d.packing,
+          f"stage={c.stage.name} trains on whole pairs or prompts and cannot pack; "
+          f"packing works with stage={' or '.join(PACKING_STAGES)}")
 
-    md = c.model
-    check(md.dtype in DTYPES, "model.dtype", md.dtype, f"choose one of {', '.join(DTYPES)}")
-    check(md.template in TEMPLATES, "model.template", md.template, f"choose one of {', '.join(TEMPLATES)}")
-    check(md.attn_implementation in ATTN, "model.attn_implementation", md.attn_implementation,
-          f"choose one of {', '.join(ATTN)}")
-    check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")
-    if md.path is not None and _looks_local(md.path):
-        check(Path(md.path).expanduser().is_dir(), "model.path", md.path,
-              "no such directory; give a local model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
-
+    # train and tracking --------------------------------------------------------
     t = c.train
-    for key in ("logging_steps", "eval_steps", "save_steps"):
-        check(t[key] >= 0, f"train.{key}", t[key], "must be >= 0")
-    check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "must be >= 1")
-
-    if c.resume not in ("never", "auto"):
-        check(Path(c.resume).exists(), "resume", c.resume,
-              "no such run directory or checkpoint; use resume=auto or a path under outputs/")
+    for key in ("logging_steps", "eval_steps", "eval_examples", "save_steps", "num_workers"):
+        at_least(f"train.{key}", t[key], 0)
+    at_least("train.eval_batch_size", t.eval_batch_size, 1)
+    check(t.save_total_limit is None or t.save_total_limit >= 1, "train.save_total_limit", t.save_total_limit,
+          "must be >= 1 or null (keep all)")
+    check(t.neftune_noise_alpha is None or t.neftune_noise_alpha > 0, "train.neftune_noise_alpha",
+          t.neftune_noise_alpha, "must be > 0 (5 is common) or null")
+    check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "give an experiment name")
 
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _check_stage(c: DictConfig, check) -> None:
+def _check_stage(c: DictConfig, check, positive, at_least) -> None:
     st = c.stage
-    if st.name not in STAGE_OBJECTIVES:
-        check(False, "stage", st.name, f"choose one of {', '.join(STAGE_OBJECTIVES)}")
-        return
     check(st.name == "sft" or c.method.loraplus_lr_ratio is None, "method.loraplus_lr_ratio",
           c.method.loraplus_lr_ratio, f"LoRA+ is built for stage=sft only; set it to null for stage={st.name}")
-    allowed = STAGE_OBJECTIVES[st.name]
+    allowed = STAGE_OBJECTIVES[str(st.name)]
     check(c.objective not in OBJECTIVE_DIRECTIONS or c.objective in allowed, "objective", c.objective,
           f"stage={st.name} reports {', '.join(allowed)}")
-    if st.name in ("dpo", "kto", "ppo"):
-        check(st.beta >= 0 and math.isfinite(st.beta), "stage.beta", st.beta, "must be >= 0 (0.1 is common)")
-    if st.name == "dpo":
-        bad = [t for t in st.loss_type if t not in DPO_LOSSES]
-        check(len(st.loss_type) > 0 and not bad, "stage.loss_type", list(st.loss_type),
-              f"choose from {', '.join(DPO_LOSSES)}")
-        check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
+    check(st.beta >= 0 and math.isfinite(st.beta), "stage.beta", st.beta, "must be >= 0 (0.1 is common)")
+    check(len(st.loss_type) > 0, "stage.loss_type", list(st.loss_type), f"choose from {', '.join(DPO_LOSSES)}")
+    check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
+    check(bool(st.text_column), "stage.text_column", st.text_column, "give a column name")
+    p = st.ppo
+    check(p.num_generations >= 2, "stage.ppo.num_generations", p.num_generations,
+          "must be >= 2: each completion is compared with the others of its prompt")
+    at_least("stage.ppo.max_new_tokens", p.max_new_tokens, 1)
+    positive("stage.ppo.temperature", p.temperature)
+    positive("stage.ppo.epsilon", p.epsilon, "must be > 0 (0.2 is PPO's default)")
+    at_least("stage.ppo.num_iterations", p.num_iterations, 1)
     if st.name == "ppo":
         check(st.reward_run is not None, "stage.reward_run", None,
               "give the rm run that scores completions (its run directory or MLflow run id)")
-        p = st.ppo
-        check(p.num_generations >= 2, "stage.ppo.num_generations", p.num_generations,
-              "must be >= 2: each completion is compared with the others of its prompt")
         check(c.batch_size % max(p.num_generations, 1) == 0, "batch_size", c.batch_size,
               f"must be a multiple of stage.ppo.num_generations={p.num_generations}")
-        check(p.max_new_tokens >= 1, "stage.ppo.max_new_tokens", p.max_new_tokens, "must be >= 1")
-        check(p.temperature > 0, "stage.ppo.temperature", p.temperature, "must be > 0")
-        check(p.epsilon > 0, "stage.ppo.epsilon", p.epsilon, "must be > 0 (0.2 is PPO's default)")
-        check(p.num_iterations >= 1, "stage.ppo.num_iterations", p.num_iterations, "must be >= 1")
-        check(p.loss_type in PPO_LOSSES, "stage.ppo.loss_type", p.loss_type, f"choose one of {', '.join(PPO_LOSSES)}")
-        check(p.scale_rewards in ("group", "batch", "none"), "stage.ppo.scale_rewards", p.scale_rewards,
-              "choose group, batch or none")
     for key in ("init_run", "reward_run"):
         ref = st[key]
         if ref is not None and _looks_local(ref) and not _looks_like_run_id(ref):
             check(Path(ref).expanduser().is_dir(), f"stage.{key}", ref,
                   "no such run directory; give a run (or run name) directory under outputs/ or an MLflow run id")
+
+
+def model_arch(model_cfg) -> Dict[str, int]:
+    """hidden_size, num_hidden_layers and max_position_embeddings of the model, without loading it:
+    from ``model.tiny``, else the ``config.json`` of a local model directory; ``{}`` when unknown (a hub id)."""
+    keys = ("hidden_size", "num_hidden_layers", "max_position_embeddings")
+    if model_cfg.tiny is not None and model_cfg.path is None:
+        return {k: int(model_cfg.tiny[k]) for k in keys}
+    if model_cfg.path is None:
+        return {}
+    f = Path(model_cfg.path).expanduser() / "config.json"
+    try:
+        import json
+
+        conf = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+    conf = {**conf.get("text_config", {}), **conf}
+    aliases = {"hidden_size": ("hidden_size", "d_model", "n_embd"),
+               "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+               "max_position_embeddings": ("max_position_embeddings", "n_positions", "seq_length")}
+    out = {}
+    for key, names in aliases.items():
+        value = next((conf[n] for n in names if isinstance(conf.get(n), int)), None)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _looks_like_run_id(ref: str) -> bool:
@@ -656,6 +808,8 @@ def _looks_local(path: str) -> bool:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
     if isinstance(value, float):
@@ -663,9 +817,49 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+# keys that say where or how a run is recorded, not what it trains
+RECORDING_KEYS = ("name", "output_root", "resume", "tracking.uri", "tracking.experiment", "tracking.enabled",
+                  "tracking.log_model")
+# keys that change neither the weights nor the data order: a checkpoint resumes across a change of these
+NOT_TRAINING_KEYS = RECORDING_KEYS + (
+    "objective", "train.logging_steps", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
+    "train.eval_batch_size", "train.num_workers", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
+    "data.strict",
+)
+
+
+def training_differences(old: dict, cfg) -> Dict[str, tuple]:
+    """``{key: (old value, this run's value)}`` for every key that changes training.
+
+    ``old`` is a run's recorded config (``config_resolved.yaml`` as a dict); a run
+    recorded before each knob had one home also holds short copies (``lr``), which
+    are compared at their home.
+    """
+    now = flatten(to_container(cfg) if OmegaConf.is_config(cfg) else cfg)
+    then = flatten(old)
+    then = {k: v for k, v in then.items() if not (k in ALIASES and ALIASES[k] in then)}
+    out = {}
+    for key in sorted(set(now) | set(then)):
+        if key in NOT_TRAINING_KEYS or key in ALIASES:
+            continue
+        a, b = then.get(key, "unset"), now.get(key, "unset")
+        if _show(a) != _show(b):
+            out[display_key(key)] = (_show(a), _show(b))
+    return out
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """The config with every interpolation resolved once and choices as plain strings.
+
+    A run works on this: its name and objective cannot change under it, and no
+    Enum reaches the libraries it calls.
+    """
+    return OmegaConf.create(to_container(cfg))
+
+
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain Python, without Hydra's own node."""
-    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)
     data.pop("hydra", None)
     return data
 

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ftrun.config import ConfigError, register_configs
+from ftrun.config import ConfigError, validate
 
 log = logging.getLogger("ftrun.data_stats")
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 ROUND_TO = 64
 PARTS = ("prompt", "response", "total")
 
@@ -182,12 +181,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    from hydra import compose, initialize_config_dir
+    from ftrun.compose import compose
 
-    register_configs()
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(args.overrides))
+        cfg = compose(args.overrides)
+        validate(cfg)
         from ftrun.model import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)

@@ -326,7 +326,9 @@ def _cfg_uri(run) -> Optional[str]:
         t = run.cfg.get("tracking") or {}
         if t.get("uri"):
             return t.get("uri")
-    return os.environ.get("MLFLOW_TRACKING_URI")
+    from ftrun.contract import MLFLOW_URI_ENV
+
+    return os.environ.get(MLFLOW_URI_ENV)
 
 
 def _log_to_mlflow(run, result: ExportResult, tracking_uri: Optional[str]) -> None:

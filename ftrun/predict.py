@@ -7,7 +7,7 @@ Generate answers for a data set with a fine-tuned model and score them:
 - prompts are rendered with the model's own chat template (the one the run
   trained with), left-padded and generated in batches; greedy by default
   (``gen.temperature=0``), sampling with ``gen.temperature`` / ``gen.top_p`` otherwise;
-- ``data=`` is a preset of conf/data (``data=letters``, ``data=alpaca
+- ``data=`` is a preset of ftrun/conf/data (``data=letters``, ``data=alpaca
   data.path=...``), a data file (all its rows are scored), or left out for the
   run's own data; ``data.KEY=VALUE`` adjusts it; ``split=eval`` (default for a
   preset or the run's data) scores the held-out split;
@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ftrun.config import ConfigError
+from ftrun.contract import MLFLOW_URI_ENV
 
 log = logging.getLogger("ftrun.predict")
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # CJK ideographs (unified + extension A + compatibility), CJK punctuation, full-width forms
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
@@ -70,7 +70,7 @@ class PredictArgs:
     model: Optional[str] = None
     """Or a model directory (an export, a base model)."""
     data: Optional[str] = None
-    """A conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
+    """A ftrun/conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
     split: str = "auto"
     """eval, train or all; auto = eval for a preset / the run's data, all rows of a bare file."""
     max_samples: Optional[int] = None
@@ -204,7 +204,7 @@ def generate(model, tokenizer, conversations: Sequence[List[dict]], gen: Optiona
 
 
 def data_config(args: PredictArgs, data_overrides: Sequence[str], run=None):
-    """The ``data`` config to score: the run's, a conf/data preset, or a bare file; plus the split."""
+    """The ``data`` config to score: the run's, a ftrun/conf/data preset, or a bare file; plus the split."""
     from omegaconf import OmegaConf
 
     split = args.split
@@ -213,16 +213,17 @@ def data_config(args: PredictArgs, data_overrides: Sequence[str], run=None):
             raise ConfigError("model=PATH needs data=PRESET_OR_FILE (the run's own data is only known with run=)")
         cfg = OmegaConf.merge(run.cfg.data, OmegaConf.from_dotlist(list(data_overrides)))
         return cfg, ("eval" if split == "auto" else split)
-    if (CONF_DIR / "data" / f"{args.data}.yaml").is_file():
+    from ftrun.compose import conf_dir
+
+    presets = ", ".join(sorted(f.stem for f in (conf_dir() / "data").glob("*.yaml")))
+    if (conf_dir() / "data" / f"{args.data}.yaml").is_file():
         return _compose_data([f"data={args.data}", *_prefixed(data_overrides)]), ("eval" if split == "auto" else split)
     p = Path(args.data).expanduser()
     if p.exists():
-        presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
         cfg = _compose_data(["data=alpaca", f"data.name={p.stem}", f"data.path={p.resolve()}", "data.val_size=0",
                              *_prefixed(data_overrides)])
         log.info("data=%s: a file; scoring %s (presets: %s)", p, "all rows" if split == "auto" else split, presets)
         return cfg, ("all" if split == "auto" else split)
-    presets = ", ".join(sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml")))
     raise ConfigError(f"data={args.data}: neither a preset ({presets}) nor an existing file")
 
 
@@ -231,18 +232,9 @@ def _prefixed(overrides: Sequence[str]) -> List[str]:
 
 
 def _compose_data(overrides: List[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from ftrun.compose import compose
 
-    from ftrun.config import register_configs
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides).data
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"data: {str(e).splitlines()[0]}") from None
+    return compose(overrides).data
 
 
 def conversations(data_cfg, split: str):
@@ -323,7 +315,7 @@ def predict_objective(run: str, metric: str = "predict_exact_match", data: Optio
 def _log_to_mlflow(run, metrics: Dict[str, float], out: Path, tracking_uri: Optional[str]) -> None:
     import mlflow
 
-    uri = tracking_uri or (run.cfg.get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or (run.cfg.get("tracking") or {}).get("uri") or os.environ.get(MLFLOW_URI_ENV)
     if uri:
         mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run.mlflow_run_id):

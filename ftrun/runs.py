@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Optional
 
 from ftrun.config import ConfigError
+from ftrun.contract import HYDRA_CONFIG, MODEL_DIR, RESOLVED_CONFIG, RUN_ID_FILE, TAG_RUN_DIR
 
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-CONFIG_FILES = ("config_resolved.yaml", ".hydra/config.yaml")
+CONFIG_FILES = (RESOLVED_CONFIG, HYDRA_CONFIG)
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -42,7 +43,7 @@ class Run:
 
     @property
     def model_dir(self) -> Path:
-        return self.run_dir / "model"
+        return self.run_dir / MODEL_DIR
 
     @property
     def is_adapter(self) -> bool:
@@ -74,9 +75,9 @@ def resolve_run_dir(ref: str, tracking_uri: Optional[str] = None) -> Path:
     ref = str(ref)
     p = Path(ref).expanduser()
     if p.is_dir():
-        if p.name == "model" and not _has_config(p) and _has_config(p.parent):
+        if p.name == MODEL_DIR and not _has_config(p) and _has_config(p.parent):
             p = p.parent
-        if not (p / "model").is_dir():
+        if not (p / MODEL_DIR).is_dir():
             raise ConfigError(f"run={ref}: {p} holds no model/ directory; is it a finished run? "
                               "(give outputs/<name>/<timestamp>, or model=PATH for a plain model directory)")
         return p.resolve()
@@ -100,7 +101,7 @@ def _run_dir_from_mlflow(run_id: str, tracking_uri: Optional[str]) -> Path:
     except MlflowException as e:
         raise ConfigError(f"run={run_id}: no such MLflow run at {mlflow.get_tracking_uri()} "
                           f"({str(e).splitlines()[0]}); set MLFLOW_TRACKING_URI or tracking_uri=") from None
-    run_dir = info.data.tags.get("run_dir")
+    run_dir = info.data.tags.get(TAG_RUN_DIR)
     if not run_dir:
         raise ConfigError(f"run={run_id}: the MLflow run has no run_dir tag; give its run directory instead")
     if not Path(run_dir).is_dir():
@@ -128,7 +129,7 @@ def load_run_config(run_dir: Path):
 def open_run(ref: str, tracking_uri: Optional[str] = None) -> Run:
     run_dir = resolve_run_dir(ref, tracking_uri)
     cfg = load_run_config(run_dir)
-    id_file = run_dir / "mlflow_run_id"
+    id_file = run_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     return Run(run_dir=run_dir, cfg=cfg, mlflow_run_id=run_id or None)
 

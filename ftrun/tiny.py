@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from ftrun.contract import cache_root
+
 log = logging.getLogger(__name__)
 
 # bump when the recipe below changes, so old caches are not reused
@@ -40,15 +42,11 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PRETRAIN_SEED = 7
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FTRUN_CACHE", Path.home() / ".cache" / "ftrun"))
-
-
 def tiny_path(arch) -> Path:
     """Where the model built from ``arch`` lives (built on demand by :func:`ensure_tiny`)."""
     spec = asdict(arch) if is_dataclass(arch) else dict(arch)
     key = hashlib.sha256(json.dumps([RECIPE_VERSION, spec], sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / "models" / f"tiny-{key}"
+    return cache_root() / "models" / f"tiny-{key}"  # ftrun.contract.cache_root: $FTRUN_CACHE
 
 
 def ensure_tiny(arch) -> Path:

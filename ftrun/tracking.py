@@ -8,7 +8,8 @@ it logs train time, peak memory and the artifacts (resolved config, loss plot,
 trainer state, optionally the weights). :class:`NullTracker` has the same
 methods and does nothing (``tracking.enabled=false``).
 
-A sweep passes ``FTRUN_MLFLOW_PARENT_RUN_ID`` so each trial is a nested child run.
+A sweep passes ``FTRUN_MLFLOW_PARENT_RUN_ID`` (:data:`ftrun.contract.MLFLOW_PARENT_RUN_ENV`) so each
+trial is a nested child run.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from ftrun import contract as C
 from ftrun.config import flatten, to_container
 
 log = logging.getLogger(__name__)
-
-RUN_ID_FILE = "mlflow_run_id"
-PARENT_ENV = "FTRUN_MLFLOW_PARENT_RUN_ID"
-
 
 class NullTracker:
     """Does nothing, with the tracker's signatures (so ``run`` needs no branches)."""
@@ -54,18 +52,18 @@ class MlflowTracker(NullTracker):
         self.mlflow = mlflow
         # tracking.uri, else MLFLOW_TRACKING_URI; set explicitly so that a URI some earlier code in
         # this process set globally (mlflow.set_tracking_uri) cannot redirect this run
-        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = cfg.tracking.uri or os.environ.get(C.MLFLOW_URI_ENV)
         if uri:
             mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.experiment)
-        id_file = Path(run_dir) / RUN_ID_FILE
+        id_file = Path(run_dir) / C.RUN_ID_FILE
         resumed_id = id_file.read_text().strip() if id_file.is_file() else None
         if resumed_id:
             mlflow.start_run(run_id=resumed_id)
             log.info("MLflow: continuing run %s", resumed_id)
         else:
-            parent = os.environ.get(PARENT_ENV)
-            tags = {"mlflow.parentRunId": parent} if parent else {}
+            parent = os.environ.get(C.MLFLOW_PARENT_RUN_ENV)
+            tags = {C.TAG_PARENT: parent} if parent else {}
             mlflow.start_run(run_name=cfg.name, tags=tags)
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(mlflow.active_run().info.run_id)
@@ -92,13 +90,13 @@ class MlflowTracker(NullTracker):
         from omegaconf import OmegaConf
 
         run_dir = Path(run_dir)
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(to_container(self.cfg)))
-        self.mlflow.log_artifact(str(run_dir / "config_resolved.yaml"))
-        for name in ("loss.png", "trainer_state.json"):
+        (run_dir / C.RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(to_container(self.cfg)))
+        self.mlflow.log_artifact(str(run_dir / C.RESOLVED_CONFIG))
+        for name in (C.LOSS_PLOT, C.TRAINER_STATE):
             if (run_dir / name).is_file():
                 self.mlflow.log_artifact(str(run_dir / name))
         if model_dir is not None and self.cfg.tracking.log_model:
-            self.mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            self.mlflow.log_artifacts(str(model_dir), artifact_path=C.MODEL_DIR)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
@@ -120,16 +118,16 @@ def _param(value) -> str:
 
 def _tags(cfg, run_dir: Path, overrides: Optional[list]) -> Dict[str, str]:
     tags = {
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "stage": cfg.stage.name,
-        "data": cfg.data.name,
-        "run_dir": str(Path(run_dir).resolve()),
-        "overrides": " ".join(overrides or []),
+        C.TAG_METHOD: str(cfg.method.name),
+        C.TAG_MODEL: str(cfg.model.name),
+        C.TAG_STAGE: str(cfg.stage.name),
+        C.TAG_DATA: str(cfg.data.name),
+        C.TAG_RUN_DIR: str(Path(run_dir).resolve()),
+        C.TAG_OVERRIDES: " ".join(overrides or []),
     }
     commit = _git_commit()
     if commit:
-        tags["git_commit"] = commit
+        tags[C.TAG_GIT_COMMIT] = commit
     return tags
 
 

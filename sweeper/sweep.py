@@ -51,10 +51,10 @@ from sweeper.worker import WarmTrial, Worker
 
 log = logging.getLogger("ftrun.sweeper")
 
-RESULT_FILE = "result.json"
-TRIAL_LOG = "trial.log"
-PARENT_ID_FILE = "mlflow_parent_run_id"
-PARENT_ENV = "FTRUN_MLFLOW_PARENT_RUN_ID"
+from ftrun.contract import RESULT_FILE  # noqa: E402  (the names processes share)
+from ftrun.contract import TRIAL_LOG  # noqa: E402
+from ftrun.contract import PARENT_ID_FILE  # noqa: E402
+from ftrun.contract import MLFLOW_PARENT_RUN_ENV as PARENT_ENV  # noqa: E402
 
 
 class SweepError(RuntimeError):

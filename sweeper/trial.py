@@ -15,12 +15,12 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-STORAGE_ENV = "FTRUN_OPTUNA_STORAGE"
-STUDY_ENV = "FTRUN_OPTUNA_STUDY"
-TRIAL_ID_ENV = "FTRUN_OPTUNA_TRIAL_ID"
-TRIAL_NUMBER_ENV = "FTRUN_OPTUNA_TRIAL"
-PRUNER_ENV = "FTRUN_OPTUNA_PRUNER"          # JSON of hydra.sweeper.pruner; unset: no pruning
-OBJECTIVE_ENV = "FTRUN_OPTUNA_OBJECTIVE"    # metric to report (default: cfg.objective)
+from ftrun.contract import OPTUNA_STORAGE_ENV as STORAGE_ENV  # noqa: E402  (the names processes share)
+from ftrun.contract import OPTUNA_STUDY_ENV as STUDY_ENV  # noqa: E402
+from ftrun.contract import OPTUNA_TRIAL_ID_ENV as TRIAL_ID_ENV  # noqa: E402
+from ftrun.contract import OPTUNA_TRIAL_NUMBER_ENV as TRIAL_NUMBER_ENV  # noqa: E402
+from ftrun.contract import OPTUNA_PRUNER_ENV as PRUNER_ENV  # noqa: E402
+from ftrun.contract import OPTUNA_OBJECTIVE_ENV as OBJECTIVE_ENV  # noqa: E402
 
 
 def trial_env(storage: str, study: str, trial_id: int, number: int, pruner=None,

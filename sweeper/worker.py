@@ -240,13 +240,11 @@ def run_trial(request: Dict[str, Any]):
 
 
 def compose_trial(args: List[str]):
-    """(config, run dir, task overrides) from a trial's command-line arguments."""
-    from hydra import compose, initialize_config_dir
+    """(config, run dir, task overrides) from a trial's command-line arguments, composed as
+    ``ftrun <args>`` would (:func:`ftrun.compose.compose`)."""
+    from ftrun.compose import CONFIG_NAME, compose
 
-    from ftrun.__main__ import CONF_DIR
-    from ftrun.config import register_configs
-
-    config_name, config_dirs, overrides, run_dir = "config", [], [], None
+    config_name, config_dirs, overrides, run_dir = CONFIG_NAME, [], [], None
     it = iter(args)
     for a in it:
         if a == "--config-name":
@@ -259,10 +257,9 @@ def compose_trial(args: List[str]):
             overrides.append(a)
     if run_dir is None:
         raise ValueError("a warm trial needs hydra.run.dir=<trial dir>")
+    # --config-dir adds a folder to the search path, as Hydra's command line does
     extra = [f"hydra.searchpath=[{','.join('file://' + d for d in config_dirs)}]"] if config_dirs else []
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
+    cfg = compose([*overrides, *extra], config_name=config_name)
     return cfg, run_dir, overrides
 
 

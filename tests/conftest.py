@@ -1,4 +1,4 @@
-"""Shared fixtures: compose configs from conf/, and a tiny model built once per machine.
+"""Shared fixtures: compose configs as the CLI does, and a tiny model built once per machine.
 
 The tiny model is cached under $FTRUN_CACHE (default ~/.cache/ftrun), so only the
 first test session on a machine pays for building it (about a minute).
@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Sequence
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ftrun.config import register_configs
+from ftrun.compose import compose, conf_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = conf_dir()
 
 # settings that make a real run take seconds on 2 CPU cores
 FAST = [
@@ -32,10 +31,8 @@ FAST = [
 
 
 def compose_cfg(overrides: Sequence[str] = (), fast: bool = False) -> DictConfig:
-    """The config that ``python -m ftrun <overrides>`` would run."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*(FAST if fast else []), *overrides])
+    """The config that ``ftrun <overrides>`` would run."""
+    return compose([*(FAST if fast else []), *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ the model is loaded, so bad data fails fast, naming the file and the line or
 record. The steps live in submodules:
 
 * :mod:`ftrun.data.registry` - which datasets (``data.path``, ``data.names`` from
-  ``conf/data`` or a LLaMA-Factory ``dataset_info.json``, ``data.sources``);
+  ``ftrun/conf/data`` or a LLaMA-Factory ``dataset_info.json``, ``data.sources``);
 * :mod:`ftrun.data.formats` - loading files with ``datasets`` and turning Alpaca
   / ShareGPT / OpenAI-messages records into conversations, skipping bad ones;
 * :mod:`ftrun.data.templates` - chat templates and the exact prompt/answer split;
@@ -166,7 +166,7 @@ def load_conversations(data_cfg, sources=None):
 
 
 def cache_root() -> Path:
-    from ftrun.tiny import cache_root as root
+    from ftrun.contract import cache_root as root
 
     return root() / "data"
 

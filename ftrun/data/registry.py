@@ -2,7 +2,7 @@
 
 * ``data.path=FILE|FOLDER|GLOB`` (with ``data.format``, ``data.columns``,
   ``data.tags``): one dataset.
-* ``data.names=[a,b]``: datasets named in ``conf/data/<name>.yaml`` (their
+* ``data.names=[a,b]``: datasets named in ``ftrun/conf/data/<name>.yaml`` (their
   ``path``, ``format``, ``columns``, ``tags``, ``max_samples``), or, with
   ``data.registry=path/to/dataset_info.json``, the entries of that file as
   LLaMA-Factory reads them (``file_name`` relative to the file's folder,
@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ftrun.compose import conf_dir as _conf_dir
 from ftrun.config import ConfigError
 from ftrun.data.formats import FORMATS, Source, list_files
 
-CONF_DATA_DIR = Path(__file__).resolve().parents[2] / "conf" / "data"
+CONF_DATA_DIR = _conf_dir() / "data"
 SOURCE_KEYS = ("name", "path", "format", "columns", "tags", "max_samples")
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 MEDIA_COLUMNS = ("images", "videos", "audios")
@@ -141,7 +142,7 @@ def registry_source(path: str, info: Dict[str, Any], name: str) -> Source:
 
 
 def preset_source(name: str, conf_dir: Optional[Path] = None) -> Source:
-    """A dataset named by its preset ``conf/data/<name>.yaml``."""
+    """A dataset named by its preset ``ftrun/conf/data/<name>.yaml``."""
     from omegaconf import OmegaConf
 
     conf_dir = conf_dir or CONF_DATA_DIR
@@ -153,11 +154,11 @@ def preset_source(name: str, conf_dir: Optional[Path] = None) -> Source:
                           "or set data.registry=path/to/dataset_info.json")
     node = OmegaConf.load(p)
     if node.get("names") or node.get("sources"):
-        raise ConfigError(f"{what}: conf/data/{name}.yaml mixes datasets itself; name the datasets directly")
+        raise ConfigError(f"{what}: ftrun/conf/data/{name}.yaml mixes datasets itself; name the datasets directly")
     if OmegaConf.is_missing(node, "path") or node.get("path") is None:
-        raise ConfigError(f"{what}: conf/data/{name}.yaml has no path (a built-in task cannot be mixed)")
+        raise ConfigError(f"{what}: ftrun/conf/data/{name}.yaml has no path (a built-in task cannot be mixed)")
     path = str(node.path)
-    return Source(name=name, files=list_files(path, what=f"conf/data/{name}.yaml path"),
+    return Source(name=name, files=list_files(path, what=f"ftrun/conf/data/{name}.yaml path"),
                   format=str(node.get("format", "auto")), columns=dict(_plain(node.get("columns")) or {}),
                   tags=dict(_plain(node.get("tags")) or {}),
-                  max_samples=node.get("max_samples"), origin=f"conf/data/{name}.yaml")
+                  max_samples=node.get("max_samples"), origin=f"ftrun/conf/data/{name}.yaml")

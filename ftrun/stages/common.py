@@ -1,5 +1,5 @@
-"""What every stage recipe shares: the starting model, runs named by path or MLflow id,
-the MLflow callbacks, and the train -> evaluate -> save -> report tail that ``run()`` has too.
+"""What every stage recipe shares: the starting model, runs named by path or MLflow id and
+the MLflow callbacks. The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict
 
 from ftrun.config import ConfigError
+from ftrun.contract import MODEL_DIR, TAG_RUN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def resolve_run(ref: str, key: str) -> Path:
     (its ``run_dir`` tag)."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        if (path / "model").is_dir():
+        if (path / MODEL_DIR).is_dir():
             return path
-        finished = sorted(d for d in path.iterdir() if (d / "model").is_dir())
+        finished = sorted(d for d in path.iterdir() if (d / MODEL_DIR).is_dir())
         if finished:
             return finished[-1]  # run directories are named by timestamp
         return path
@@ -40,7 +41,7 @@ def resolve_run(ref: str, key: str) -> Path:
     except Exception as e:  # MlflowException, or a store that cannot be reached
         raise ConfigError(f"{key}={ref}: neither a run directory nor an MLflow run id in "
                           f"{mlflow.get_tracking_uri()} ({str(e).splitlines()[0]})") from None
-    run_dir = run.data.tags.get("run_dir")
+    run_dir = run.data.tags.get(TAG_RUN_DIR)
     if not run_dir or not Path(run_dir).is_dir():
         raise ConfigError(f"{key}={ref}: the MLflow run's directory ({run_dir}) is not on this machine")
     return Path(run_dir)
@@ -48,7 +49,7 @@ def resolve_run(ref: str, key: str) -> Path:
 
 def run_model_dir(ref: str, key: str) -> Path:
     """The ``model/`` a finished run saved (an adapter or full weights)."""
-    model_dir = resolve_run(ref, key) / "model"
+    model_dir = resolve_run(ref, key) / MODEL_DIR
     if not (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
         raise ConfigError(f"{key}={ref}: {model_dir} holds no saved model; did that run finish?")
     return model_dir
@@ -176,10 +177,7 @@ class StageMetricsCallback(_callback_base()):
 
 
 # ---------------------------------------------------------------------------
-# train, evaluate, save, report
-
-
-from ftrun.train import train_and_report  # noqa: E402,F401  (the tail every stage shares with sft)
+# what a recipe logs before training
 
 
 def log_trainable(tracker, model, data_metrics: Dict[str, float]) -> None:

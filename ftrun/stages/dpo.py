@@ -21,10 +21,10 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     from trl import DPOConfig, DPOTrainer
 
     from ftrun.model import load_tokenizer
-    from ftrun.stages.common import load_policy, log_trainable, stage_callbacks, start_from_run, train_and_report
+    from ftrun.stages.common import load_policy, log_trainable, stage_callbacks, start_from_run
     from ftrun.stages.data import load_pairs, to_trl
     from ftrun.tracking import make_tracker
-    from ftrun.train import training_arguments
+    from ftrun.trainer import train_and_report, training_arguments
 
     set_seed(cfg.seed)
     log.info("Reading preference pairs '%s'", cfg.data.name)

@@ -20,10 +20,10 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     from trl import KTOConfig, KTOTrainer
 
     from ftrun.model import load_tokenizer
-    from ftrun.stages.common import load_policy, log_trainable, stage_callbacks, start_from_run, train_and_report
+    from ftrun.stages.common import load_policy, log_trainable, stage_callbacks, start_from_run
     from ftrun.stages.data import load_pairs, to_unpaired
     from ftrun.tracking import make_tracker
-    from ftrun.train import training_arguments
+    from ftrun.trainer import train_and_report, training_arguments
 
     set_seed(cfg.seed)
     log.info("Reading preference pairs '%s' (each gives a good and a bad answer)", cfg.data.name)

@@ -29,10 +29,10 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
 
     from ftrun.model import load_tokenizer
     from ftrun.stages.common import (load_policy, load_reward_model, log_trainable, stage_callbacks,
-                                     start_from_run, train_and_report)
+                                     start_from_run)
     from ftrun.stages.data import load_prompts
     from ftrun.tracking import make_tracker
-    from ftrun.train import training_arguments
+    from ftrun.trainer import train_and_report, training_arguments
 
     set_seed(cfg.seed)
     log.info("Reading prompts '%s'", cfg.data.name)

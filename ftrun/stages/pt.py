@@ -33,10 +33,10 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     from transformers import Trainer, default_data_collator, set_seed
 
     from ftrun.model import apply_method, load_model, load_tokenizer
-    from ftrun.stages.common import log_trainable, stage_callbacks, start_from_run, train_and_report
+    from ftrun.stages.common import log_trainable, stage_callbacks, start_from_run
     from ftrun.stages.data import load_texts
     from ftrun.tracking import make_tracker
-    from ftrun.train import training_arguments
+    from ftrun.trainer import train_and_report, training_arguments
 
     set_seed(cfg.seed)
     log.info("Reading raw text '%s'", cfg.data.name)

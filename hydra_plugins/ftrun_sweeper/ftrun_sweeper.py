@@ -33,6 +33,7 @@ class FtrunSweeper(Sweeper):
         self.config = config
 
     def sweep(self, arguments: List[str]) -> Any:
+        from ftrun.config import canonical_overrides
         from sweeper.space import parse_search_space
         from sweeper.sweep import run_sweep
 
@@ -40,7 +41,7 @@ class FtrunSweeper(Sweeper):
         params = dict(self.conf.get("search_space") or {})
         params.update(self.conf.get("params") or {})
         space = parse_search_space(params, arguments, self.conf.get("conditions"))
-        fixed = [f"{k}={v}" for k, v in space.fixed.items()]
+        fixed = canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()])  # lr= -> optimizer.lr=
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
         return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
 

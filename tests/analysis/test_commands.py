@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import ROOT, compose_cfg
+from ftrun.compose import compose, conf_dir
 
 import sweep_study
 from analysis import best, store
@@ -203,17 +204,14 @@ def test_best_writes_an_experiment_that_reruns_the_trial(sweep, capsys, tmp_path
     from ftrun.train import run
 
     conf = tmp_path / "conf"
-    shutil.copytree(ROOT / "conf", conf)
+    shutil.copytree(conf_dir(), conf, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
     out = run_cli(sweep, capsys, "best", "--study", sweep.study_name, "--conf-dir", str(conf))
     assert "best trial 4" in out and "checked: the overrides compose to the recorded config" in out
     assert "rerun: python -m ftrun +experiment=best_lora_search" in out and "warning" not in out
     path = conf / "experiment" / "best_lora_search.yaml"
     assert path.read_text().startswith("# @package _global_")
     # rerun it, as `python -m ftrun +experiment=best_lora_search` composes it
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=best_lora_search", f"output_root={tmp_path}"])
+    cfg = compose(["+experiment=best_lora_search", f"output_root={tmp_path}"], config_dir=conf)
     study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage)
     value = run(cfg, tmp_path / "rerun")
     assert value == pytest.approx(study.best_value, rel=1e-3, abs=1e-4)

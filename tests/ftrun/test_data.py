@@ -232,9 +232,8 @@ def test_validate_data_checks():
     cfg = compose_cfg(["data.names=[a,b]", "data.mix=interleave", "data.mix_probs=[0.2]"])
     with pytest.raises(ConfigError, match="data.mix_probs=\\[0.2\\]: give one probability per dataset"):
         validate(cfg)
-    cfg = compose_cfg(["data.format=yaml"])
-    with pytest.raises(ConfigError, match="data.format=yaml: choose auto, alpaca or sharegpt"):
-        validate(cfg)
+    with pytest.raises(ConfigError, match="(?s)data.format=yaml.*expected one of \\[auto, alpaca, sharegpt\\]"):
+        compose_cfg(["data.format=yaml"])  # a fixed set of choices is checked as Hydra composes
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ftrun.config import last_checkpoint
+from ftrun.contract import RESOLVED_CONFIG
 
 ARGS = [
     "data.num_train=320", "data.num_eval=16", "epochs=1", "batch_size=8",  # 40 optimizer steps
@@ -52,3 +55,61 @@ def test_resume_after_sigkill(tiny_dir, tmp_path):
     assert runs[0].info.run_id == (run_dir / "mlflow_run_id").read_text()
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert max(steps) == 40 and any(s > killed_at for s in steps)
+
+
+# ---------------------------------------------------------------------------
+# the wrong checkpoint is refused
+
+
+def _checkpointed_run(tmp_path, overrides):
+    """A run directory as a killed run leaves it: its resolved config and one complete checkpoint."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from ftrun.config import to_container
+
+    run_dir = tmp_path / "outputs" / "mine" / "2026-01-01_00-00-00"
+    (run_dir / "checkpoint-5").mkdir(parents=True)
+    (run_dir / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(to_container(compose_cfg(["name=mine", *overrides]))))
+    return run_dir
+
+
+@pytest.mark.parametrize(("changed", "named"), [
+    (["lr=1e-2"], "lr: the checkpoint's run had 0.001, this run has 0.01"),
+    (["rank=8"], "rank: the checkpoint's run had 16, this run has 8"),
+    (["method=full"], "method.name: the checkpoint's run had lora, this run has full"),
+    (["data.num_train=100"], "data.num_train: the checkpoint's run had 2000, this run has 100"),
+])
+def test_resume_refuses_a_checkpoint_trained_with_other_settings(tmp_path, changed, named):
+    from conftest import compose_cfg
+    from ftrun.config import ConfigError
+    from ftrun.train import check_resume
+
+    run_dir = _checkpointed_run(tmp_path, [])
+    with pytest.raises(ConfigError) as err:
+        check_resume(compose_cfg(["name=mine", "resume=auto", *changed]), run_dir)
+    assert named in str(err.value) and "resume=force" in str(err.value)
+    check_resume(compose_cfg(["name=mine", "resume=force", *changed]), run_dir)  # force resumes it anyway
+
+
+def test_resume_accepts_changes_that_do_not_change_training(tmp_path):
+    from conftest import compose_cfg
+    from ftrun.train import check_resume
+
+    run_dir = _checkpointed_run(tmp_path, [])
+    check_resume(compose_cfg(["name=mine", "resume=auto", "train.logging_steps=1", "tracking.enabled=false",
+                              "train.eval_batch_size=4", f"output_root={tmp_path}"]), run_dir)
+
+
+def test_cli_refuses_the_wrong_checkpoint_before_anything_loads(tmp_path):
+    run_dir = _checkpointed_run(tmp_path, [])
+    out = subprocess.run([sys.executable, "-m", "ftrun", "name=mine", "resume=auto", "lr=1e-2", "rank=8",
+                          f"output_root={tmp_path / 'outputs'}", "tracking.enabled=false"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text and "Loading tokenizer" not in text
+    assert f"resume=auto: {run_dir / 'checkpoint-5'} was trained with other settings" in text
+    assert "lr: the checkpoint's run had 0.001, this run has 0.01" in text
+    assert "rank: the checkpoint's run had 16, this run has 8" in text

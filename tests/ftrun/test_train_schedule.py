@@ -21,8 +21,8 @@ def test_wsd_is_constant_until_the_decay_then_decays(tiny_dir, tmp_path):
     lrs = {h["step"]: h["learning_rate"] for h in history if "learning_rate" in h}
     # 3 of 10 steps decay; a step logs the rate it used, and a cosine decay starts at the peak:
     # steps 1..8 train at the peak, steps 9 and 10 below it, falling
-    assert [lrs[s] for s in range(1, 9)] == pytest.approx([cfg.lr] * 8)
-    assert cfg.lr > lrs[9] > lrs[10] and lrs[10] < 0.5 * cfg.lr
+    assert [lrs[s] for s in range(1, 9)] == pytest.approx([cfg.optimizer.lr] * 8)
+    assert cfg.optimizer.lr > lrs[9] > lrs[10] and lrs[10] < 0.5 * cfg.optimizer.lr
 
 
 def test_wsd_needs_a_decay_length(tmp_path):

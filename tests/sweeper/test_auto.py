@@ -7,19 +7,15 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_cfg
+from conftest import compose_cfg
 from sweeper.auto import AutoSpaceError, auto_params, count_parameters
 from sweeper_helpers import fake_sweep
 
 
 def auto_entries():
-    from hydra import compose, initialize_config_dir
+    from ftrun.compose import compose
 
-    from ftrun.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["sweep=auto"], return_hydra_config=True)
+    cfg = compose(["sweep=auto"], return_hydra_config=True)
     return OmegaConf.to_container(cfg.hydra.sweeper.auto, resolve=True)
 
 

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import optuna
-from hydra import compose, initialize_config_dir
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
-from conftest import CONF_DIR, ROOT
-from ftrun.config import register_configs
+from conftest import ROOT
+from ftrun.compose import compose
 from sweeper_helpers import FAKE
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -24,9 +23,7 @@ COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 def test_hydra_discovers_the_sweeper_and_the_config_selects_it():
     names = [p.__module__ + "." + p.__name__ for p in Plugins.instance().discover(Sweeper)]
     assert "hydra_plugins.ftrun_sweeper.ftrun_sweeper.FtrunSweeper" in names
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["sweep=lora_search"], return_hydra_config=True)
+    cfg = compose(["sweep=lora_search"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.ftrun_sweeper.ftrun_sweeper.FtrunSweeper"
     assert cfg.method.name == "lora"
     first = cfg.hydra.sweeper.enqueue[0]
@@ -34,10 +31,8 @@ def test_hydra_discovers_the_sweeper_and_the_config_selects_it():
 
 
 def test_every_preset_enqueues_the_common_recommendation_first():
-    register_configs()
     for preset in ("lora_search", "qlora_search", "full_search"):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"sweep={preset}"], return_hydra_config=True)
+        cfg = compose([f"sweep={preset}"], return_hydra_config=True)
         first = cfg.hydra.sweeper.enqueue[0]
         assert first.lr == 1e-4 and first.epochs == 3 and first.batch_size * first.grad_accum == 16, preset
         assert first.rank == 16 and first.alpha == 32, preset

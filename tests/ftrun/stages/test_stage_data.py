@@ -107,7 +107,7 @@ def test_file_split_and_max_samples(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["stage=ppo"], "stage.reward_run=None: give the rm run"),
-    (["stage=dpo", "stage.loss_type=[sigmoid,nope]"], "stage.loss_type=[sigmoid,nope]: choose from"),
+    (["stage=dpo", "stage.loss_type=[sigmoid,nope]"], "stage.loss_type=[sigmoid,nope]"),  # an Enum: at compose
     (["stage=dpo", "objective=eval_loss", "stage.beta=-1"], "stage.beta=-1"),
     (["stage=rm", "objective=eval_exact_match"], "stage=rm reports eval_accuracy"),
     (["stage=ppo", "stage.reward_run=/no/such/run"], "stage.reward_run=/no/such/run: no such run directory"),
@@ -121,7 +121,7 @@ def test_stage_config_errors(overrides, message):
             compose_cfg(overrides)
         return
     with pytest.raises(ConfigError) as e:
-        validate(compose_cfg(overrides))
+        validate(compose_cfg(overrides))  # a type or a choice fails in compose, a range or a rule in validate
     assert message in str(e.value)
 
 

@@ -1,0 +1,309 @@
+"""What every stage's run shares once its Trainer is built: the Trainer's arguments, and the
+train -> evaluate -> save -> report tail that writes ``result.json`` and returns the objective.
+
+:mod:`ftrun.train` (sft) and every recipe in :mod:`ftrun.stages` use it; it imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from ftrun.config import OPTIMIZERS, ConfigError, last_checkpoint
+from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TRAINER_STATE
+
+log = logging.getLogger(__name__)
+
+
+class Phases:
+    """Where a run's time goes (setup, data, model, tracking, trainer, train, eval, save), in seconds;
+    result.json keeps them as ``phases_s`` so a sweep can tell training from overhead."""
+
+    def __init__(self):
+        self.spent: Dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """Charge the time since the previous mark to ``name``."""
+        now = time.perf_counter()
+        self.spent[name] = self.spent.get(name, 0.0) + now - self._t
+        self._t = now
+
+    def move(self, seconds: float, src: str, dst: str) -> None:
+        seconds = min(seconds, self.spent.get(src, 0.0))
+        self.spent[src] = self.spent.get(src, 0.0) - seconds
+        self.spent[dst] = self.spent.get(dst, 0.0) + seconds
+
+
+_phases = Phases()
+
+
+def start_phases() -> Phases:
+    """A new clock for the run that starts now (the one train_and_report charges too)."""
+    global _phases
+    _phases = Phases()
+    return _phases
+
+
+def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_examples: Optional[int] = None,
+                       **extra):
+    """The Trainer's arguments from the config; ``cls`` is a TRL config class for the other stages,
+    and ``extra`` its own fields (beta, loss_type, ...); ``num_examples`` (training rows) turns
+    warmup_stable_decay's ``decay_ratio`` into steps."""
+    import torch
+    from transformers import TrainingArguments
+
+    o, s, t = cfg.optimizer, cfg.scheduler, cfg.train
+    eval_steps = t.eval_steps
+    if t.eval_examples > 0:  # the same data between evaluations whatever the batch size
+        eval_steps = max(1, round(t.eval_examples / examples_per_step(cfg)))
+    evaluate = has_eval and eval_steps > 0
+    if s.name == "reduce_lr_on_plateau" and not evaluate:
+        raise ConfigError("scheduler=reduce_lr_on_plateau: it steps on the eval loss; "
+                          "set train.eval_steps > 0 and use data with an eval split")
+    optim_args = f"momentum={o.momentum}" if o.name == "sgd" else None
+    scheduler_kwargs = dict(s.kwargs or {})
+    if s.name == "warmup_stable_decay":
+        scheduler_kwargs = _wsd_kwargs(cfg, scheduler_kwargs, num_examples)
+    return (cls or TrainingArguments)(
+        output_dir=str(run_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=o.lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.betas[0],
+        adam_beta2=o.betas[1],
+        adam_epsilon=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        optim=OPTIMIZERS[o.name],
+        optim_args=optim_args,
+        lr_scheduler_type=str(s.name),
+        lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=s.warmup_ratio if s.warmup_ratio > 0 else s.warmup_steps,
+        fp16=cfg.precision == "fp16",
+        bf16=cfg.precision == "bf16",
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_steps=t.logging_steps or 10,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=eval_steps if evaluate else None,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=t.num_workers,
+        report_to="none",  # ftrun's own MLflow callback records the run
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not sys.stderr.isatty(),
+        remove_unused_columns=False,
+        **extra,
+    )
+
+
+def _wsd_kwargs(cfg, kwargs: dict, num_examples: Optional[int]) -> dict:
+    """warmup-stable-decay: ``decay_ratio`` (share of all steps spent decaying) -> ``num_decay_steps``.
+
+    A constant learning rate until the decay makes an evaluation in the stable phase
+    comparable to a shorter run's, which is what multi-fidelity pruning assumes.
+    """
+    ratio = kwargs.pop("decay_ratio", None)
+    if ratio is None:
+        if "num_decay_steps" not in kwargs:
+            raise ConfigError("scheduler=wsd: give scheduler.kwargs.decay_ratio (e.g. 0.2) or num_decay_steps")
+        return kwargs
+    if not 0 <= float(ratio) <= 1:
+        raise ConfigError(f"scheduler.kwargs.decay_ratio={ratio}: must be in [0, 1]")
+    if cfg.max_steps > 0:
+        total = cfg.max_steps
+    elif num_examples is not None:
+        total = math.ceil(math.ceil(num_examples / examples_per_step(cfg)) * cfg.epochs)
+    else:
+        raise ConfigError(f"scheduler.kwargs.decay_ratio: stage={cfg.stage.name} needs max_steps set, or "
+                          "scheduler.kwargs.num_decay_steps instead")
+    kwargs["num_decay_steps"] = max(1, round(float(ratio) * total))
+    return kwargs
+
+
+def examples_per_step(cfg) -> int:
+    """Training examples in one optimizer step: batch_size x grad_accum x processes."""
+    import os
+
+    return cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
+                     extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
+    """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
+
+    The tail of :func:`ftrun.train.run` and of every stage recipe; ``extra_metrics`` turns the
+    trainer's log history into more summary metrics (ppo's reward_mean).
+    """
+    checkpoint = checkpoint_to_resume(cfg, run_dir)
+    status = "FAILED"
+    try:
+        if checkpoint:
+            log.info("Resuming from %s", checkpoint)
+        phases = _phases
+        phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_time = time.perf_counter() - start
+        phases.mark("train")
+        history = trainer.state.log_history
+        # evaluations inside the loop count as evaluation, not training
+        phases.move(sum(h.get("eval_runtime", 0.0) for h in history if "eval_runtime" in h), "train", "eval")
+        metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
+        phases.mark("eval")
+        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if "eval_loss" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        train_losses = [h["loss"] for h in history if "loss" in h]
+        summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
+                   "global_step": trainer.state.global_step}
+        if train_losses:
+            summary["final_train_loss"] = train_losses[-1]
+        if extra_metrics is not None:
+            summary.update(extra_metrics(history))
+        objective = _objective(cfg, {**metrics, **summary}, summary)
+        pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
+        summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
+        if summary["pruned"]:
+            from sweeper.trial import mark_pruned
+
+            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
+            mark_pruned(tracker, pruning.pruned_at_step)
+
+        model_dir = run_dir / MODEL_DIR
+        trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(model_dir))
+            trainer.state.save_to_json(str(run_dir / TRAINER_STATE))
+            plot_loss(history, run_dir / LOSS_PLOT, title=cfg.name)
+            phases.mark("save")
+            tracker.log_metrics({**metrics, **summary, "pruned": float(summary["pruned"]), "objective": objective},
+                                step=trainer.state.global_step)
+            tracker.log_artifacts(run_dir, model_dir)
+            phases.mark("tracking")
+            summary["phases_s"] = {k: round(v, 4) for k, v in phases.spent.items() if k != "prepare" or v > 0.001}
+            _write_result(run_dir, cfg, objective, metrics, summary)
+        log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
+                 cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
+        status = "FINISHED"
+        return objective
+    finally:
+        tracker.finish(status)
+
+
+def _final_eval(trainer) -> dict:
+    """The eval metrics of the final weights: the last evaluation's if it ran at the last step."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
+
+
+# ---------------------------------------------------------------------------
+# metrics
+
+
+def argmax_logits(logits, labels):
+    """Keep only the argmax token ids, so evaluation does not hold full logits."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def exact_match(eval_pred) -> dict:
+    """Share of eval samples whose whole answer (and EOS) is the argmax at every position.
+
+    Under teacher forcing this equals greedy decoding's exact match: if every
+    answer token is the argmax given the correct prefix, greedy decoding
+    reproduces the answer token by token, and vice versa.
+    """
+    import numpy as np
+
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    preds, labels = preds[:, :-1], labels[:, 1:]  # logits at t predict token t+1
+    mask = labels != -100
+    correct = ((preds == labels) | ~mask).all(axis=-1) & mask.any(axis=-1)
+    return {"exact_match": float(np.mean(correct))}
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory when on CUDA, else the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:  # VmHWM: the peak resident set, which a warm sweep worker resets between trials
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------
+# checkpoints and the report
+
+
+def checkpoint_to_resume(cfg, run_dir: Path) -> Optional[Path]:
+    if cfg.resume == "never":
+        if last_checkpoint(run_dir) is not None:
+            raise ConfigError(f"resume=never: {run_dir} already holds checkpoints; "
+                              "pass resume=auto to continue that run")
+        return None
+    if Path(cfg.resume).name.startswith("checkpoint-"):
+        return Path(cfg.resume)
+    return last_checkpoint(run_dir)
+
+
+def _objective(cfg, metrics: dict, summary: dict) -> float:
+    if cfg.objective in metrics:
+        return float(metrics[cfg.objective])
+    if "final_train_loss" in summary and cfg.objective in ("eval_loss", "eval_perplexity"):
+        log.warning("objective=%s: no eval split, returning the final train loss instead", cfg.objective)
+        return float(summary["final_train_loss"])
+    raise ConfigError(f"objective={cfg.objective}: the run produced no such metric (have: {', '.join(metrics)})")
+
+
+def _write_result(run_dir: Path, cfg, objective: float, metrics: dict, summary: dict) -> None:
+    result = {"name": cfg.name, "objective_name": cfg.objective, "objective": objective, **metrics, **summary}
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(run_dir / RESULT_FILE)
+
+
+def plot_loss(log_history: list, path: Path, title: str = "") -> None:
+    """Train and eval loss against step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
