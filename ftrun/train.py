@@ -151,6 +151,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, **ex
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN (ftrun.divergence stops the run on it)
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=t.eval_steps if evaluate else None,
@@ -174,13 +175,20 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     The same tail as :func:`ftrun.train.run`; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
+    from ftrun.divergence import Diverged, DivergenceCallback
+
     checkpoint = _checkpoint_to_resume(cfg, run_dir)
+    trainer.add_callback(DivergenceCallback())  # every stage: a NaN loss or gradient stops the run
     status = "FAILED"
     try:
         if checkpoint:
             log.info("Resuming from %s", checkpoint)
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Diverged as e:
+            _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
+            raise
         train_time = time.perf_counter() - start
         history = trainer.state.log_history
         metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
@@ -219,6 +227,19 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: float) -> None:
+    """result.json with status "diverged" and the reason, and the MLflow run tagged with it (it ends FAILED)."""
+    from ftrun.divergence import STATUS
+
+    log.error("%s", e)
+    tracker.set_tags({"status": STATUS, "fail_reason": e.reason})
+    tracker.log_metrics({"diverged_at_step": e.step}, step=trainer.state.global_step)
+    if trainer.is_world_process_zero():
+        summary = {"status": STATUS, "reason": e.reason, "diverged_at_step": e.step,
+                   "global_step": trainer.state.global_step, "train_time_s": train_time, "pruned": False}
+        _write_result(run_dir, cfg, None, {}, summary)
 
 
 def _final_eval(trainer) -> dict:
@@ -298,8 +319,9 @@ def _objective(cfg, metrics: dict, summary: dict) -> float:
     raise ConfigError(f"objective={cfg.objective}: the run produced no such metric (have: {', '.join(metrics)})")
 
 
-def _write_result(run_dir: Path, cfg, objective: float, metrics: dict, summary: dict) -> None:
-    result = {"name": cfg.name, "objective_name": cfg.objective, "objective": objective, **metrics, **summary}
+def _write_result(run_dir: Path, cfg, objective: Optional[float], metrics: dict, summary: dict) -> None:
+    result = {"name": cfg.name, "status": "finished", "objective_name": cfg.objective, "objective": objective,
+              **metrics, **summary}
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(run_dir / RESULT_FILE)
