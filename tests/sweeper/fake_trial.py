@@ -9,7 +9,8 @@ sampled values and the environment:
 - ``batch_size > FAKE_OOM_ABOVE``: exits 1 with a CUDA out-of-memory traceback
 - ``FAKE_SLEEP`` seconds (``epochs`` multiplies it) before finishing; with
   ``FAKE_CHECKPOINT=1`` a checkpoint is written halfway and ``resume=auto`` resumes from it
-- records its environment (devices, threads), pid and start/end times
+- records its environment (devices, threads), pid and start/end times; writes ``fake_started``
+  into the run dir as soon as it runs
 """
 
 import json
@@ -36,6 +37,7 @@ if batch > int(os.environ.get("FAKE_OOM_ABOVE", "1000000")):
           "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     sys.exit(1)
 
+(run_dir / "fake_started").write_text(str(os.getpid()))  # an event tests can wait for instead of sleeping
 sleep = float(os.environ.get("FAKE_SLEEP", "0")) * epochs
 resumed = None
 ckpt = run_dir / "checkpoint-5"
