@@ -189,6 +189,13 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         except Diverged as e:
             _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
             raise
+        except (OSError, RuntimeError) as e:
+            if not _disk_full(e, run_dir):
+                raise
+            kept = last_checkpoint(run_dir)
+            raise ConfigError(f"disk full under {run_dir} at step {trainer.state.global_step} ({e}); "
+                              f"{'the last complete checkpoint is ' + str(kept) if kept else 'no checkpoint was kept'}"
+                              ". Free space (or lower train.save_total_limit), then rerun with resume=auto") from None
         train_time = time.perf_counter() - start
         history = trainer.state.log_history
         metrics = _final_eval(trainer) if trainer.eval_dataset is not None else {}
@@ -240,6 +247,22 @@ def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: floa
         summary = {"status": STATUS, "reason": e.reason, "diverged_at_step": e.step,
                    "global_step": trainer.state.global_step, "train_time_s": train_time, "pruned": False}
         _write_result(run_dir, cfg, None, {}, summary)
+
+
+def _disk_full(e: BaseException, run_dir: Path) -> bool:
+    """A write failed because the file system is full (torch.save reports it only as 'file write failed')."""
+    import errno
+    import shutil
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if "No space left" in text:
+        return True
+    try:
+        return "write" in text and shutil.disk_usage(run_dir).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _final_eval(trainer) -> dict:
