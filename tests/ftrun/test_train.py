@@ -83,6 +83,7 @@ def test_mlflow_run_holds_params_tags_metric_history_and_artifacts(default_run):
     assert r.data.metrics["objective"] == pytest.approx(objective)
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config_resolved.yaml", "loss.png", "trainer_state.json"} <= artifacts
+    assert "model" not in artifacts  # the weights only with tracking.log_model=true (tests/sweeper/test_features.py)
 
 
 def test_exact_match_counts_whole_answers():
