@@ -189,7 +189,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         except Diverged as e:
             _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
             raise
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - only a full disk is handled here; the rest re-raised as is
             if not _disk_full(e, run_dir):
                 raise
             kept = last_checkpoint(run_dir)
@@ -250,17 +250,19 @@ def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: floa
 
 
 def _disk_full(e: BaseException, run_dir: Path) -> bool:
-    """A write failed because the file system is full (torch.save reports it only as 'file write failed')."""
+    """A write failed because the file system is full: ENOSPC anywhere in the chain, or (torch.save
+    reports only a zip-writer error) less than 1 MiB left on the run directory's file system."""
     import errno
     import shutil
 
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    chain = [e, e.__cause__, e.__context__]
+    if any(isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT) for x in chain):
         return True
-    text = str(e)
+    text = " ".join(str(x) for x in chain if x is not None)
     if "No space left" in text:
         return True
-    try:
-        return "write" in text and shutil.disk_usage(run_dir).free < 1 << 20
+    try:  # torch.save's zip writer says only "unexpected pos ..." when the disk fills under it
+        return shutil.disk_usage(run_dir).free < 1 << 20
     except OSError:
         return False
 
