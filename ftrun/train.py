@@ -242,7 +242,8 @@ def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: floa
 
     log.error("%s", e)
     tracker.set_tags({"status": STATUS, "fail_reason": e.reason})
-    tracker.log_metrics({"diverged_at_step": e.step}, step=trainer.state.global_step)
+    # nonfinite_loss: the marker MlflowCallback logs for a NaN it sees, which analysis flags as divergence
+    tracker.log_metrics({"diverged_at_step": e.step, "nonfinite_loss": 1.0}, step=e.step)
     if trainer.is_world_process_zero():
         summary = {"status": STATUS, "reason": e.reason, "diverged_at_step": e.step,
                    "global_step": trainer.state.global_step, "train_time_s": train_time, "pruned": False}
