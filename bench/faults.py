@@ -128,7 +128,7 @@ def reference_run(work: Path) -> dict:
     return {"eval_loss": result["eval_loss"], "global_step": result["global_step"], "wall_s": time.time() - start}
 
 
-def kill_one_run(work: Path, i: int, phase: str, rng: random.Random, ref: dict) -> dict:
+def kill_one_run(work: Path, i: int, *, phase: str, rng: random.Random, ref: dict) -> dict:
     from ftrun.config import last_checkpoint
 
     d = work / f"run{i:02d}"
@@ -294,7 +294,12 @@ def disk_full(work: Path) -> dict:
         return {"survived": None, "problems": [f"not run: cannot mount a tmpfs ({mounted.stderr.strip()})"]}
     try:
         p = ftrun([*RUN_ARGS, "tracking.enabled=false", "train.save_total_limit=null", f"output_root={mnt}"], work, {})
-        out, _ = p.communicate(timeout=DEADLINE_S)
+        try:
+            out, _ = p.communicate(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            out += f"\n(no end after {DEADLINE_S} s: killed)"
         dirs = sorted(x for x in mnt.glob("*/*") if x.is_dir())
         kept = last_checkpoint(dirs[0]) if dirs else None
         errors = [line for line in out.splitlines() if "[ERROR]" in line]
@@ -452,15 +457,25 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def guarded(fn, *args, **kw) -> dict:
+    """One try; an exception in the harness or a hung process counts as lost, with the reason."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001
+        return {"survived": False, "problems": [f"{type(e).__name__}: {e}"[:300]], "phase": kw.get("phase", "")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--sweeps", type=int, default=10)
     ap.add_argument("--exports", type=int, default=3)
     ap.add_argument("--malformed", type=int, default=50)
+    ap.add_argument("--disk", type=int, default=1, help="1: the disk-full section (needs root to mount a tmpfs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--note", default="", help="a line for the report (e.g. why the counts were reduced)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="ftrun-faults-"))
@@ -468,27 +483,37 @@ def main(argv=None) -> int:
     started = time.time()
     sections: Dict[str, List[dict]] = {}
     try:
-        ref = reference_run(work)
-        print(f"reference run: step {ref['global_step']}, eval_loss {ref['eval_loss']:.4f}, {ref['wall_s']:.0f} s",
-              flush=True)
+        ref = reference_run(work) if a.runs else None
+        if ref:
+            print(f"reference run: step {ref['global_step']}, eval_loss {ref['eval_loss']:.4f}, {ref['wall_s']:.0f} s",
+                  flush=True)
         rows = []
         for i in range(a.runs):
-            rows.append(kill_one_run(work, i, PHASES[i % len(PHASES)], rng, ref))
+            rows.append(guarded(kill_one_run, work, i, phase=PHASES[i % len(PHASES)], rng=rng, ref=ref))
+            rows[-1].setdefault("try", i)
+            rows[-1].setdefault("corrupt_checkpoint", None)
+            rows[-1].setdefault("resumed_from", None)
             print(f"run kill {i} ({rows[-1]['phase']}): {'ok' if rows[-1]['survived'] else rows[-1]['problems']}",
                   flush=True)
-        sections["run killed (SIGKILL) + resume=auto"] = rows
+        if a.runs:
+            sections["run killed (SIGKILL) + resume=auto"] = rows
         rows = []
         for i in range(a.sweeps):
-            rows.append(kill_one_sweep(work, i, rng))
+            rows.append(guarded(kill_one_sweep, work, i, rng))
             print(f"sweep kill {i}: {'ok' if rows[-1]['survived'] else rows[-1]['problems']}", flush=True)
-        sections["sweep killed (SIGKILL) + rerun"] = rows
-        sections["checkpoint write interrupted (from the run kills)"] = [
-            {"try": r["try"], "survived": not r["corrupt_checkpoint"], "problems": [r["corrupt_checkpoint"]] if
-             r["corrupt_checkpoint"] else []} for r in sections["run killed (SIGKILL) + resume=auto"]]
-        sections["export write interrupted (SIGKILL)"] = kill_exports(work, a.exports, rng)
-        print("exports:", [r["survived"] for r in sections["export write interrupted (SIGKILL)"]], flush=True)
-        sections["disk full during a checkpoint (tmpfs)"] = [disk_full(work)]
-        print("disk full:", sections["disk full during a checkpoint (tmpfs)"][0], flush=True)
+        if a.sweeps:
+            sections["sweep killed (SIGKILL) + rerun"] = rows
+        if a.runs:
+            sections["checkpoint write interrupted (from the run kills)"] = [
+                {"try": r["try"], "survived": not r["corrupt_checkpoint"], "problems": [r["corrupt_checkpoint"]] if
+                 r["corrupt_checkpoint"] else []} for r in sections["run killed (SIGKILL) + resume=auto"]]
+        if a.exports:
+            exports = guarded(kill_exports, work, a.exports, rng)
+            sections["export write interrupted (SIGKILL)"] = exports if isinstance(exports, list) else [exports]
+            print("exports:", [r["survived"] for r in sections["export write interrupted (SIGKILL)"]], flush=True)
+        if a.disk:
+            sections["disk full during a checkpoint (tmpfs)"] = [guarded(disk_full, work)]
+            print("disk full:", sections["disk full during a checkpoint (tmpfs)"][0], flush=True)
         sections["malformed input"] = malformed(work, a.malformed)
         print("malformed:", sum(r["survived"] for r in sections["malformed input"]), "of",
               len(sections["malformed input"]), flush=True)
@@ -511,10 +536,11 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "faults.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"# Fault injection: `python bench/faults.py`", "",
-             f"Machine: {report['machine']}. {report['date']}, {report['wall_s']} s, seed {a.seed}.", "",
+             f"Machine: {report['machine']}. {report['date']}, {report['wall_s']} s, seed {a.seed}.",
+             *([f"", a.note] if a.note else []), "",
              "| fault | tried | survived | lost |", "|---|---|---|---|"]
     lines += [f"| {s['fault']} | {s['tried']} | {s['survived']} | {s['lost']} |" for s in summary]
-    if diffs:
+    if diffs and ref:
         lines += ["", f"Resumed runs' final eval_loss vs an uninterrupted run ({ref['eval_loss']:.4f}): "
                       f"max |diff| {max(diffs):.2e}, mean {sum(diffs) / len(diffs):.2e}."]
     phases = {}
