@@ -189,15 +189,21 @@ def tokens_seen_at(rec: RunRecord, steps: Sequence[float]) -> Optional[List[floa
 def differing_params(records: Sequence[RunRecord], ignore: Sequence[str] = VOLATILE_PARAMS) -> List[str]:
     """Param keys whose values are not all the same; of keys that always agree, the shortest."""
     keys = sorted({k for r in records for k in r.params if k not in ignore})
-    columns: Dict[Tuple, str] = {}
+    columns: List[Tuple[Tuple, str]] = []
     for key in keys:
         values = tuple(r.params.get(key) for r in records)
-        if len(set(values)) <= 1:
+        # a run without the param (a trial that failed before its config was logged) differs in nothing
+        if len({v for v in values if v is not None}) <= 1:
             continue
-        # lr and optimizer.lr (an interpolation) always agree: show the shorter name once
-        if values not in columns or (len(key), key) < (len(columns[values]), columns[values]):
-            columns[values] = key
-    return sorted(columns.values(), key=lambda k: (k.count("."), k))
+        # lr and optimizer.lr (an interpolation) always agree where both are logged: show the shorter name once
+        for i, (seen, name) in enumerate(columns):
+            if all(a is None or b is None or a == b for a, b in zip(values, seen)):
+                merged = tuple(a if a is not None else b for a, b in zip(values, seen))
+                columns[i] = (merged, min(name, key, key=lambda k: (len(k), k)))
+                break
+        else:
+            columns.append((values, key))
+    return sorted((name for _, name in columns), key=lambda k: (k.count("."), k))
 
 
 def label(rec: RunRecord, keys: Sequence[str], max_len: int = 60) -> str:

@@ -4,7 +4,8 @@ The entrypoint only composes and calls :func:`ftrun.train.run`; it returns the
 objective so a ``-m`` sweep can optimize it. Short spellings (``lr=``) are
 rewritten to their home keys (``optimizer.lr=``) before Hydra reads the command
 line. A user mistake (``ConfigError``) ends with its message and exit status 2,
-not a traceback.
+not a traceback; a run that diverged (NaN loss or gradient, :mod:`ftrun.divergence`)
+with its message and exit status 3.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ register_configs()
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    from ftrun.divergence import EXIT_DIVERGED, Diverged
     from ftrun.train import run
 
     hc = HydraConfig.get()
@@ -36,6 +38,8 @@ def _run(cfg: DictConfig) -> float:
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(2)
+    except Diverged:  # already logged, with result.json and the MLflow run marked
+        sys.exit(EXIT_DIVERGED)
 
 
 def main() -> None:

@@ -520,10 +520,14 @@ def is_main_process() -> bool:
 
 
 def find_resumable_run(name_dir: Path) -> Optional[Path]:
-    """The newest run directory under ``name_dir`` that holds a complete checkpoint."""
+    """The newest run directory under ``name_dir`` that holds a complete checkpoint, or the newest
+    one if it never finished (killed before its first checkpoint: it starts again in the same
+    directory and the same MLflow run rather than leaving an orphan beside a new one)."""
     if not name_dir.is_dir():
         return None
     runs = sorted((d for d in name_dir.iterdir() if d.is_dir()), reverse=True)
+    if runs and not (runs[0] / "result.json").exists() and last_checkpoint(runs[0]) is None:
+        return runs[0]
     for run in runs:
         if last_checkpoint(run) is not None:
             return run

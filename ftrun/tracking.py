@@ -41,6 +41,9 @@ class NullTracker:
     def log_artifacts(self, run_dir: Path, model_dir: Optional[Path] = None) -> None:
         pass
 
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        pass
+
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
@@ -97,6 +100,9 @@ class MlflowTracker(NullTracker):
                 self.mlflow.log_artifact(str(run_dir / name))
         if model_dir is not None and self.cfg.tracking.log_model:
             self.mlflow.log_artifacts(str(model_dir), artifact_path=C.MODEL_DIR)
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)

@@ -96,6 +96,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN (ftrun.divergence stops the run on it)
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=eval_steps if evaluate else None,
@@ -150,7 +151,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     The tail of :func:`ftrun.train.run` and of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
+    from ftrun.divergence import Diverged, DivergenceCallback
+
     checkpoint = checkpoint_to_resume(cfg, run_dir)
+    trainer.add_callback(DivergenceCallback())  # every stage: a NaN loss or gradient stops the run
     status = "FAILED"
     try:
         if checkpoint:
@@ -158,7 +162,18 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         phases = _phases
         phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Diverged as e:
+            _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
+            raise
+        except Exception as e:  # noqa: BLE001 - only a full disk is handled here; the rest re-raised as is
+            if not _disk_full(e, run_dir):
+                raise
+            kept = last_checkpoint(run_dir)
+            raise ConfigError(f"disk full under {run_dir} at step {trainer.state.global_step} ({e}); "
+                              f"{'the last complete checkpoint is ' + str(kept) if kept else 'no checkpoint was kept'}"
+                              ". Free space (or lower train.save_total_limit), then rerun with resume=auto") from None
         train_time = time.perf_counter() - start
         phases.mark("train")
         history = trainer.state.log_history
@@ -204,6 +219,38 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: float) -> None:
+    """result.json with status "diverged" and the reason, and the MLflow run tagged with it (it ends FAILED)."""
+    from ftrun.divergence import STATUS
+
+    log.error("%s", e)
+    tracker.set_tags({"status": STATUS, "fail_reason": e.reason})
+    # nonfinite_loss: the marker MlflowCallback logs for a NaN it sees, which analysis flags as divergence
+    tracker.log_metrics({"diverged_at_step": e.step, "nonfinite_loss": 1.0}, step=e.step)
+    if trainer.is_world_process_zero():
+        summary = {"status": STATUS, "reason": e.reason, "diverged_at_step": e.step,
+                   "global_step": trainer.state.global_step, "train_time_s": train_time, "pruned": False}
+        _write_result(run_dir, cfg, None, {}, summary)
+
+
+def _disk_full(e: BaseException, run_dir: Path) -> bool:
+    """A write failed because the file system is full: ENOSPC anywhere in the chain, or (torch.save
+    reports only a zip-writer error) less than 1 MiB left on the run directory's file system."""
+    import errno
+    import shutil
+
+    chain = [e, e.__cause__, e.__context__]
+    if any(isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT) for x in chain):
+        return True
+    text = " ".join(str(x) for x in chain if x is not None)
+    if "No space left" in text:
+        return True
+    try:  # torch.save's zip writer says only "unexpected pos ..." when the disk fills under it
+        return shutil.disk_usage(run_dir).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _final_eval(trainer) -> dict:
@@ -278,8 +325,9 @@ def _objective(cfg, metrics: dict, summary: dict) -> float:
     raise ConfigError(f"objective={cfg.objective}: the run produced no such metric (have: {', '.join(metrics)})")
 
 
-def _write_result(run_dir: Path, cfg, objective: float, metrics: dict, summary: dict) -> None:
-    result = {"name": cfg.name, "objective_name": cfg.objective, "objective": objective, **metrics, **summary}
+def _write_result(run_dir: Path, cfg, objective: Optional[float], metrics: dict, summary: dict) -> None:
+    result = {"name": cfg.name, "status": "finished", "objective_name": cfg.objective, "objective": objective,
+              **metrics, **summary}
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(run_dir / RESULT_FILE)

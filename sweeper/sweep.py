@@ -436,6 +436,10 @@ class Sweep:
                         state = TrialState.COMPLETE
                     else:
                         reason, values = f"objective is not finite: {values}", None
+        elif _diverged(result):  # NaN loss or gradient: a result of the sampled point, not a broken setup
+            reason = f"diverged: {result.get('reason')}"
+            if not self.multi:  # PRUNED counts toward n_trials and tells the sampler to look elsewhere
+                state = TrialState.PRUNED
         elif _is_oom(tail) and self.conf.get("oom_retry", True) and not r.oom_retried:
             retry = self._oom_overrides(r)
             if retry is not None:
@@ -457,12 +461,14 @@ class Sweep:
         trial.set_user_attr("duration_s", duration)
         if result is not None and result.get("pruned"):
             trial.set_user_attr("pruned", True)
+        if _diverged(result):
+            trial.set_user_attr("diverged", True)
         self.study.tell(trial, values=values, state=state)
         if state == TrialState.FAIL:
             self.failures += 1
             log.warning("Trial %d FAILED after %.0f s: %s", trial.number, duration, reason)
         elif state == TrialState.PRUNED:
-            log.info("Trial %d PRUNED after %.0f s", trial.number, duration)
+            log.info("Trial %d PRUNED after %.0f s%s", trial.number, duration, f" ({reason})" if reason else "")
         else:
             log.info("Trial %d done in %.0f s: %s", trial.number, duration,
                      ", ".join(f"{o}={v:.4g}" for o, v in zip(self.objectives, values)))
@@ -545,7 +551,12 @@ class Sweep:
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
         result = _read_result(trial_dir, since=started)
         if result is not None:
-            if result.get("pruned") and not self.multi:
+            if _diverged(result):
+                storage.set_trial_user_attr(t._trial_id, "fail_reason", f"diverged: {result.get('reason')}")
+                storage.set_trial_user_attr(t._trial_id, "diverged", True)
+                self.study.tell(t.number, state=TrialState.FAIL if self.multi else TrialState.PRUNED)
+                log.info("Trial %d, left RUNNING, had diverged; recorded", t.number)
+            elif result.get("pruned") and not self.multi:
                 self.study.tell(t.number, state=TrialState.PRUNED)
                 log.info("Trial %d, left RUNNING, had finished (pruned); recorded", t.number)
             else:
@@ -832,7 +843,7 @@ class _ParentRun:
             tags = {"optuna.trial": str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
             if reason:
                 tags["fail_reason"] = reason[:5000]
-            if state == "PRUNED":
+            if state == "PRUNED" and not (reason or "").startswith("diverged"):  # a diverged run says so itself
                 tags["pruned"] = "true"
             if oom_retry:
                 tags["oom_retry"] = "true"
@@ -917,6 +928,11 @@ def _tail(path: Path, n_bytes: int = 20000) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def _diverged(result: Optional[dict]) -> bool:
+    """The trial stopped on a NaN loss or gradient (``ftrun.divergence``)."""
+    return result is not None and result.get("status") == "diverged"
 
 
 def _is_oom(text: str) -> bool:

@@ -163,16 +163,19 @@ def test_compare_shows_flags_and_evidence(constructed, capsys):
 
 
 def test_a_real_diverging_run_is_flagged(mlflow_uri, tiny_dir, tmp_path, capsys):
-    """lr=50 without clipping: the grad norm goes NaN; MLflow drops non-finite values, but the
-    tracker's nonfinite_loss marker survives and compare shows the divergence."""
+    """lr=50 without clipping: the grad norm goes NaN and the run stops (ftrun.divergence); MLflow
+    drops non-finite values, but the nonfinite_loss marker survives and compare shows the divergence."""
     from conftest import compose_cfg
 
+    from ftrun.divergence import Diverged
     from ftrun.train import run
 
     overrides = ["method=full", "lr=50", "optimizer.max_grad_norm=0", "max_steps=6", "train.logging_steps=1",
                  "train.eval_steps=0"]
-    run(compose_cfg(overrides, fast=True), tmp_path / "run", overrides=overrides)
+    with pytest.raises(Diverged):
+        run(compose_cfg(overrides, fast=True), tmp_path / "run", overrides=overrides)
     capsys.readouterr()  # the Trainer's own log lines
     assert main(["--tracking-uri", mlflow_uri, "compare", "--format", "csv"]) == 0
     (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
-    assert row["flags"] == "divergence" and "non-finite loss or grad norm at step" in row["diagnostics"]
+    assert row["flags"] == "divergence, failed"  # the run stopped: its MLflow run is FAILED
+    assert "non-finite loss or grad norm at step" in row["diagnostics"]

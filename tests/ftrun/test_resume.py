@@ -113,3 +113,40 @@ def test_cli_refuses_the_wrong_checkpoint_before_anything_loads(tmp_path):
     assert f"resume=auto: {run_dir / 'checkpoint-5'} was trained with other settings" in text
     assert "lr: the checkpoint's run had 0.001, this run has 0.01" in text
     assert "rank: the checkpoint's run had 16, this run has 8" in text
+
+
+def test_resume_auto_takes_back_a_run_killed_before_its_first_checkpoint(tmp_path):
+    """Killed during data prep or its first steps, a run leaves a directory (and maybe an MLflow run)
+    but no checkpoint; resume=auto starts it again there instead of leaving an orphan beside a new one."""
+    from ftrun.config import find_resumable_run
+
+    name = tmp_path / "lora-letters"
+    finished = name / "2026-01-01_00-00-00"
+    (finished / "checkpoint-4").mkdir(parents=True)
+    (finished / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (finished / "result.json").write_text("{}")
+    assert find_resumable_run(name) == finished
+    killed = name / "2026-01-02_00-00-00"
+    killed.mkdir()
+    (killed / "mlflow_run_id").write_text("abc")
+    assert find_resumable_run(name) == killed  # newest, unfinished, no checkpoint: the same directory
+    (killed / "result.json").write_text("{}")  # a run that finished without checkpoints is not taken back
+    assert find_resumable_run(name) == finished
+
+
+def test_a_write_that_fails_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from ftrun.trainer import _disk_full
+
+    assert _disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    wrapped = RuntimeError("PytorchStreamWriter failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert _disk_full(wrapped, tmp_path)
+    zip_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 632704 vs 632596")
+    assert not _disk_full(zip_error, tmp_path)  # plenty of space here: some other failure, re-raised as is
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, (10 << 20) - 4096, 4096))
+    assert _disk_full(zip_error, tmp_path)  # torch.save's only words for a disk that filled under it

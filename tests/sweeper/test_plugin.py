@@ -78,11 +78,11 @@ def test_sigterm_stops_the_trials_and_leaves_them_to_the_next_run(tmp_path):
     env = {**os.environ, "FAKE_SLEEP": "30"}
     proc = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    # wait (polling, with a deadline) until trial 0's process runs, then stop the sweep
     deadline = time.time() + 120
-    while not list(tmp_path.glob("*/trial_0000/trial.log")):
+    while not list(tmp_path.glob("*/trial_0000/fake_started")):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.1)
-    time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "interrupted by signal 15" in err

@@ -93,11 +93,12 @@ def test_mlflow_parent_run_with_nested_trial_runs(sweep):
     assert "Rerun the best trial" in sweep["log"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # about a minute: two ranks of accelerate per trial
 def test_two_process_trial_on_cpu_prunes_on_every_rank(tmp_path):
     """gpus_per_trial=2 on CPU: accelerate starts 2 ranks (gloo); rank 0's prune decision stops both."""
+    short = [o for o in FAST_TRIAL if not o.startswith("max_steps=")] + ["max_steps=4"]  # prune at 2 of 4
     out = ftrun_multirun([
-        "lr=tag(log,interval(1e-5,1e-1))", *FAST_TRIAL, "tracking.enabled=false", "hydra.sweeper.n_trials=2",
+        "lr=tag(log,interval(1e-5,1e-1))", *short, "tracking.enabled=false", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.gpus_per_trial=2", "hydra.sweeper.pruner={name:median,n_startup_trials:1}",
         f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.enqueue=[{lr:3e-3},{lr:1e-5}]",
     ])
@@ -111,10 +112,10 @@ def test_two_process_trial_on_cpu_prunes_on_every_rank(tmp_path):
     assert result["global_step"] == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # about a minute: two real sweeps, one killed
 def test_real_resume_after_sigkill_continues_from_checkpoint(tmp_path):
-    args = ["lr=tag(log,interval(1e-5,1e-1))", "data.num_train=64", "data.num_eval=32", "max_steps=40",
-            "train.eval_steps=10", "train.save_steps=4", "tracking.enabled=false", "hydra.sweeper.n_trials=1",
+    args = ["lr=tag(log,interval(1e-5,1e-1))", "data.num_train=64", "data.num_eval=16", "max_steps=8",
+            "train.eval_steps=4", "train.save_steps=2", "tracking.enabled=false", "hydra.sweeper.n_trials=1",
             "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "ftrun", "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -1,0 +1,83 @@
+"""Stop a run whose loss or gradients stop being finite.
+
+transformers' Trainer trains on through NaN: with its default
+``logging_nan_inf_filter`` it even logs a made-up loss, and a run at ``lr=1e3``
+used to finish its 300 steps of NaN gradients with exit status 0.
+:class:`DivergenceCallback` looks at the gradients before every optimizer step
+(after clipping, before the weights change) and at every logged loss; the first
+non-finite value raises :class:`Diverged`, so the weights are never updated with
+NaN. :func:`ftrun.train.train_and_report` turns it into ``status: diverged`` in
+``result.json`` and a FAILED MLflow run tagged with the reason; ``python -m
+ftrun`` exits with :data:`EXIT_DIVERGED`.
+
+Under ``precision=fp16`` the gradient scaler skips steps whose gradients
+overflowed and lowers its scale; that is its job, not a divergence, so only
+:data:`FP16_PATIENCE` such steps in a row count as one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+STATUS = "diverged"
+EXIT_DIVERGED = 3
+FP16_PATIENCE = 8  # consecutive overflowing steps the fp16 grad scaler may skip before we call it a divergence
+
+
+class Diverged(RuntimeError):
+    """The run's loss or gradient norm became NaN or infinite at ``step``."""
+
+    def __init__(self, what: str, value: float, step: int, lr: Optional[float] = None):
+        self.what, self.value, self.step, self.lr = what, value, step, lr
+        at_lr = f" (learning rate {lr:g})" if lr is not None else ""
+        self.reason = f"{what} is {value} at step {step}{at_lr}"
+        super().__init__(f"diverged: {self.reason}; the run stopped there. "
+                         "Lower lr, or keep optimizer.max_grad_norm > 0 to clip gradients")
+
+
+def _max_abs_grad(model) -> Optional[float]:
+    """The largest |gradient| over the trainable parameters (NaN if any is NaN), None if no gradients."""
+    import torch
+
+    norms = [torch.linalg.vector_norm(p.grad.detach(), float("inf"))
+             for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not norms:
+        return None
+    return float(torch.stack([n.float().cpu() for n in norms]).max())
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class DivergenceCallback(_callback_base()):
+    """Raises :class:`Diverged` at the first non-finite gradient (before the optimizer step) or logged loss."""
+
+    def __init__(self, patience: int = 1):
+        self.patience = patience
+        self._bad_steps = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.fp16:
+            self.patience = max(self.patience, FP16_PATIENCE)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if model is None:
+            return
+        value = _max_abs_grad(model)
+        if value is None or math.isfinite(value):
+            self._bad_steps = 0
+            return
+        self._bad_steps += 1
+        if self._bad_steps >= self.patience:
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+            raise Diverged("the gradient", value, state.global_step + 1, lr)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # the loss only: an fp16 step that the scaler skipped logs an infinite grad_norm legitimately
+        value = (logs or {}).get("loss")
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise Diverged("the train loss", value, state.global_step, (logs or {}).get("learning_rate"))

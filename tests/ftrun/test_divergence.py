@@ -1,0 +1,122 @@
+"""A NaN loss or gradient stops the run within a few steps; a sweep records the trial and goes on.
+
+Without :mod:`ftrun.divergence` each of these runs would train to ``max_steps`` on NaN
+gradients and finish with status 0, so every test here fails when the callback is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from conftest import ROOT, compose_cfg
+
+from ftrun.divergence import EXIT_DIVERGED, Diverged
+from ftrun.train import RESULT_FILE, run
+
+MAX_STEPS = 30
+NAN_AT_STEP = 3
+
+
+def inject_nan_loss(monkeypatch, at_step: int) -> None:
+    """From training forward pass ``at_step`` on, the model returns a NaN loss (a fault, not an lr)."""
+    import ftrun.model
+
+    apply_method = ftrun.model.apply_method
+
+    def with_nan(model, cfg):
+        model = apply_method(model, cfg)
+        calls = {"train": 0}
+
+        def hook(module, args, kwargs, output):
+            if not module.training or getattr(output, "loss", None) is None:
+                return output
+            calls["train"] += 1
+            if calls["train"] >= at_step:
+                output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(ftrun.model, "apply_method", with_nan)
+
+
+def test_injected_nan_stops_the_run_at_that_step_and_fails_its_mlflow_run(tiny_dir, tmp_path, mlflow_uri, monkeypatch):
+    from mlflow import MlflowClient
+
+    inject_nan_loss(monkeypatch, at_step=NAN_AT_STEP)
+    cfg = compose_cfg([f"max_steps={MAX_STEPS}", "train.eval_steps=0", "train.logging_steps=1"], fast=True)
+    with pytest.raises(Diverged, match=rf"diverged: the gradient is nan at step {NAN_AT_STEP}\b") as caught:
+        run(cfg, tmp_path / "run")
+    # stopped before the optimizer applied the NaN gradient: steps 1..NAN_AT_STEP-1 done, no more
+    result = json.loads((tmp_path / "run" / RESULT_FILE).read_text())
+    assert result["status"] == "diverged" and result["objective"] is None
+    assert result["global_step"] == NAN_AT_STEP - 1 < MAX_STEPS
+    assert result["reason"] == caught.value.reason
+    assert not (tmp_path / "run" / "model").exists()  # no NaN weights saved as the run's model
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("ftrun").experiment_id])
+    assert r.info.status == "FAILED"
+    assert r.data.tags["status"] == "diverged"
+    assert r.data.tags["fail_reason"] == caught.value.reason
+    assert r.data.metrics["diverged_at_step"] == NAN_AT_STEP
+
+
+def test_the_callback_passes_a_finite_run_untouched(tiny_dir, tmp_path):
+    # the other half of the claim: no false alarm on a healthy run (it would raise here)
+    cfg = compose_cfg(["max_steps=4", "train.eval_steps=0", "train.logging_steps=1", "tracking.enabled=false"],
+                      fast=True)
+    run(cfg, tmp_path)
+    result = json.loads((tmp_path / RESULT_FILE).read_text())
+    assert result["status"] == "finished" and result["global_step"] == 4
+
+
+def test_cli_run_at_lr_1e3_stops_with_one_message_and_exit_status_3(tiny_dir, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-m", "ftrun", "lr=1e3", "data.num_train=64", "data.num_eval=8",
+                          f"max_steps={MAX_STEPS}", "batch_size=8", "train.eval_steps=0", "train.save_steps=0",
+                          f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == EXIT_DIVERGED, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "diverged: the gradient is nan at step" in errors[0], errors
+    result = json.loads((tmp_path / "run" / RESULT_FILE).read_text())
+    assert result["status"] == "diverged" and result["global_step"] < 10  # not MAX_STEPS of NaN
+
+
+def test_sweep_records_a_diverged_trial_and_goes_on(tmp_path):
+    """Trial 0 (lr=1e3) diverges; trial 1 (lr=1e-3) still runs and completes; the sweep exits 0."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run([
+        sys.executable, "-m", "ftrun", "-m", "lr=tag(log,interval(1e-5,1e4))", "data.num_train=64", "data.num_eval=16",
+        f"max_steps={MAX_STEPS}", "batch_size=8", "train.eval_steps=0", "train.save_steps=0",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=none", f"hydra.sweep.dir={tmp_path / 'sweeps'}",
+        "hydra.sweeper.enqueue=[{lr:1e3},{lr:1e-3}]",
+    ], cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    (db,) = (tmp_path / "sweeps").glob("*/study.db")
+    study = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    diverged, good = study.trials
+    assert diverged.params["lr"] == pytest.approx(1e3) and good.params["lr"] == pytest.approx(1e-3)
+    assert diverged.state == optuna.trial.TrialState.PRUNED  # counts toward n_trials; the sampler avoids it
+    assert diverged.user_attrs["diverged"] is True
+    assert diverged.user_attrs["fail_reason"].startswith("diverged: the gradient is nan at step")
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert good.datetime_start >= diverged.datetime_complete  # the sweep went on after the divergence
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ftrun").experiment_id])
+    child = {r.data.tags.get("optuna.trial"): r for r in runs if r.data.tags.get("ftrun.sweep") != "true"}
+    assert child["0"].info.status == "FAILED" and child["0"].data.tags["status"] == "diverged"
+    assert "pruned" not in child["0"].data.tags
+    assert child["1"].info.status == "FINISHED"
