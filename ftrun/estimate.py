@@ -378,6 +378,19 @@ def fits(cfg, limit_bytes: float, devices: int = 1, sharding: str = "none", devi
     return ok, reason
 
 
+def log_estimate(cfg) -> Optional[Estimate]:
+    """Log the estimate's one line at the start of a run; a model the estimate cannot read only warns."""
+    import os
+
+    try:
+        est = estimate(cfg, devices=int(os.environ.get("WORLD_SIZE", "1")))
+    except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
+        log.warning("Memory estimate unavailable: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    log.info("%s", est.line())
+    return est
+
+
 def _default_device() -> str:
     try:
         import torch
@@ -458,6 +471,13 @@ def _layer_bytes(s: Shapes, wbytes: int) -> float:
     return max(per)
 
 
+def has_eval(cfg) -> bool:
+    """Whether the run evaluates (an eval split exists): then an eval batch's logits count too."""
+    if cfg.data.builtin is not None and not (cfg.data.path or cfg.data.names or cfg.data.sources):
+        return cfg.data.num_eval > 0
+    return cfg.data.val_size > 0
+
+
 def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     """(saved activations, loss buffers, dtype, tokens, eval buffers) for one micro-batch.
 
@@ -467,7 +487,8 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     log-sum-exp, the gated MLP's four i-wide tensors); with frozen weights (LoRA) 2h
     fewer, plus r per adapter. Gradient checkpointing keeps only each layer's input (h)
     and recomputes one layer at a time. The loss keeps the log-softmax over the vocabulary
-    (fp32) and, while it runs backward, two more tensors of that size.
+    (fp32) and, while it runs backward, two more tensors of that size. These counts were
+    read off autograd's saved tensors for Llama/Qwen2 layers (sdpa attention, no dropout).
     """
     m = cfg.method
     h, i, kv, nh, V = s.hidden, s.intermediate, s.kv_dim, s.heads, s.vocab
@@ -501,10 +522,12 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     head = 3 * h + 1  # final norm and the head's input
     act = tokens * (saved_layers + head) * a + tokens * V * 4  # + the log-softmax the loss keeps (fp32)
     loss_buf = 2 * tokens * V * 4  # the loss's gradient buffers over the vocabulary
-    has_eval = (cfg.data.builtin is not None and cfg.data.num_eval > 0) or \
-        (cfg.data.builtin is None and cfg.data.val_size > 0)
     eval_tokens = int(cfg.train.eval_batch_size) * int(cfg.data.cutoff_len)
-    eval_buf = (eval_tokens * V * (a + 4 + 4) + eval_tokens * h * a * 4) if has_eval else 0
+    # evaluation runs without autograd: either the logits and the loss's log-softmax over them (fp32;
+    # bf16 logits are upcast first) or one layer's working set (residual, normed input, the MLP's
+    # i-wide tensors), whichever is larger
+    logit_bytes = a + 4 + (4 if a == 2 else 0)
+    eval_buf = eval_tokens * max(V * logit_bytes, (3 * h + 4 * i) * a) if has_eval(cfg) else 0
     return float(act), float(loss_buf), ("bf16/fp16" if a == 2 else "fp32"), tokens, float(eval_buf)
 
 

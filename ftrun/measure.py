@@ -73,19 +73,32 @@ def random_rows(n: int, length: int, vocab: int, seed: int):
 
 def measure(cfg, steps: int = 2, workdir=None) -> dict:
     """Peak memory of loading the model and training ``steps`` steps (plus one eval batch), on CPU."""
+    from ftrun.train import _quiet_libraries
+
+    _quiet_libraries()
+    # transformers loads checkpoint shards in worker threads by default; the profiler sees only this
+    # thread's allocations, so load sequentially (the same tensors, one after another)
+    before = os.environ.get("HF_DEACTIVATE_ASYNC_LOAD")
+    os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+    try:
+        return _measure(cfg, steps, workdir)
+    finally:
+        if before is None:
+            os.environ.pop("HF_DEACTIVATE_ASYNC_LOAD", None)
+        else:
+            os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = before
+
+
+def _measure(cfg, steps: int, workdir) -> dict:
     import torch
     from omegaconf import OmegaConf
     from torch.profiler import ProfilerActivity, profile
     from transformers import Trainer, default_data_collator, set_seed
 
-    from ftrun.estimate import _activations, model_config_dict, shapes
+    from ftrun.estimate import has_eval, model_config_dict
     from ftrun.model import apply_method, load_model
-    from ftrun.train import _quiet_libraries, argmax_logits, exact_match, training_arguments
+    from ftrun.train import argmax_logits, exact_match, training_arguments
 
-    _quiet_libraries()
-    # transformers loads checkpoint shards in worker threads by default; the profiler sees only this
-    # thread's allocations, so load sequentially (the same tensors, one after another)
-    os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
     if torch.cuda.is_available():
         raise RuntimeError("measure() measures CPU memory; hide the GPU (CUDA_VISIBLE_DEVICES=)")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -98,8 +111,7 @@ def measure(cfg, steps: int = 2, workdir=None) -> dict:
     vocab = int(model_config_dict(cfg.model)["vocab_size"])
     length = int(cfg.data.cutoff_len)
     train_rows = random_rows(cfg.batch_size * cfg.grad_accum * steps, length, vocab, cfg.seed)
-    has_eval = _activations(cfg, shapes(cfg.model))[4] > 0
-    eval_rows = random_rows(cfg.train.eval_batch_size, length, vocab, cfg.seed + 1) if has_eval else None
+    eval_rows = random_rows(cfg.train.eval_batch_size, length, vocab, cfg.seed + 1) if has_eval(cfg) else None
     gc.collect()
     hwm_ok = _reset_high_water_mark()
     rss0 = _status_kib("VmRSS") * 1024
