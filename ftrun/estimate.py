@@ -433,11 +433,16 @@ def _optimizer_bytes(cfg, shaped: Sequence[Tuple[Tuple[int, ...], int]], device:
         states = 0.0
         for k, b in sizes:
             states += 2 * 4 * k if k < BNB_8BIT_MIN_SIZE else 2 * k * (1 + 4 / BNB_8BIT_BLOCK)
-        return states, 0.0
+        # on CUDA one fused kernel updates the 8-bit states in place; bitsandbytes' CPU kernel
+        # dequantizes both states to fp32 and copies the gradient, one parameter at a time (the
+        # square root and its quotient make five fp32 copies at once)
+        largest_numel = max(k for k, _ in sizes)
+        return states, (0.0 if device == "cuda" else 5 * 4 * largest_numel)
     if name == "adafactor":
         # transformers' Adafactor: factored second moments (row + column) for matrices, full for
-        # vectors, no first moment (beta1=None); the update makes a few fp32 copies of one parameter
-        return _adafactor_states([sh for sh, _ in shaped]), 3 * largest * 4 / min(b for _, b in sizes)
+        # vectors, no first moment (beta1=None); the update and its negation are fp32 copies of one parameter
+        largest_numel = max(k for k, _ in sizes)
+        return _adafactor_states([sh for sh, _ in shaped]), 2 * 4 * largest_numel
     raise ConfigError(f"optimizer.name={name}: no memory model for it")
 
 

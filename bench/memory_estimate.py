@@ -1,0 +1,137 @@
+"""ftrun.estimate against the measured peak of real training steps on CPU, for a table of cases.
+
+    python bench/memory_estimate.py [--models DIR] [--only SUBSTRING] [--steps 2]
+
+Each case runs ``python -m ftrun.estimate <overrides> estimate.measure=true`` in a fresh process
+(``ftrun.measure``: the model loads and trains ``--steps`` optimizer steps on random rows of
+``cutoff_len`` tokens, then evaluates one batch). The measured figure is PyTorch's tensor peak from
+its profiler's allocation events (the CPU counterpart of ``torch.cuda.max_memory_allocated``); the
+process's resident-memory rise is listed beside it. Models: the built-in tiny Llama, and random
+weights of Qwen2.5-0.5B's and Qwen2.5-1.5B's published shapes (real vocabulary and widths; the
+number of layers is in the table: all 24 for 0.5B, 4 of 28 for 1.5B, so that full fine-tuning fits
+a shared 23 GiB machine). Writes bench/results/memory_estimate.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY = ["batch_size=8", "cutoff_len=128", "train.eval_batch_size=8", "method.trainable_layers=2"]
+REAL = ["model.dtype=fp32", "batch_size=4", "cutoff_len=64", "train.eval_batch_size=4", "method.trainable_layers=2"]
+
+
+def cases(models: Path):
+    """(name, model label, overrides) of every case."""
+    q05 = models / "qwen2.5-0.5b-like-24l"
+    q05s = models / "qwen2.5-0.5b-like-2l"
+    q15 = models / "qwen2.5-1.5b-like-4l"
+    out = []
+    for m in ("full", "freeze", "lora", "qlora"):
+        out.append((f"tiny {m}", "tiny (4 layers)", [f"method={m}", *TINY]))
+    out.append(("tiny lora, eval batch 32", "tiny (4 layers)",
+                ["method=lora", *TINY, "batch_size=2", "train.eval_batch_size=32"]))
+    for label, path in (("Qwen2.5-0.5B-like (24 layers)", q05), ("Qwen2.5-1.5B-like (4 of 28 layers)", q15)):
+        for m in ("full", "freeze", "lora", "qlora"):
+            out.append((f"{label} {m}", label, ["model=qwen2.5-0.5b-instruct", f"model.path={path}",
+                                                f"model.name={path.name}", f"method={m}", *REAL]))
+    small = ["model=qwen2.5-0.5b-instruct", f"model.path={q05s}", f"model.name={q05s.name}", *REAL]
+    label = "Qwen2.5-0.5B-like (2 layers)"
+    for extra in (["method=full", "optimizer=sgd"], ["method=full", "optimizer=adafactor"],
+                  ["method=full", "optimizer=adamw_8bit"], ["method=full", "train.gradient_checkpointing=true"],
+                  ["method=lora", "train.gradient_checkpointing=true"], ["method=qlora", "method.bits=8"],
+                  ["method=qlora", "method.double_quant=false"], ["method=lora", "batch_size=16"]):
+        out.append((f"{label} {' '.join(extra)}", label, [*small, *extra]))
+    return out
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    import torch
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores visible (shared), {mem:.0f} GiB RAM, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, Linux {platform.release()}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "ftrun-bench-models"))
+    p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args()
+
+    from ftrun.measure import random_model
+
+    models = Path(args.models)
+    random_model(models / "qwen2.5-0.5b-like-24l", "qwen2.5-0.5b-like")
+    random_model(models / "qwen2.5-0.5b-like-2l", "qwen2.5-0.5b-like", layers=2)
+    random_model(models / "qwen2.5-1.5b-like-4l", "qwen2.5-1.5b-like", layers=4)
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    for name, label, overrides in cases(models):
+        if args.only and args.only not in name:
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "ftrun.estimate", *overrides, "estimate.measure=true",
+                                  f"estimate.steps={args.steps}", f"estimate.json={f.name}"],
+                                 capture_output=True, text=True, cwd=ROOT, env=env)
+            if out.returncode != 0:
+                print(f"{name}: FAILED\n{out.stderr[-3000:]}", file=sys.stderr)
+                continue
+            got = json.loads(Path(f.name).read_text())
+        est, meas = got["estimate"], got["measured"]
+        row = {"case": name, "model": label, "overrides": overrides, "estimate_bytes": est["peak"],
+               "phase": est["phase"], "measured_tensor_peak_bytes": meas["tensor_peak"],
+               "measured_rss_rise_bytes": meas["rss_peak_delta"], "error": got["error"],
+               "total_params": est["total_params"], "trainable_params": est["trainable_params"],
+               "tokens_per_step": est["tokens"], "steps": meas["steps"], "wall_s": time.perf_counter() - start,
+               "estimate": est}
+        rows.append(row)
+        print(f"{name:<60} estimate {est['peak'] / 2**20:9.1f} MiB  measured {meas['tensor_peak'] / 2**20:9.1f} MiB"
+              f"  {got['error']:+6.1%}  (RSS rise {meas['rss_peak_delta'] / 2**20:.0f} MiB)", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"machine": machine(), "steps": args.steps,
+            "command": "python bench/memory_estimate.py" + (f" --only '{args.only}'" if args.only else ""),
+            "measured": "torch.profiler CPU allocation events: peak bytes held by tensors, from before the "
+                        "model loads to the end of the eval batch (RSS rise listed for reference)",
+            "cases": rows}
+    (out / "memory_estimate.json").write_text(json.dumps(info, indent=2))
+    lines = [f"# ftrun.estimate vs measured peak memory (CPU)", "",
+             f"Machine: {info['machine']}.", f"Command: `{info['command']}` ({args.steps} training steps + one "
+             "eval batch per case, each in a fresh process).", "",
+             "Measured = the peak of bytes held by PyTorch tensors (torch.profiler's allocation events), "
+             "the CPU counterpart of `torch.cuda.max_memory_allocated`. RSS rise = the process's resident "
+             "high-water mark over its size before the model loaded (adds allocator slack, library pages, "
+             "Python objects); for reference only.", "",
+             "| case | params (trainable) | tokens/step | estimate | at | measured | error | RSS rise |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['total_params'] / 1e6:.1f}M ({r['trainable_params'] / 1e6:.2f}M) | "
+                     f"{r['tokens_per_step']} | {r['estimate_bytes'] / 2**20:.1f} MiB | {r['phase']} | "
+                     f"{r['measured_tensor_peak_bytes'] / 2**20:.1f} MiB | {r['error']:+.1%} | "
+                     f"{r['measured_rss_rise_bytes'] / 2**20:.0f} MiB |")
+    worst = max((abs(r["error"]) for r in rows), default=0)
+    lines += ["", f"Largest error: {worst:.1%} over {len(rows)} cases."]
+    (out / "memory_estimate.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'memory_estimate.md'} and {out / 'memory_estimate.json'}")
+
+
+if __name__ == "__main__":
+    main()
