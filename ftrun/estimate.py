@@ -371,10 +371,17 @@ def fits(cfg, limit_bytes: float, devices: int = 1, sharding: str = "none", devi
     need = est.peak * (1 + margin)
     ok = need <= limit_bytes
     verdict = "fits" if ok else "does not fit"
+    biggest = {
+        "load": f"load buffers {_gib(est.load_buffers)}",
+        "backward": f"activations {_gib(est.activations)} + loss buffers {_gib(est.loss_buffers)} "
+                    f"(batch_size={cfg.batch_size} x cutoff_len={cfg.data.cutoff_len})",
+        "optimizer step": f"step temporaries {_gib(est.step_temporaries)} (optimizer={cfg.optimizer.name})",
+        "eval": f"eval buffers {_gib(est.eval_buffers)} (train.eval_batch_size={cfg.train.eval_batch_size} "
+                f"x cutoff_len={cfg.data.cutoff_len})",
+    }[est.phase]
     reason = (f"{verdict}: estimated peak {_gib(est.peak)} per device (+{margin:.0%} margin = {_gib(need)}) "
               f"vs limit {_gib(limit_bytes)}; at the {est.phase}: weights {_gib(est.weights)}, grads "
-              f"{_gib(est.gradients)}, optimizer {_gib(est.optimizer)}, activations {_gib(est.activations)} "
-              f"(batch_size={cfg.batch_size}, cutoff_len={cfg.data.cutoff_len}, method={est.method})")
+              f"{_gib(est.gradients)}, optimizer {_gib(est.optimizer)}, {biggest}; method={est.method}")
     return ok, reason
 
 
