@@ -1,6 +1,7 @@
 """ftrun.estimate against the measured peak of real training steps on CPU, for a table of cases.
 
     python bench/memory_estimate.py [--models DIR] [--only SUBSTRING] [--steps 2]
+    python bench/memory_estimate.py --paper     # GPU figures on paper only (nothing runs)
 
 Each case runs ``python -m ftrun.estimate <overrides> estimate.measure=true`` in a fresh process
 (``ftrun.measure``: the model loads and trains ``--steps`` optimizer steps on random rows of
@@ -55,6 +56,39 @@ def cases(models: Path):
     return out
 
 
+def paper(models: Path, out: Path) -> None:
+    """GPU figures from the estimate alone for the full-depth published shapes (nothing is measured)."""
+    from ftrun.estimate import compose, estimate
+    from ftrun.measure import REAL_SHAPES
+
+    lines = ["# ftrun.estimate on paper: GPU figures (not measured)", "",
+             "Command: `python bench/memory_estimate.py --paper`. Full-depth Qwen2.5 shapes (config.json only), "
+             "bf16 weights and mixed precision, batch_size=4, cutoff_len=1024, train.eval_batch_size=4, adamw; "
+             "per device, before the CUDA context and fragmentation (fits() adds a 10% margin).", "",
+             "| model | method | devices x sharding | checkpointing | peak | at | weights | grads | optimizer | "
+             "activations |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for shape in REAL_SHAPES:
+        d = models / f"{shape}-config"
+        d.mkdir(parents=True, exist_ok=True)
+        spec = dict(REAL_SHAPES[shape], dtype="bfloat16")
+        (d / "config.json").write_text(json.dumps(spec))
+        for method in ("full", "freeze", "lora", "qlora"):
+            for ckpt in ("false", "true"):
+                for devices, sharding in ((1, "none"), (8, "zero3")):
+                    if method != "full" and devices > 1:
+                        continue
+                    cfg = compose(["model=qwen2.5-0.5b-instruct", f"model.path={d}", f"model.name={shape}",
+                                   f"method={method}", "precision=bf16", "batch_size=4", "cutoff_len=1024",
+                                   "train.eval_batch_size=4", f"train.gradient_checkpointing={ckpt}",
+                                   *(["method.compute_dtype=bf16"] if method == "qlora" else [])])
+                    e = estimate(cfg, devices=devices, sharding=sharding, device="cuda")
+                    g = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+                    lines.append(f"| {shape} | {method} | {devices} x {sharding} | {ckpt} | {g(e.peak)} | {e.phase} | "
+                                 f"{g(e.weights)} | {g(e.gradients)} | {g(e.optimizer)} | {g(e.activations)} |")
+    (out / "memory_estimate_gpu_paper.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -71,7 +105,11 @@ def main() -> None:
     p.add_argument("--only", default=None, help="run only cases whose name contains this")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--paper", action="store_true", help="only write the GPU figures on paper")
     args = p.parse_args()
+    if args.paper:
+        paper(Path(args.models), Path(args.out))
+        return
 
     from ftrun.measure import random_model
 
