@@ -8,9 +8,9 @@ Each case runs ``python -m ftrun.estimate <overrides> estimate.measure=true`` in
 ``cutoff_len`` tokens, then evaluates one batch). The measured figure is PyTorch's tensor peak from
 its profiler's allocation events (the CPU counterpart of ``torch.cuda.max_memory_allocated``); the
 process's resident-memory rise is listed beside it. Models: the built-in tiny Llama, and random
-weights of Qwen2.5-0.5B's and Qwen2.5-1.5B's published shapes (real vocabulary and widths; the
-number of layers is in the table: all 24 for 0.5B, 4 of 28 for 1.5B, so that full fine-tuning fits
-a shared 23 GiB machine). Writes bench/results/memory_estimate.{json,md}.
+weights of Qwen2.5-0.5B's and Qwen2.5-1.5B's published shapes (real vocabulary, widths and heads;
+fewer layers, as the table says: 4 of 24 and 2 of 28, so that a case takes a minute or two on a
+shared 2-core CPU; every layer is alike, so depth only scales the per-layer terms). Writes bench/results/memory_estimate.{json,md}.
 """
 
 from __future__ import annotations
@@ -34,24 +34,23 @@ REAL = ["model.dtype=fp32", "batch_size=4", "cutoff_len=64", "train.eval_batch_s
 
 def cases(models: Path):
     """(name, model label, overrides) of every case."""
-    q05 = models / "qwen2.5-0.5b-like-24l"
+    q05 = models / "qwen2.5-0.5b-like-4l"
     q05s = models / "qwen2.5-0.5b-like-2l"
-    q15 = models / "qwen2.5-1.5b-like-4l"
+    q15 = models / "qwen2.5-1.5b-like-2l"
     out = []
+    for label, path in (("Qwen2.5-0.5B-like (4 of 24 layers)", q05), ("Qwen2.5-1.5B-like (2 of 28 layers)", q15)):
+        for m in ("lora", "qlora", "freeze", "full"):
+            out.append((f"{label} {m}", label, ["model=qwen2.5-0.5b-instruct", f"model.path={path}",
+                                                f"model.name={path.name}", f"method={m}", *REAL]))
     for m in ("full", "freeze", "lora", "qlora"):
         out.append((f"tiny {m}", "tiny (4 layers)", [f"method={m}", *TINY]))
     out.append(("tiny lora, eval batch 32", "tiny (4 layers)",
                 ["method=lora", *TINY, "batch_size=2", "train.eval_batch_size=32"]))
-    for label, path in (("Qwen2.5-0.5B-like (24 layers)", q05), ("Qwen2.5-1.5B-like (4 of 28 layers)", q15)):
-        for m in ("full", "freeze", "lora", "qlora"):
-            out.append((f"{label} {m}", label, ["model=qwen2.5-0.5b-instruct", f"model.path={path}",
-                                                f"model.name={path.name}", f"method={m}", *REAL]))
     small = ["model=qwen2.5-0.5b-instruct", f"model.path={q05s}", f"model.name={q05s.name}", *REAL]
-    label = "Qwen2.5-0.5B-like (2 layers)"
+    label = "Qwen2.5-0.5B-like (2 of 24 layers)"
     for extra in (["method=full", "optimizer=sgd"], ["method=full", "optimizer=adafactor"],
                   ["method=full", "optimizer=adamw_8bit"], ["method=full", "train.gradient_checkpointing=true"],
-                  ["method=lora", "train.gradient_checkpointing=true"], ["method=qlora", "method.bits=8"],
-                  ["method=qlora", "method.double_quant=false"], ["method=lora", "batch_size=16"]):
+                  ["method=lora", "train.gradient_checkpointing=true"], ["method=qlora", "method.bits=8"]):
         out.append((f"{label} {' '.join(extra)}", label, [*small, *extra]))
     return out
 
@@ -106,6 +105,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--paper", action="store_true", help="only write the GPU figures on paper")
+    p.add_argument("--resume", action="store_true", help="keep the cases already in memory_estimate.json")
     args = p.parse_args()
     if args.paper:
         paper(Path(args.models), Path(args.out))
@@ -114,39 +114,47 @@ def main() -> None:
     from ftrun.measure import random_model
 
     models = Path(args.models)
-    random_model(models / "qwen2.5-0.5b-like-24l", "qwen2.5-0.5b-like")
+    random_model(models / "qwen2.5-0.5b-like-4l", "qwen2.5-0.5b-like", layers=4)
     random_model(models / "qwen2.5-0.5b-like-2l", "qwen2.5-0.5b-like", layers=2)
-    random_model(models / "qwen2.5-1.5b-like-4l", "qwen2.5-1.5b-like", layers=4)
+    random_model(models / "qwen2.5-1.5b-like-2l", "qwen2.5-1.5b-like", layers=2)
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    out = Path(args.out)
     rows = []
-    for name, label, overrides in cases(models):
-        if args.only and args.only not in name:
+    if args.resume and (out / "memory_estimate.json").is_file():
+        rows = json.loads((out / "memory_estimate.json").read_text())["cases"]
+    todo = [c for c in cases(models) if not (args.only and args.only not in c[0])]
+    for name, label, overrides in todo:
+        if any(r["case"] == name for r in rows):
             continue
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "ftrun.estimate", *overrides, "estimate.measure=true",
+            res = subprocess.run([sys.executable, "-m", "ftrun.estimate", *overrides, "estimate.measure=true",
                                   f"estimate.steps={args.steps}", f"estimate.json={f.name}"],
                                  capture_output=True, text=True, cwd=ROOT, env=env)
-            if out.returncode != 0:
-                print(f"{name}: FAILED\n{out.stderr[-3000:]}", file=sys.stderr)
+            if res.returncode != 0:
+                print(f"{name}: FAILED\n{res.stderr[-3000:]}", file=sys.stderr)
                 continue
             got = json.loads(Path(f.name).read_text())
         est, meas = got["estimate"], got["measured"]
-        row = {"case": name, "model": label, "overrides": overrides, "estimate_bytes": est["peak"],
-               "phase": est["phase"], "measured_tensor_peak_bytes": meas["tensor_peak"],
-               "measured_rss_rise_bytes": meas["rss_peak_delta"], "error": got["error"],
-               "total_params": est["total_params"], "trainable_params": est["trainable_params"],
-               "tokens_per_step": est["tokens"], "steps": meas["steps"], "wall_s": time.perf_counter() - start,
-               "estimate": est}
-        rows.append(row)
+        rows.append({"case": name, "model": label, "overrides": overrides, "estimate_bytes": est["peak"],
+                     "phase": est["phase"], "measured_tensor_peak_bytes": meas["tensor_peak"],
+                     "measured_rss_rise_bytes": meas["rss_peak_delta"], "error": got["error"],
+                     "total_params": est["total_params"], "trainable_params": est["trainable_params"],
+                     "tokens_per_step": est["tokens"], "steps": meas["steps"],
+                     "wall_s": time.perf_counter() - start, "estimate": est})
         print(f"{name:<60} estimate {est['peak'] / 2**20:9.1f} MiB  measured {meas['tensor_peak'] / 2**20:9.1f} MiB"
               f"  {got['error']:+6.1%}  (RSS rise {meas['rss_peak_delta'] / 2**20:.0f} MiB)", flush=True)
+        write(out, rows, args, [c[0] for c in todo if not any(r["case"] == c[0] for r in rows)])
 
+
+def write(out: Path, rows: list, args, missing: list) -> None:
+    """memory_estimate.json and .md with the cases done so far (rewritten after each case)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "steps": args.steps,
-            "command": "python bench/memory_estimate.py" + (f" --only '{args.only}'" if args.only else ""),
+            "command": "python bench/memory_estimate.py" + (f" --only '{args.only}'" if args.only else "")
+            + (" --resume" if args.resume else ""),
             "measured": "torch.profiler CPU allocation events: peak bytes held by tensors, from before the "
                         "model loads to the end of the eval batch (RSS rise listed for reference)",
             "cases": rows}
@@ -167,6 +175,8 @@ def main() -> None:
                      f"{r['measured_rss_rise_bytes'] / 2**20:.0f} MiB |")
     worst = max((abs(r["error"]) for r in rows), default=0)
     lines += ["", f"Largest error: {worst:.1%} over {len(rows)} cases."]
+    if missing:
+        lines += ["", "Not run yet (rerun with `--resume` to add them): " + "; ".join(missing) + "."]
     (out / "memory_estimate.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'memory_estimate.md'} and {out / 'memory_estimate.json'}")
 

@@ -165,5 +165,7 @@ def random_model(dest, shape: str, layers=None, dtype: str = "bfloat16") -> Path
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.save_pretrained(str(dest))
+    tmp = dest.with_name(dest.name + ".partial")
+    model.save_pretrained(str(tmp))
+    os.replace(tmp, dest)  # the directory appears only when complete
     return dest
