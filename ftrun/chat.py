@@ -97,8 +97,10 @@ class Chat:
                               f"it does not fit the model's {self.max_positions} positions")
         return ids
 
-    def stream(self, prompt: str) -> Iterator[str]:
-        """Yield the answer to ``prompt`` piece by piece; it joins the history at the end."""
+    def stream(self, prompt: str, **generate_kwargs) -> Iterator[str]:
+        """Yield the answer to ``prompt`` piece by piece; it joins the history at the end.
+
+        ``generate_kwargs`` go to ``model.generate`` too (ftrun.serve passes its stopping criteria)."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -107,7 +109,7 @@ class Chat:
         ids = self._input_ids(prompt)
         device = next(self.model.parameters()).device
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kw = generation_kwargs(self.gen, self.model, self.tokenizer)
+        kw = {**generation_kwargs(self.gen, self.model, self.tokenizer), **generate_kwargs}
         failure = []
 
         def work():

@@ -32,6 +32,9 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
     _quiet_libraries()
     validate_device(cfg)
+    from ftrun.estimate import log_estimate  # issue 16: one line, the estimated peak memory per device
+
+    log_estimate(cfg)
     if cfg.stage.name != "sft":  # pt, rm, dpo, kto, ppo: a TRL recipe in ftrun/stages/
         from ftrun.stages import run_stage
 
