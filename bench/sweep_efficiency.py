@@ -173,6 +173,9 @@ def overhead(records: List[dict], first_of_worker: bool = True) -> Optional[dict
 
 def report(runs: dict, meta: dict) -> str:
     grid = runs["grid"]
+    for part in grid:  # each half of the grid fixed one batch size
+        for r in part["records"]:
+            r["params"].setdefault("batch_size", int(part["name"].rsplit("_b", 1)[1]))
     records = [r for part in grid for r in part["records"]]
     target = min(r["value"] for r in records if r["value"] is not None)
     total = sum(r["seconds"] for r in records)
@@ -183,7 +186,8 @@ def report(runs: dict, meta: dict) -> str:
         f"# Sweep efficiency ({meta['date']}; {meta['machine']})", "",
         f"Space: lr in {LRS} x rank in {RANKS} x batch_size in {BATCHES} = {len(records)} configurations, "
         f"LoRA on the built-in letters task; trial: `{' '.join(TRIAL)}`; every trial on one core, one thread; "
-        f"MLflow on. Load average at the start: {meta['load']:.1f}.", "",
+        f"MLflow on. Load average at the start: {meta['load']:.1f}." + (f" {meta['note']}" if meta.get("note") else ""),
+        "",
         f"Exhaustive grid (warm workers): best eval_loss **{target:.4f}** "
         f"({', '.join(f'{k}={v}' for k, v in best_cfg['params'].items())}); {near} of {len(records)} configurations "
         f"are within 1% of it; {total:.0f} trial-seconds in all. **Budget = one third = {budget:.0f} trial-seconds.**",
@@ -226,6 +230,10 @@ def report(runs: dict, meta: dict) -> str:
             lines.append(f"| {label} | {o['trials']} | {o['wall_s']:.1f} | "
                          + " | ".join(f"{o['phases_s'][p]:.2f}" for p in PHASES)
                          + f" | **{100 * o['overhead_share']:.1f}%** |")
+    lines += ["", "## The exhaustive grid", "", "| lr | rank | batch_size | eval_loss | trial-s |", "|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["params"]["lr"], r["params"]["rank"], r["params"]["batch_size"])):
+        p = r["params"]
+        lines.append(f"| {p['lr']} | {p['rank']} | {p['batch_size']} | {r['value']:.4f} | {r['seconds']:.1f} |")
     lines += ["", "start: process start, imports and config composing (fresh), or composing and hand-over (warm), "
               "i.e. the trial's wall time not accounted for by a phase; train excludes the evaluations inside the "
               "loop (eval); 'outside the training loop' = 1 - (train + eval) / wall."]
@@ -238,6 +246,7 @@ def main() -> None:
                                       "an existing one is continued")
     ap.add_argument("--report", metavar="RUNS_JSON", help="only rewrite the report from an earlier runs.json")
     ap.add_argument("--publish", action="store_true", help="also write bench/results/sweep_efficiency.{json,md}")
+    ap.add_argument("--note", help="a sentence on the conditions of the run, kept in the report")
     ap.add_argument("--smoke", action="store_true", help="a 4-point space, tiny trials, one seed: checks the script")
     args = ap.parse_args()
     if args.smoke:
@@ -248,6 +257,8 @@ def main() -> None:
     if args.report:
         out = Path(args.report).parent
         data = json.loads(Path(args.report).read_text())
+        if args.note:
+            data["meta"]["note"] = args.note
     else:
         out = Path(args.out_dir or ROOT / "outputs" / "bench" / "sweep_efficiency" / time.strftime("%Y%m%d-%H%M%S"))
         out.mkdir(parents=True, exist_ok=True)
