@@ -530,6 +530,8 @@ def validate(cfg: DictConfig) -> None:
     s = c.scheduler
     check(s.name in SCHEDULERS, "scheduler.name", s.name, f"choose one of {', '.join(SCHEDULERS)}")
     check(s.warmup_steps >= 0, "scheduler.warmup_steps", s.warmup_steps, "must be >= 0")
+    check(s.name != "reduce_lr_on_plateau" or c.train.eval_steps > 0, "train.eval_steps", c.train.eval_steps,
+          "scheduler=reduce_lr_on_plateau steps on the eval loss: set train.eval_steps > 0")
     check(0 <= s.warmup_ratio < 1, "scheduler.warmup_ratio", s.warmup_ratio, "must be in [0, 1)")
     check(not (s.warmup_steps > 0 and s.warmup_ratio > 0), "scheduler.warmup_ratio", s.warmup_ratio,
           "set warmup_steps or warmup_ratio, not both (add scheduler.warmup_ratio=0 to count warm-up in steps)")

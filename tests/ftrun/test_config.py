@@ -139,3 +139,9 @@ def test_cfg_job_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "method:" in out.stdout
+
+
+def test_plateau_scheduler_without_evaluations_is_refused_before_anything_loads():
+    # found by bench/faults.py: this mistake used to surface only after the model had loaded
+    with pytest.raises(ConfigError, match=r"train.eval_steps=0: scheduler=reduce_lr_on_plateau steps on the eval"):
+        validate(compose_cfg(["scheduler=reduce_lr_on_plateau", "train.eval_steps=0"]))
