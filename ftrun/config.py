@@ -668,6 +668,9 @@ def validate(cfg: DictConfig) -> None:
     s = c.scheduler
     at_least("scheduler.warmup_steps", s.warmup_steps, 0)
     in_unit("scheduler.warmup_ratio", s.warmup_ratio)
+    check(s.name != "reduce_lr_on_plateau" or c.train.eval_steps > 0 or c.train.eval_examples > 0,
+          "train.eval_steps", c.train.eval_steps,
+          "scheduler=reduce_lr_on_plateau steps on the eval loss: set train.eval_steps > 0")
     check(not (s.warmup_steps > 0 and s.warmup_ratio > 0), "scheduler.warmup_ratio", s.warmup_ratio,
           "set warmup_steps or warmup_ratio, not both (add scheduler.warmup_ratio=0 to count warm-up in steps)")
     check(isinstance(s.kwargs, (dict, DictConfig)), "scheduler.kwargs", s.kwargs, "give a mapping, e.g. {num_cycles: 2}")

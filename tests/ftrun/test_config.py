@@ -300,3 +300,9 @@ def test_the_template_choice_matches_the_templates_ftrun_has():
     from ftrun.data.templates import TEMPLATE_NAMES
 
     assert set(TEMPLATES) == set(TEMPLATE_NAMES)
+
+
+def test_plateau_scheduler_without_evaluations_is_refused_before_anything_loads():
+    # found by bench/faults.py: this mistake used to surface only after the model had loaded
+    with pytest.raises(ConfigError, match=r"train.eval_steps=0: scheduler=reduce_lr_on_plateau steps on the eval"):
+        validate(compose_cfg(["scheduler=reduce_lr_on_plateau", "train.eval_steps=0"]))
