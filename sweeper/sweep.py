@@ -278,9 +278,17 @@ class Sweep:
                         need -= 1
                     else:  # a configuration already trained: answered from the study, ask again
                         need = self._need()
-                if not self.running:
-                    break
                 now = time.time()
+                if not self.running:
+                    if stopped is not None or self._budget_spent or not self._others_running():
+                        break
+                    # RUNNING trials that are not ours: another sweeper's, or one a killed sweeper asked for
+                    # before it could record itself; wait, and fail (and retry) them once they are stale
+                    if now - last_beat >= float(self.conf.get("heartbeat_s", 10.0)):
+                        self._recover_left_behind()
+                        last_beat = now
+                    self._wait(1.0)
+                    continue
                 if now - last_beat >= float(self.conf.get("heartbeat_s", 10.0)):
                     self._heartbeat(now)
                     last_beat = now
@@ -326,6 +334,11 @@ class Sweep:
         if self.budget_wall_s is not None:
             parts.append(f"{time.time() - self._started:.0f} of {self.budget_wall_s:.0f} wall s")
         return ", ".join(parts)
+
+    def _others_running(self) -> bool:
+        TrialState = self.optuna.trial.TrialState
+        mine = {r.trial.number for r in self.running.values()}
+        return any(t.number not in mine for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def _need(self) -> int:
         """Trials still to start: total wanted minus finished minus running (here or elsewhere)."""

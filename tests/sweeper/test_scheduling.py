@@ -135,3 +135,20 @@ def test_a_configuration_already_trained_is_not_trained_again(tmp_path):
     for t in repeats:
         original = study.trials[t.user_attrs["duplicate_of"]]
         assert t.params == original.params and t.value == original.value and "trial_dir" not in t.user_attrs
+
+
+def test_a_trial_asked_by_a_killed_sweeper_before_it_recorded_itself_is_retried(tmp_path):
+    """A sweeper killed between study.ask() and writing its host/pid leaves a RUNNING trial with no owner;
+    the rerun waits until it is stale, fails it with the reason, and still reaches n_trials."""
+    args = ["lr=tag(log,interval(1e-5,1e-1))"]
+    fake_sweep(tmp_path, args, n_trials=1, seed=0, pruner="none")
+    from sweeper.study import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'sweeps' / 'test' / 'study.db'}")
+    orphan = optuna.load_study(study_name="test", storage=storage).ask()  # never told, no attributes
+    _, study = fake_sweep(tmp_path, args, n_trials=3, seed=0, pruner="none", stale_after_s=1.0)
+    states = {t.number: t.state for t in study.trials}
+    assert states[orphan.number] == FAIL
+    assert "left RUNNING" in study.trials[orphan.number].user_attrs["fail_reason"]
+    assert sum(s == COMPLETE for s in states.values()) == 3
+    assert not any(s == optuna.trial.TrialState.RUNNING for s in states.values())
