@@ -38,7 +38,9 @@ def test_the_sweep_has_every_state(sweep):
     study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
-    assert max(study.trials[2].intermediate_values) == 3  # stopped at its first evaluation
+    pruned = study.trials[2]
+    # stopped at its first evaluation (step 3), reported under the examples seen by then
+    assert max(pruned.intermediate_values) == 3 * 8  # batch_size=8 (sweep_study.STEPS)
 
 
 # ---------------------------------------------------------------------------
