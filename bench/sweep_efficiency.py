@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ftrun.contract import ATTR_TRIAL_DIR, RESULT_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 LRS = [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3]
 RANKS = [4, 16, 64]
@@ -124,7 +126,7 @@ def read_sweep(out: Path, name: str) -> dict:
         if t.state.name == "PRUNED" and t.intermediate_values:
             rec["pruned_at"] = max(t.intermediate_values)
         try:
-            result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+            result = json.loads((Path(t.user_attrs[ATTR_TRIAL_DIR]) / RESULT_FILE).read_text())
             phases = dict(result.get("phases_s") or {})
             phases["start"] = max(0.0, seconds - sum(phases.values()))
             rec["phases"] = phases

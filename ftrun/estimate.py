@@ -584,25 +584,13 @@ def split_args(argv: Sequence[str]) -> Tuple[dict, List[str]]:
 
 
 def compose(overrides: Sequence[str]):
-    """The run config that ``python -m ftrun <overrides>`` would train, validated."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    """The run config that ``ftrun <overrides>`` would train, validated (:func:`ftrun.compose.compose`)."""
+    from ftrun.compose import compose as compose_run
+    from ftrun.config import resolved, validate
 
-    from ftrun.config import register_configs, validate
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"{str(e).splitlines()[0]} (the overrides are a run's: see python -m ftrun --help)") from None
+    cfg = compose_run(list(overrides))
     validate(cfg)
-    return cfg
-
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+    return resolved(cfg)
 
 
 def main(argv=None) -> None:

@@ -34,6 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ftrun.contract import (ATTR_FAIL_REASON, ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OBJECTIVES, ATTR_OOM_RETRY,
+                            ATTR_OVERRIDES, ATTR_PRUNED, ATTR_TRIAL_DIR, MLFLOW_URI_ENV, PARENT_ID_FILE, RESULT_FILE,
+                            RUN_ID_FILE, TAG_FAIL_REASON, TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED,
+                            TAG_RETRY_OF, TAG_STORAGE, TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL, TRIAL_LOG)
+from ftrun.contract import MLFLOW_PARENT_RUN_ENV as PARENT_ENV
 from sweeper.slots import Slot, make_slots, popen, stop, trial_command
 from sweeper.space import SearchSpace, parse_search_space, to_override
 from sweeper.study import (
@@ -50,11 +55,6 @@ from sweeper.trial import trial_env
 from sweeper.worker import WarmTrial, Worker
 
 log = logging.getLogger("ftrun.sweeper")
-
-from ftrun.contract import RESULT_FILE  # noqa: E402  (the names processes share)
-from ftrun.contract import TRIAL_LOG  # noqa: E402
-from ftrun.contract import PARENT_ID_FILE  # noqa: E402
-from ftrun.contract import MLFLOW_PARENT_RUN_ENV as PARENT_ENV  # noqa: E402
 
 
 class SweepError(RuntimeError):
@@ -218,7 +218,7 @@ class Sweep:
         attrs = study.user_attrs
         study.set_user_attr("search_space", self.space.describe())
         study.set_user_attr("fixed", self.space.fixed)
-        study.set_user_attr("objectives", self.objectives)
+        study.set_user_attr(ATTR_OBJECTIVES, self.objectives)
         study.set_user_attr("sweep_dir", str(self.sweep_dir))
         if "created" not in attrs:
             study.set_user_attr("created", time.time())
@@ -370,7 +370,7 @@ class Sweep:
             trial = self.study.ask()
             params = self.space.sample(trial, self.base_values)
             same = self._trained(params) if self._repeats < max(100, 10 * self.n_trials) else None
-            if same is not None and trial.user_attrs.get("retry_of") is None:
+            if same is not None and trial.user_attrs.get(TAG_RETRY_OF) is None:
                 # training is seeded, so the same configuration gives the same result: tell the
                 # sampler the known value instead of spending a slot (it does not count in n_trials)
                 self._repeats += 1
@@ -379,7 +379,7 @@ class Sweep:
                 log.info("Trial %d repeats trial %d's configuration: not trained again", trial.number, same.number)
                 return False
             busy = next((r.trial for r in self.running.values() if r.trial.params == params), None)
-            if busy is not None and trial.user_attrs.get("retry_of") is None and self._repeats < 10 * self.n_trials:
+            if busy is not None and trial.user_attrs.get(TAG_RETRY_OF) is None and self._repeats < 10 * self.n_trials:
                 # two slots must not train the same configuration at once (a small categorical space
                 # makes that likely among random startup points): ask again
                 self._repeats += 1
@@ -407,7 +407,7 @@ class Sweep:
                         objective=self.objectives[0])
         env.update(self._mlflow_env())
         now = time.time()
-        for key, value in {"trial_dir": str(trial_dir), "overrides": overrides, "extra": list(extra),
+        for key, value in {ATTR_TRIAL_DIR: str(trial_dir), ATTR_OVERRIDES: overrides, "extra": list(extra),
                            "sweeper_host": self.host, "sweeper_pid": os.getpid(), "heartbeat": now,
                            "slot": slot.index, "devices": ",".join(slot.gpus) or "cpu"}.items():
             trial.set_user_attr(key, value)
@@ -457,7 +457,7 @@ class Sweep:
             retry = self._oom_overrides(r)
             if retry is not None:
                 log.warning("Trial %d ran out of memory; retrying once with %s", trial.number, " ".join(retry))
-                trial.set_user_attr("oom_retry", " ".join(retry))
+                trial.set_user_attr(ATTR_OOM_RETRY, " ".join(retry))
                 if self.parent:
                     self.parent.tag_child(r.trial_dir, trial, "FAIL", "out of memory (retried)")
                 self._launch(r.slot, trial=trial, extra=[*r.extra, *retry],
@@ -469,11 +469,11 @@ class Sweep:
         if isinstance(r.proc, WarmTrial):
             reason = self._after_warm_trial(r, reason)
         if reason:
-            trial.set_user_attr("fail_reason", reason[:1000])
+            trial.set_user_attr(ATTR_FAIL_REASON, reason[:1000])
         duration = time.time() - r.started
         trial.set_user_attr("duration_s", duration)
         if result is not None and result.get("pruned"):
-            trial.set_user_attr("pruned", True)
+            trial.set_user_attr(ATTR_PRUNED, True)
         if _diverged(result):
             trial.set_user_attr("diverged", True)
         self.study.tell(trial, values=values, state=state)
@@ -560,12 +560,12 @@ class Sweep:
     def _recover(self, t) -> None:
         TrialState = self.optuna.trial.TrialState
         storage = self.study._storage
-        trial_dir = Path(t.user_attrs.get("trial_dir", self.sweep_dir / f"trial_{t.number:04d}"))
+        trial_dir = Path(t.user_attrs.get(ATTR_TRIAL_DIR, self.sweep_dir / f"trial_{t.number:04d}"))
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
         result = _read_result(trial_dir, since=started)
         if result is not None:
             if _diverged(result):
-                storage.set_trial_user_attr(t._trial_id, "fail_reason", f"diverged: {result.get('reason')}")
+                storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, f"diverged: {result.get('reason')}")
                 storage.set_trial_user_attr(t._trial_id, "diverged", True)
                 self.study.tell(t.number, state=TrialState.FAIL if self.multi else TrialState.PRUNED)
                 log.info("Trial %d, left RUNNING, had diverged; recorded", t.number)
@@ -583,14 +583,14 @@ class Sweep:
                   f"{t.user_attrs.get('sweeper_host')})")
         if retry:
             reason += "; retried" + (" from its last checkpoint" if checkpoint else " from the start")
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, reason)
         self.study.tell(t.number, state=TrialState.FAIL)
         log.warning("Trial %d %s", t.number, reason)
         if self.parent:
             self.parent.tag_child(trial_dir, t, "FAIL", reason, end_run=not (retry and checkpoint))
         if retry:
             self.study.enqueue_trial(dict(t.params), skip_if_exists=False, user_attrs={
-                "retry_of": t.number, "resume_dir": str(trial_dir),
+                TAG_RETRY_OF: t.number, "resume_dir": str(trial_dir),
                 "extra": [e for e in t.user_attrs.get("extra", []) if not e.startswith("resume=")]})
 
     def _enqueue(self) -> None:
@@ -666,14 +666,14 @@ class Sweep:
         return bool(self.conf.get("mlflow", True)) and bool(_select(self.job_cfg, "tracking.enabled", True))
 
     def tracking_uri(self) -> Optional[str]:
-        return _select(self.job_cfg, "tracking.uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        return _select(self.job_cfg, "tracking.uri") or os.environ.get(MLFLOW_URI_ENV)
 
     def _mlflow_env(self) -> Dict[str, str]:
         env = {}
         if self.parent is not None:
             env[PARENT_ENV] = self.parent.run_id
             if not _select(self.job_cfg, "tracking.uri"):
-                env["MLFLOW_TRACKING_URI"] = self.parent.uri
+                env[MLFLOW_URI_ENV] = self.parent.uri
         return env
 
 
@@ -716,7 +716,7 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             vals = ", ".join(f"{o}={v:.6g}" for o, v in zip(objectives, t.values))
             lines.append(f"- trial {t.number}: {vals}; {_params(t.params)}")
         b = best[0]
-        cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get("overrides", [])]
+        cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get(ATTR_OVERRIDES, [])]
         rerun = cmd
         lines += ["", "Rerun the best trial:", "", f"    {shlex.join(cmd)}", ""]
     compute = compute_spent(trials, space)
@@ -732,12 +732,12 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             vals = [f"{t.intermediate_values[step]:.6g} @{step}"] + [""] * (len(objectives) - 1)
         else:
             vals = [""] * len(objectives)
-        note = t.user_attrs.get("fail_reason") or ""
-        if t.user_attrs.get("oom_retry"):
+        note = t.user_attrs.get(ATTR_FAIL_REASON) or ""
+        if t.user_attrs.get(ATTR_OOM_RETRY):
             note = f"OOM retry ({t.user_attrs['oom_retry']}) {note}".strip()
         if t.user_attrs.get("duplicate_of") is not None:
             note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
-        if t.user_attrs.get("retry_of") is not None:
+        if t.user_attrs.get(TAG_RETRY_OF) is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
         dur = t.user_attrs.get("duration_s")
         lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
@@ -829,13 +829,13 @@ class _ParentRun:
             except Exception:
                 run_id = None
         run = client.create_run(exp_id, run_name=sweep.study_name, tags={
-            "ftrun.sweep": "true", "study_name": sweep.study_name, "storage": sweep.storage_url,
+            TAG_SWEEP: "true", TAG_STUDY_NAME: sweep.study_name, TAG_STORAGE: sweep.storage_url,
             "sampler": sampler_name(sweep.conf.get("sampler", "tpe")), "pruner": _pruner_key(sweep.pruner_spec),
-            "objectives": ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
+            TAG_OBJECTIVES: ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
             "sweep_dir": str(sweep.sweep_dir)})
         run_id = run.info.run_id
         id_file.write_text(run_id)
-        sweep.study.set_user_attr("mlflow_parent_run_id", run_id)
+        sweep.study.set_user_attr(ATTR_MLFLOW_PARENT_RUN_ID, run_id)
         params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
         # a '+key=value' / '~key' override is a valid Hydra override but not a valid MLflow param name
         params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
@@ -852,17 +852,17 @@ class _ParentRun:
                   oom_retry: bool = False, end_run: bool = True) -> None:
         """Mark the trial's own MLflow run with its Optuna outcome (create one if the trial died first)."""
         try:
-            id_file = Path(trial_dir) / "mlflow_run_id"
-            tags = {"optuna.trial": str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
+            id_file = Path(trial_dir) / RUN_ID_FILE
+            tags = {TAG_TRIAL: str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
             if reason:
-                tags["fail_reason"] = reason[:5000]
+                tags[TAG_FAIL_REASON] = reason[:5000]
             if state == "PRUNED" and not (reason or "").startswith("diverged"):  # a diverged run says so itself
-                tags["pruned"] = "true"
+                tags[TAG_PRUNED] = "true"
             if oom_retry:
-                tags["oom_retry"] = "true"
-            retry_of = trial.user_attrs.get("retry_of")
+                tags[TAG_OOM_RETRY] = "true"
+            retry_of = trial.user_attrs.get(TAG_RETRY_OF)
             if retry_of is not None:
-                tags["retry_of"] = str(retry_of)
+                tags[TAG_RETRY_OF] = str(retry_of)
             if id_file.is_file():
                 run_id = id_file.read_text().strip()
                 for k, v in tags.items():
@@ -871,7 +871,7 @@ class _ParentRun:
                     self.client.set_terminated(run_id, "FAILED")
             elif state == "FAIL":
                 run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
-                                             tags={"mlflow.parentRunId": self.run_id, **tags})
+                                             tags={TAG_PARENT: self.run_id, **tags})
                 from mlflow.entities import Param
 
                 params = [Param(k.lstrip("+~"), str(v)[:6000]) for k, v in
@@ -904,7 +904,7 @@ class _ParentRun:
                     metrics.append(Metric("best_value", best.value, now, n_done))
                     self.client.set_tag(self.run_id, "best_trial", str(best.number))
                     self.client.set_tag(self.run_id, "best_params", json.dumps(best.params, default=str)[:5000])
-                    rerun = shlex.join(["python", "-m", "ftrun", *best.user_attrs.get("overrides", [])])
+                    rerun = shlex.join(["python", "-m", "ftrun", *best.user_attrs.get(ATTR_OVERRIDES, [])])
                     self.client.set_tag(self.run_id, "best_rerun", rerun[:5000])
             self.client.log_batch(self.run_id, metrics=metrics)
         except Exception as e:

@@ -13,14 +13,15 @@ import math
 import os
 from typing import Optional
 
-log = logging.getLogger(__name__)
+from ftrun.contract import OPTUNA_OBJECTIVE_ENV as OBJECTIVE_ENV
+from ftrun.contract import OPTUNA_PRUNER_ENV as PRUNER_ENV
+from ftrun.contract import OPTUNA_STORAGE_ENV as STORAGE_ENV
+from ftrun.contract import OPTUNA_STUDY_ENV as STUDY_ENV
+from ftrun.contract import OPTUNA_TRIAL_ID_ENV as TRIAL_ID_ENV
+from ftrun.contract import OPTUNA_TRIAL_NUMBER_ENV as TRIAL_NUMBER_ENV
+from ftrun.contract import TAG_PRUNED, TAG_PRUNED_AT_STEP
 
-from ftrun.contract import OPTUNA_STORAGE_ENV as STORAGE_ENV  # noqa: E402  (the names processes share)
-from ftrun.contract import OPTUNA_STUDY_ENV as STUDY_ENV  # noqa: E402
-from ftrun.contract import OPTUNA_TRIAL_ID_ENV as TRIAL_ID_ENV  # noqa: E402
-from ftrun.contract import OPTUNA_TRIAL_NUMBER_ENV as TRIAL_NUMBER_ENV  # noqa: E402
-from ftrun.contract import OPTUNA_PRUNER_ENV as PRUNER_ENV  # noqa: E402
-from ftrun.contract import OPTUNA_OBJECTIVE_ENV as OBJECTIVE_ENV  # noqa: E402
+log = logging.getLogger(__name__)
 
 
 def trial_env(storage: str, study: str, trial_id: int, number: int, pruner=None,
@@ -45,7 +46,7 @@ def mark_pruned(tracker, step: int) -> None:
     """Tag the run's MLflow run pruned=true (no-op without tracking)."""
     mlflow = getattr(tracker, "mlflow", None)
     if mlflow is not None and mlflow.active_run() is not None:
-        mlflow.set_tags({"pruned": "true", "pruned_at_step": str(step)})
+        mlflow.set_tags({TAG_PRUNED: "true", TAG_PRUNED_AT_STEP: str(step)})
 
 
 class PruningCallback:
