@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ftrun.contract import TRAINER_STATE
+from ftrun.contract import RESULT_FILE, TRAINER_STATE
 
 
 class ConfigError(ValueError):
@@ -526,7 +526,7 @@ def find_resumable_run(name_dir: Path) -> Optional[Path]:
     if not name_dir.is_dir():
         return None
     runs = sorted((d for d in name_dir.iterdir() if d.is_dir()), reverse=True)
-    if runs and not (runs[0] / "result.json").exists() and last_checkpoint(runs[0]) is None:
+    if runs and not (runs[0] / RESULT_FILE).exists() and last_checkpoint(runs[0]) is None:
         return runs[0]
     for run in runs:
         if last_checkpoint(run) is not None:
@@ -862,6 +862,13 @@ def resolved(cfg: DictConfig) -> DictConfig:
     Enum reaches the libraries it calls.
     """
     return OmegaConf.create(to_container(cfg))
+
+
+def has_eval(cfg) -> bool:
+    """Whether the run evaluates (an eval split exists): then an eval batch's logits count too."""
+    if cfg.data.builtin is not None and not (cfg.data.path or cfg.data.names or cfg.data.sources):
+        return cfg.data.num_eval > 0
+    return cfg.data.val_size > 0
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -73,9 +73,9 @@ def random_rows(n: int, length: int, vocab: int, seed: int):
 
 def measure(cfg, steps: int = 2, workdir=None) -> dict:
     """Peak memory of loading the model and training ``steps`` steps (plus one eval batch), on CPU."""
-    from ftrun.train import _quiet_libraries
+    from ftrun.trainer import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     # transformers loads checkpoint shards in worker threads by default; the profiler sees only this
     # thread's allocations, so load sequentially (the same tensors, one after another)
     before = os.environ.get("HF_DEACTIVATE_ASYNC_LOAD")
@@ -95,9 +95,9 @@ def _measure(cfg, steps: int, workdir) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from transformers import Trainer, default_data_collator, set_seed
 
-    from ftrun.estimate import has_eval, model_config_dict
-    from ftrun.model import apply_method, load_model
-    from ftrun.train import argmax_logits, exact_match, training_arguments
+    from ftrun.config import has_eval
+    from ftrun.model import apply_method, load_model, model_config_dict
+    from ftrun.trainer import argmax_logits, exact_match, training_arguments
 
     if torch.cuda.is_available():
         raise RuntimeError("measure() measures CPU memory; hide the GPU (CUDA_VISIBLE_DEVICES=)")

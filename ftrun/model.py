@@ -8,6 +8,7 @@ quantized QLoRA base.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Tuple
@@ -177,3 +178,31 @@ def count_parameters(model) -> Tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+def model_config_dict(model_cfg) -> dict:
+    """The model's config.json as a dict, without loading (or building) any weights."""
+    if model_cfg.path is None:  # the built-in tiny model: its cached config, else its architecture
+        from ftrun.tiny import tiny_path
+
+        f = tiny_path(model_cfg.tiny) / "config.json"
+        if f.is_file():
+            return json.loads(f.read_text())
+        t = model_cfg.tiny
+        return {"model_type": "llama", "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads, "vocab_size": t.vocab_size,
+                "max_position_embeddings": t.max_position_embeddings, "tie_word_embeddings": False,
+                "dtype": "float32"}
+    p = Path(str(model_cfg.path)).expanduser()
+    if (p / "config.json").is_file():
+        return json.loads((p / "config.json").read_text())
+    try:  # a hub id: only what is in the local cache (nothing is downloaded for an estimate)
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(model_cfg.path), local_files_only=True,
+                                          trust_remote_code=bool(model_cfg.trust_remote_code)).to_dict()
+    except (OSError, ValueError):
+        raise ConfigError(f"model.path={model_cfg.path}: no config.json there or in the local hub cache; "
+                          "give a local model directory (a folder with just config.json is enough for an estimate)") \
+            from None

@@ -15,7 +15,8 @@ from typing import Optional
 from ftrun.config import ConfigError, resolved, training_differences, validate, validate_device
 from ftrun.contract import RESOLVED_CONFIG, RESULT_FILE  # noqa: F401  (RESULT_FILE: what run() writes last)
 from ftrun.trainer import (argmax_logits, checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match: tests)
-                           start_phases, train_and_report, training_arguments)
+                           quiet_libraries, start_phases, train_and_report,
+                           training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_resolved_config(cfg, run_dir)
     log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
-    _quiet_libraries()
+    quiet_libraries()
     validate_device(cfg)
     from ftrun.estimate import log_estimate  # issue 16: one line, the estimated peak memory per device
 
@@ -156,17 +157,3 @@ def _write_resolved_config(cfg, run_dir: Path) -> None:
     from ftrun.config import to_container
 
     (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(to_container(cfg)))
-
-
-def _quiet_libraries() -> None:
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs a warning when it
-    # cannot; its own fallback kernel is what runs here, so the warning is noise
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_warning()

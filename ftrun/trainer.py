@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from ftrun.config import OPTIMIZERS, ConfigError, last_checkpoint
-from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TRAINER_STATE
+from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TRAINER_STATE
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: floa
     from ftrun.divergence import STATUS
 
     log.error("%s", e)
-    tracker.set_tags({"status": STATUS, "fail_reason": e.reason})
+    tracker.set_tags({"status": STATUS, TAG_FAIL_REASON: e.reason})
     # nonfinite_loss: the marker MlflowCallback logs for a NaN it sees, which analysis flags as divergence
     tracker.log_metrics({"diverged_at_step": e.step, "nonfinite_loss": 1.0}, step=e.step)
     if trainer.is_world_process_zero():
@@ -355,3 +355,17 @@ def plot_loss(log_history: list, path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs a warning when it
+    # cannot; its own fallback kernel is what runs here, so the warning is noise
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()

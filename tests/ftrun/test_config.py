@@ -133,6 +133,7 @@ BAD = {
     "scheduler.warmup_ratio": ["scheduler.warmup_ratio=1.5"], "scheduler.kwargs": ["scheduler.kwargs=5"],
     # train and tracking
     "train.logging_steps": ["train.logging_steps=-1"], "train.eval_steps": ["train.eval_steps=-1"],
+    "train.eval_examples": ["train.eval_examples=-1"],
     "train.save_steps": ["train.save_steps=-1"], "train.save_total_limit": ["train.save_total_limit=0"],
     "train.gradient_checkpointing": ["train.gradient_checkpointing=maybe"],
     "train.neftune_noise_alpha": ["train.neftune_noise_alpha=0"], "train.eval_batch_size": ["train.eval_batch_size=0"],
