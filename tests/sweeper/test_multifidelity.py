@@ -26,8 +26,8 @@ def test_successive_halving_prunes_at_rungs_shared_by_batch_sizes(tmp_path):
     # batch 8 evaluates every 2 steps, batch 4 every 4: both after 16, 32, 48 examples
     for t in trials:
         assert set(t.intermediate_values) <= {16, 32, 48, 64}, (t.params, t.intermediate_values)
-    assert {t.params["batch_size"] for t in trials[:3] if 16 in t.intermediate_values} == {4, 8}
-    assert [t.state.name for t in trials[:3]] == ["COMPLETE"] * 3
+    assert {t.params["batch_size"] for t in trials if 16 in t.intermediate_values} == {4, 8}
+    assert trials[0].state.name == "COMPLETE"  # the first trial has no one to lose to
     slow = trials[3]
     assert slow.params["lr"] == 1e-5 and slow.state.name == "PRUNED"
     assert max(slow.intermediate_values) < 64  # stopped at a rung, before the end of its data
