@@ -84,7 +84,7 @@ def test_warm_trial_gets_the_experiment_preset_and_its_own_mlflow_child(warm_and
     # '+experiment=small' is logged as a valid MLflow param name (it used to crash the sweep)
     assert parents[0].data.params["fixed.experiment"] == "small"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(float(r.data.params["lr"]) for r in children) == [1e-3, 3e-3]
+    assert sorted(float(r.data.params["optimizer.lr"]) for r in children) == [1e-3, 3e-3]
     assert len({r.info.run_id for r in children}) == 2
     assert all(r.info.status == "FINISHED" for r in children)
 
@@ -105,7 +105,8 @@ def test_a_killed_worker_fails_its_trial_and_the_slot_gets_a_new_worker(tmp_path
     sweeps = tmp_path / "sweeps"
     cmd = [sys.executable, "-m", "ftrun", "-m", *TRIAL, "max_steps=choice(3000,4)", "tracking.enabled=false",
            "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=none", f"hydra.sweep.dir={sweeps}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_file = open(tmp_path / "sweep.log", "w")  # a file, not a pipe nobody reads while the test waits
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     try:
         def training():
             dbs = list(sweeps.glob("*/study.db"))
@@ -121,14 +122,16 @@ def test_a_killed_worker_fails_its_trial_and_the_slot_gets_a_new_worker(tmp_path
             log = Path(t.user_attrs["trial_dir"]) / "trial.log"
             return t if log.is_file() and "Building trainer" in log.read_text() else None
 
-        t0 = _wait_for(training, 300, "the first trial to train in its warm worker")
+        t0 = _wait_for(training, 300, "the first trial to train in its warm worker: "
+                       + ((tmp_path / "sweep.log").read_text()[-2000:] if (tmp_path / "sweep.log").exists() else ""))
         assert t0.params["max_steps"] == 3000
         os.kill(t0.user_attrs["worker_pid"], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, out[-4000:]
+        log_file.close()
+    assert proc.returncode == 0, (tmp_path / "sweep.log").read_text()[-4000:]
     trials = load(sweeps).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     reason = trials[0].user_attrs["fail_reason"]
