@@ -132,6 +132,18 @@ def build_pruner(spec: Any):
     return _construct(path, kwargs, "pruner")
 
 
+def pruner_key(spec: Any) -> str:
+    """The pruner's short name (none for no pruning), from any of its spellings."""
+    if spec is None:
+        return "none"
+    if isinstance(spec, str):
+        return spec.lower()
+    if isinstance(spec, Mapping):
+        return str(spec.get("name") or spec.get("_target_", "")).rsplit(".", 1)[-1].lower().replace(
+            "nopruner", "none")
+    return str(spec)
+
+
 def directions(objectives: Sequence[str], given: Any = None) -> List[str]:
     """One direction per objective: as given, else from the metric's name."""
     if given is not None:

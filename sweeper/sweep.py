@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ftrun.contract import (ATTR_FAIL_REASON, ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OBJECTIVES, ATTR_OOM_RETRY,
-                            ATTR_OVERRIDES, ATTR_PRUNED, ATTR_TRIAL_DIR, MLFLOW_URI_ENV, PARENT_ID_FILE, RESULT_FILE,
-                            RUN_ID_FILE, TAG_FAIL_REASON, TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED,
-                            TAG_RETRY_OF, TAG_STORAGE, TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL, TRIAL_LOG)
+from ftrun.contract import (ATTR_FAIL_REASON, ATTR_OBJECTIVES, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PRUNED,
+                            ATTR_TRIAL_DIR, MLFLOW_URI_ENV, TAG_RETRY_OF, TRIAL_LOG)
 from ftrun.contract import MLFLOW_PARENT_RUN_ENV as PARENT_ENV
+from sweeper.parent import ParentRun
+from sweeper.outcome import diverged, error_reason, has_checkpoint, is_oom, log_tail, read_result
 from sweeper.slots import Slot, make_slots, popen, stop, trial_command
 from sweeper.space import SearchSpace, parse_search_space, to_override
+from sweeper.summary import build_summary
 from sweeper.study import (
     SweepConfigError,
     build_pruner,
@@ -48,6 +49,7 @@ from sweeper.study import (
     directions,
     is_grid,
     open_storage,
+    pruner_key,
     sampler_name,
     storage_url,
 )
@@ -148,12 +150,13 @@ class Sweep:
         self.n_trials = n_trials
         self.max_failures = self._max_failures(n_trials)
         self.pruner_spec = conf.get("pruner", "median")
-        if self.multi and _pruner_key(self.pruner_spec) != "none":
+        if self.multi and pruner_key(self.pruner_spec) != "none":
             log.warning("%d objectives: Optuna cannot prune multi-objective trials; pruning is off",
                         len(self.objectives))
             self.pruner_spec = "none"
         self.command = list(conf.get("command") or [sys.executable, "-m", "ftrun"])
         self.host = socket.gethostname()
+        self.experiment = str(_select(job_cfg, "tracking.experiment", "ftrun"))  # MLflow experiment of the parent run
         self.base_values = self._base_values()
         self.failures = 0
         self._repeats = 0  # configurations proposed again and answered from the study, this run
@@ -231,10 +234,10 @@ class Sweep:
         self.study = study = self._open_study()
         prior = self._counts()
         log.info("Study %s (%s, %s) in %s: %d of %d trials done; search space: %s",
-                 self.study_name, sampler_name(self.conf.get("sampler", "tpe")), _pruner_key(self.pruner_spec),
+                 self.study_name, sampler_name(self.conf.get("sampler", "tpe")), pruner_key(self.pruner_spec),
                  self.storage_url, prior["COMPLETE"] + prior["PRUNED"], self.n_trials,
                  ", ".join(f"{k}={v}" for k, v in self.space.describe().items()))
-        self.parent = _ParentRun.open(self) if self._tracking() else None
+        self.parent = ParentRun.open(self) if self._tracking() else None
         self._recover_left_behind()
         self._enqueue()
         slots = make_slots(int(self.conf.get("n_jobs", 1)), self.conf.get("gpus_per_trial"),
@@ -391,7 +394,7 @@ class Sweep:
             extra = list(trial.user_attrs.get("extra", []))
             resume_dir = trial.user_attrs.get("resume_dir")
             trial_dir = self.sweep_dir / f"trial_{trial.number:04d}"
-            if resume_dir and _has_checkpoint(Path(resume_dir)):
+            if resume_dir and has_checkpoint(Path(resume_dir)):
                 trial_dir = Path(resume_dir)  # continue the interrupted trial from its last checkpoint
                 extra = [e for e in extra if not e.startswith("resume=")] + ["resume=auto"]
         else:
@@ -403,7 +406,7 @@ class Sweep:
         cmd = trial_command(self.command, args, processes=slot.processes,
                             launcher=self.conf.get("launcher", "accelerate"))
         env = trial_env(self.storage_url, self.study_name, trial._trial_id, trial.number,
-                        pruner=None if _pruner_key(self.pruner_spec) == "none" else self.pruner_spec,
+                        pruner=None if pruner_key(self.pruner_spec) == "none" else self.pruner_spec,
                         objective=self.objectives[0])
         env.update(self._mlflow_env())
         now = time.time()
@@ -432,8 +435,8 @@ class Sweep:
         TrialState = self.optuna.trial.TrialState
         del self.running[r.slot.index]
         rc = r.proc.returncode
-        result = _read_result(r.trial_dir, since=r.started)
-        tail = _tail(r.trial_dir / TRIAL_LOG)
+        result = read_result(r.trial_dir, since=r.started)
+        tail = log_tail(r.trial_dir / TRIAL_LOG)
         trial = r.trial
         state, values, reason = TrialState.FAIL, None, None
         if rc == 0 and result is not None:
@@ -449,11 +452,11 @@ class Sweep:
                         state = TrialState.COMPLETE
                     else:
                         reason, values = f"objective is not finite: {values}", None
-        elif _diverged(result):  # NaN loss or gradient: a result of the sampled point, not a broken setup
+        elif diverged(result):  # NaN loss or gradient: a result of the sampled point, not a broken setup
             reason = f"diverged: {result.get('reason')}"
             if not self.multi:  # PRUNED counts toward n_trials and tells the sampler to look elsewhere
                 state = TrialState.PRUNED
-        elif _is_oom(tail) and self.conf.get("oom_retry", True) and not r.oom_retried:
+        elif is_oom(tail) and self.conf.get("oom_retry", True) and not r.oom_retried:
             retry = self._oom_overrides(r)
             if retry is not None:
                 log.warning("Trial %d ran out of memory; retrying once with %s", trial.number, " ".join(retry))
@@ -463,9 +466,9 @@ class Sweep:
                 self._launch(r.slot, trial=trial, extra=[*r.extra, *retry],
                              trial_dir=r.trial_dir.with_name(r.trial_dir.name + "_oom_retry"), oom_retried=True)
                 return False
-            reason = _error_reason(tail, rc)
+            reason = error_reason(tail, rc)
         else:
-            reason = "finished without result.json" if rc == 0 else _error_reason(tail, rc)
+            reason = "finished without result.json" if rc == 0 else error_reason(tail, rc)
         if isinstance(r.proc, WarmTrial):
             reason = self._after_warm_trial(r, reason)
         if reason:
@@ -474,7 +477,7 @@ class Sweep:
         trial.set_user_attr("duration_s", duration)
         if result is not None and result.get("pruned"):
             trial.set_user_attr(ATTR_PRUNED, True)
-        if _diverged(result):
+        if diverged(result):
             trial.set_user_attr("diverged", True)
         self.study.tell(trial, values=values, state=state)
         if state == TrialState.FAIL:
@@ -562,9 +565,9 @@ class Sweep:
         storage = self.study._storage
         trial_dir = Path(t.user_attrs.get(ATTR_TRIAL_DIR, self.sweep_dir / f"trial_{t.number:04d}"))
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-        result = _read_result(trial_dir, since=started)
+        result = read_result(trial_dir, since=started)
         if result is not None:
-            if _diverged(result):
+            if diverged(result):
                 storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, f"diverged: {result.get('reason')}")
                 storage.set_trial_user_attr(t._trial_id, "diverged", True)
                 self.study.tell(t.number, state=TrialState.FAIL if self.multi else TrialState.PRUNED)
@@ -578,7 +581,7 @@ class Sweep:
                 log.info("Trial %d, left RUNNING, had finished; recorded %s", t.number, values)
             return
         retry = bool(self.conf.get("retry_interrupted", True))
-        checkpoint = _has_checkpoint(trial_dir)
+        checkpoint = has_checkpoint(trial_dir)
         reason = (f"left RUNNING by a sweep that stopped (pid {t.user_attrs.get('sweeper_pid')} on "
                   f"{t.user_attrs.get('sweeper_host')})")
         if retry:
@@ -687,296 +690,7 @@ def enqueue_grid(study, space: SearchSpace) -> int:
 
 
 # ---------------------------------------------------------------------------
-# summary
-
-
-def build_summary(study, objectives: Sequence[str], command: Sequence[str], entry_args: Sequence[str] = (),
-                  space: Optional[SearchSpace] = None) -> dict:
-    """Counts, best trial(s) (the Pareto front for several objectives), rerun command, compute spent
-    against the equivalent grid, table of trials."""
-    import optuna
-
-    TrialState = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
-    counts = {s: sum(1 for t in trials if t.state.name == s and t not in repeats)
-              for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    counts["REPEATED"] = len(repeats)
-    best = []
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        best = study.best_trials if len(objectives) > 1 else [study.best_trial]
-    lines = [f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
-             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
-             + (f", {counts['REPEATED']} repeated configurations answered without training" if repeats else ""), ""]
-    rerun: List[str] = []
-    if best:
-        title = "Pareto front" if len(objectives) > 1 else "Best trial"
-        lines.append(f"## {title}")
-        for t in best:
-            vals = ", ".join(f"{o}={v:.6g}" for o, v in zip(objectives, t.values))
-            lines.append(f"- trial {t.number}: {vals}; {_params(t.params)}")
-        b = best[0]
-        cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get(ATTR_OVERRIDES, [])]
-        rerun = cmd
-        lines += ["", "Rerun the best trial:", "", f"    {shlex.join(cmd)}", ""]
-    compute = compute_spent(trials, space)
-    lines += ["## Compute", "", compute["text"], ""]
-    lines += ["## All trials", "",
-              "| trial | state | " + " | ".join(objectives) + " | params | time (s) | note |",
-              "|---|---|" + "---|" * len(objectives) + "---|---|---|"]
-    for t in trials:
-        if t.values is not None:
-            vals = [f"{v:.6g}" for v in t.values]
-        elif t.state == TrialState.PRUNED and t.intermediate_values:
-            step = max(t.intermediate_values)
-            vals = [f"{t.intermediate_values[step]:.6g} @{step}"] + [""] * (len(objectives) - 1)
-        else:
-            vals = [""] * len(objectives)
-        note = t.user_attrs.get(ATTR_FAIL_REASON) or ""
-        if t.user_attrs.get(ATTR_OOM_RETRY):
-            note = f"OOM retry ({t.user_attrs['oom_retry']}) {note}".strip()
-        if t.user_attrs.get("duplicate_of") is not None:
-            note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
-        if t.user_attrs.get(TAG_RETRY_OF) is not None:
-            note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
-        dur = t.user_attrs.get("duration_s")
-        lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
-                     + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
-    return {"counts": counts, "compute": {k: v for k, v in compute.items() if k != "text"},
-            "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],
-            "best_params": [dict(t.params) for t in best], "rerun": rerun, "lines": lines}
-
-
-GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
-
-
-def compute_spent(trials, space: Optional[SearchSpace]) -> Dict[str, Any]:
-    """Trial-seconds this study spent, and what the grid over the same space would have cost at the
-    mean time of a trial that ran to the end."""
-    trained = [t for t in trials if "duplicate_of" not in t.user_attrs and t.state.is_finished()]
-    spent = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in trained)
-    full = [float(t.user_attrs["duration_s"]) for t in trained
-            if t.state.name == "COMPLETE" and t.user_attrs.get("duration_s")]
-    out: Dict[str, Any] = {"trial_seconds": spent, "trials": len(trained)}
-    text = f"Spent {spent:.0f} trial-seconds on {len(trained)} trials"
-    if full and space is not None and space.distributions:
-        per = sum(full) / len(full)
-        if space.finite():
-            size, how = space.grid_size(), "the grid of this space"
-        else:
-            size = _coarse_grid_size(space)
-            how = f"a coarse grid ({GRID_POINTS_PER_INTERVAL} values per continuous parameter)"
-        grid = size * per
-        out.update(grid_configurations=size, grid_trial_seconds=grid, mean_complete_trial_s=per,
-                   share_of_grid=spent / grid if grid else None)
-        text += (f"; {how} has {size} configurations, which at the mean complete trial's {per:.0f} s would cost "
-                 f"about {grid:.0f} trial-seconds: this sweep used {100 * spent / grid:.0f}% of that.")
-    else:
-        text += "."
-    out["text"] = text
-    return out
-
-
-def _coarse_grid_size(space: SearchSpace) -> int:
-    size = 1
-    for _, values in _grid_or_coarse(space):
-        size *= max(1, len(values))
-    return size
-
-
-def _grid_or_coarse(space: SearchSpace):
-    from optuna.distributions import FloatDistribution
-
-    from sweeper.space import grid_values
-
-    for name, d in space.distributions.items():
-        continuous = isinstance(d, FloatDistribution) and d.step is None
-        yield name, range(GRID_POINTS_PER_INTERVAL) if continuous else grid_values(name, d)
-
-
-def _params(params: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={(f'{v:.3g}' if isinstance(v, float) else v)}" for k, v in params.items())
-
-
-# ---------------------------------------------------------------------------
-# MLflow parent run
-
-
-class _ParentRun:
-    """The sweep's MLflow run: search space as params, best value and counts kept current."""
-
-    def __init__(self, client, run_id: str, uri: str, experiment_id: str):
-        self.client, self.run_id, self.uri, self.experiment_id = client, run_id, uri, experiment_id
-
-    @classmethod
-    def open(cls, sweep: Sweep) -> "_ParentRun":
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        uri = sweep.tracking_uri() or mlflow.get_tracking_uri()
-        client = MlflowClient(tracking_uri=uri)
-        name = str(_select(sweep.job_cfg, "tracking.experiment", "ftrun"))
-        exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
-        id_file = sweep.sweep_dir / PARENT_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        if run_id:
-            try:
-                client.get_run(run_id)
-                client.update_run(run_id, status="RUNNING")
-                log.info("MLflow: continuing sweep run %s", run_id)
-                return cls(client, run_id, uri, exp_id)
-            except Exception:
-                run_id = None
-        run = client.create_run(exp_id, run_name=sweep.study_name, tags={
-            TAG_SWEEP: "true", TAG_STUDY_NAME: sweep.study_name, TAG_STORAGE: sweep.storage_url,
-            "sampler": sampler_name(sweep.conf.get("sampler", "tpe")), "pruner": _pruner_key(sweep.pruner_spec),
-            TAG_OBJECTIVES: ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
-            "sweep_dir": str(sweep.sweep_dir)})
-        run_id = run.info.run_id
-        id_file.write_text(run_id)
-        sweep.study.set_user_attr(ATTR_MLFLOW_PARENT_RUN_ID, run_id)
-        params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
-        # a '+key=value' / '~key' override is a valid Hydra override but not a valid MLflow param name
-        params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
-        params.update({"n_trials": str(sweep.n_trials), "n_jobs": str(sweep.conf.get("n_jobs", 1)),
-                       "sampler_spec": json.dumps(sweep.conf.get("sampler"), default=str),
-                       "pruner_spec": json.dumps(sweep.pruner_spec, default=str)})
-        from mlflow.entities import Param
-
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        log.info("MLflow: sweep run %s in experiment '%s' at %s", run_id, name, uri)
-        return cls(client, run_id, uri, exp_id)
-
-    def tag_child(self, trial_dir: Path, trial, state: str, reason: Optional[str], overrides=None,
-                  oom_retry: bool = False, end_run: bool = True) -> None:
-        """Mark the trial's own MLflow run with its Optuna outcome (create one if the trial died first)."""
-        try:
-            id_file = Path(trial_dir) / RUN_ID_FILE
-            tags = {TAG_TRIAL: str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
-            if reason:
-                tags[TAG_FAIL_REASON] = reason[:5000]
-            if state == "PRUNED" and not (reason or "").startswith("diverged"):  # a diverged run says so itself
-                tags[TAG_PRUNED] = "true"
-            if oom_retry:
-                tags[TAG_OOM_RETRY] = "true"
-            retry_of = trial.user_attrs.get(TAG_RETRY_OF)
-            if retry_of is not None:
-                tags[TAG_RETRY_OF] = str(retry_of)
-            if id_file.is_file():
-                run_id = id_file.read_text().strip()
-                for k, v in tags.items():
-                    self.client.set_tag(run_id, k, v)
-                if state == "FAIL" and end_run and self.client.get_run(run_id).info.status == "RUNNING":
-                    self.client.set_terminated(run_id, "FAILED")
-            elif state == "FAIL":
-                run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
-                                             tags={TAG_PARENT: self.run_id, **tags})
-                from mlflow.entities import Param
-
-                params = [Param(k.lstrip("+~"), str(v)[:6000]) for k, v in
-                          (o.split("=", 1) for o in (overrides or []) if "=" in o)]
-                if params:
-                    self.client.log_batch(run.info.run_id, params=params)
-                self.client.set_terminated(run.info.run_id, "FAILED")
-        except Exception as e:  # tracking trouble must not stop the sweep
-            log.warning("MLflow: could not record trial %d: %s", trial.number, e)
-
-    def update(self, study, multi: bool) -> None:
-        import optuna
-        from mlflow.entities import Metric
-
-        try:
-            trials = study.get_trials(deepcopy=False)
-            states = [t.state for t in trials]
-            TS = optuna.trial.TrialState
-            n_done = sum(s in (TS.COMPLETE, TS.PRUNED, TS.FAIL) for s in states)
-            now = int(time.time() * 1000)
-            metrics = [Metric("n_complete", states.count(TS.COMPLETE), now, n_done),
-                       Metric("n_pruned", states.count(TS.PRUNED), now, n_done),
-                       Metric("n_failed", states.count(TS.FAIL), now, n_done)]
-            if TS.COMPLETE in states:
-                if multi:
-                    front = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
-                    self.client.set_tag(self.run_id, "pareto_front", json.dumps(front, default=str)[:5000])
-                else:
-                    best = study.best_trial
-                    metrics.append(Metric("best_value", best.value, now, n_done))
-                    self.client.set_tag(self.run_id, "best_trial", str(best.number))
-                    self.client.set_tag(self.run_id, "best_params", json.dumps(best.params, default=str)[:5000])
-                    rerun = shlex.join(["python", "-m", "ftrun", *best.user_attrs.get(ATTR_OVERRIDES, [])])
-                    self.client.set_tag(self.run_id, "best_rerun", rerun[:5000])
-            self.client.log_batch(self.run_id, metrics=metrics)
-        except Exception as e:
-            log.warning("MLflow: could not update the sweep run: %s", e)
-
-    def finish(self, status: str, summary_path: Optional[Path]) -> None:
-        try:
-            if summary_path is not None:
-                self.client.log_artifact(self.run_id, str(summary_path))
-            self.client.set_terminated(self.run_id, status)
-        except Exception as e:
-            log.warning("MLflow: could not close the sweep run: %s", e)
-
-
-# ---------------------------------------------------------------------------
 # helpers
-
-
-def _read_result(trial_dir: Path, since: float = 0.0) -> Optional[dict]:
-    path = Path(trial_dir) / RESULT_FILE
-    try:
-        if path.stat().st_mtime + 1 < since:
-            return None  # an older attempt's result
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, n_bytes: int = 20000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n_bytes))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _diverged(result: Optional[dict]) -> bool:
-    """The trial stopped on a NaN loss or gradient (``ftrun.divergence``)."""
-    return result is not None and result.get("status") == "diverged"
-
-
-def _is_oom(text: str) -> bool:
-    low = text.lower()
-    return "out of memory" in low or "outofmemoryerror" in low
-
-
-def _error_reason(text: str, rc: Optional[int]) -> str:
-    """The last exception line, or ftrun's own ERROR message, from a trial's log."""
-    noise = ("Set the environment variable HYDRA_FULL_ERROR", "Error executing job with overrides")
-    lines = [l.rstrip() for l in text.splitlines() if not l.startswith(noise)]
-    if rc is not None and rc < 0:
-        return f"killed by signal {-rc}"
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("Traceback"):
-            after = [l for l in lines[i + 1:] if l.strip() and not l.startswith((" ", "\t"))]
-            if after:
-                return after[-1][:1000]
-    for i in range(len(lines) - 1, -1, -1):
-        if "[ERROR]" in lines[i]:
-            msg = [lines[i].split("[ERROR] - ", 1)[-1]]
-            msg += [l.strip() for l in lines[i + 1:] if l.startswith((" ", "\t")) and l.strip()]
-            return " ".join(msg)[:1000]
-    last = next((l for l in reversed(lines) if l.strip()), "")
-    return f"exit status {rc}: {last}"[:1000]
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    from ftrun.config import last_checkpoint
-
-    return last_checkpoint(run_dir) is not None
 
 
 def _alive(pid: int) -> bool:
@@ -1013,17 +727,6 @@ def _positive(value: Any, key: str) -> Optional[float]:
     if float(value) <= 0:
         raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be > 0 (or null for no budget)")
     return float(value)
-
-
-def _pruner_key(spec: Any) -> str:
-    if spec is None:
-        return "none"
-    if isinstance(spec, str):
-        return spec.lower()
-    if isinstance(spec, Mapping):
-        return str(spec.get("name") or spec.get("_target_", "")).rsplit(".", 1)[-1].lower().replace(
-            "nopruner", "none")
-    return str(spec)
 
 
 def _fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
