@@ -163,7 +163,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
         start = time.perf_counter()
         try:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if checkpoint and _at_last_step(checkpoint):
+                _load_final_checkpoint(trainer, checkpoint)
+            else:
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Diverged as e:
             _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
             raise
@@ -219,6 +222,28 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _at_last_step(checkpoint: Path) -> bool:
+    """Whether the checkpoint was written at the run's last step (a run killed after it, before its result)."""
+    try:
+        state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+        return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _load_final_checkpoint(trainer, checkpoint: Path) -> None:
+    """Take the weights and state of a checkpoint that has nothing left to train.
+
+    ``trainer.train(resume_from_checkpoint=...)`` would train one step past ``max_steps`` when the
+    checkpoint sits mid-epoch (transformers 5's loop skips the trained batches and then always steps).
+    """
+    from transformers import TrainerState
+
+    log.info("%s is at the last step: nothing left to train, loading it", checkpoint)
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
 
 
 def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: float) -> None:

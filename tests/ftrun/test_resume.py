@@ -150,3 +150,25 @@ def test_a_write_that_fails_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, (10 << 20) - 4096, 4096))
     assert _disk_full(zip_error, tmp_path)  # torch.save's only words for a disk that filled under it
+
+
+def test_resume_from_the_last_steps_checkpoint_trains_no_further(tiny_dir, tmp_path):
+    """Killed after its final checkpoint but before its result: resume=auto takes that checkpoint's weights
+    and evaluates them, ending at max_steps with the uninterrupted run's eval loss (not one step past it)."""
+    import json
+    import shutil
+
+    from conftest import compose_cfg
+    from ftrun.train import run
+
+    args = ["name=last", f"output_root={tmp_path}", "data.num_train=64", "data.num_eval=16", "max_steps=6",
+            "batch_size=8", "train.save_steps=3", "train.eval_steps=3", "tracking.enabled=false"]
+    first = run(compose_cfg(args), tmp_path / "last" / "2026-01-01_00-00-00")
+    run_dir = tmp_path / "last" / "2026-01-01_00-00-00"
+    (run_dir / "result.json").unlink()  # as a SIGKILL after the last checkpoint leaves it
+    shutil.rmtree(run_dir / "model")
+    again = run(compose_cfg([*args, "resume=auto"]), run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["global_step"] == 6  # transformers alone resumes mid-epoch to step 7
+    assert again == pytest.approx(first, abs=1e-6)
+    assert (run_dir / "model" / "adapter_config.json").is_file()
