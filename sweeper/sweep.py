@@ -231,7 +231,7 @@ class Sweep:
     def run(self) -> SweepResult:
         optuna = self.optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = study = self._open_study()
+        self.study = self._open_study()
         prior = self._counts()
         log.info("Study %s (%s, %s) in %s: %d of %d trials done; search space: %s",
                  self.study_name, sampler_name(self.conf.get("sampler", "tpe")), pruner_key(self.pruner_spec),
