@@ -105,6 +105,8 @@ ATTR_MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"
 ATTR_OBJECTIVES = TAG_OBJECTIVES
 """A study's objective names."""
 ATTR_FAIL_REASON = TAG_FAIL_REASON
+ATTR_SURPLUS = "surplus"
+"""On a trial asked for but never run: other sweepers of a shared study had already started the last of n_trials."""
 ATTR_OOM_RETRY = TAG_OOM_RETRY
 ATTR_PRUNED = TAG_PRUNED
 

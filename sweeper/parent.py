@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from ftrun.contract import (ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OVERRIDES, PARENT_ID_FILE, RUN_ID_FILE, TAG_FAIL_REASON,
-                            TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED, TAG_RETRY_OF, TAG_STORAGE,
+                            TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED, TAG_RETRY_OF, TAG_RUN_DIR, TAG_STORAGE,
                             TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL)
-from sweeper.study import pruner_key, sampler_name
+from sweeper.study import pruner_key, safe_url, sampler_name
 
 log = logging.getLogger("ftrun.sweeper")
 
@@ -35,17 +35,18 @@ class ParentRun:
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else client.create_experiment(name)
         id_file = sweep.sweep_dir / PARENT_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        run_id = _shared_run_id(sweep) or (id_file.read_text().strip() if id_file.is_file() else None)
         if run_id:
             try:
                 client.get_run(run_id)
                 client.update_run(run_id, status="RUNNING")
                 log.info("MLflow: continuing sweep run %s", run_id)
+                id_file.write_text(run_id)
                 return cls(client, run_id, uri, exp_id)
             except Exception:
                 run_id = None
         run = client.create_run(exp_id, run_name=sweep.study_name, tags={
-            TAG_SWEEP: "true", TAG_STUDY_NAME: sweep.study_name, TAG_STORAGE: sweep.storage_url,
+            TAG_SWEEP: "true", TAG_STUDY_NAME: sweep.study_name, TAG_STORAGE: safe_url(sweep.storage_url),
             "sampler": sampler_name(sweep.conf.get("sampler", "tpe")), "pruner": pruner_key(sweep.pruner_spec),
             TAG_OBJECTIVES: ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
             "sweep_dir": str(sweep.sweep_dir)})
@@ -79,8 +80,8 @@ class ParentRun:
             retry_of = trial.user_attrs.get(TAG_RETRY_OF)
             if retry_of is not None:
                 tags[TAG_RETRY_OF] = str(retry_of)
-            if id_file.is_file():
-                run_id = id_file.read_text().strip()
+            run_id = id_file.read_text().strip() if id_file.is_file() else self._find_child(trial_dir)
+            if run_id:
                 for k, v in tags.items():
                     self.client.set_tag(run_id, k, v)
                 if state == "FAIL" and end_run and self.client.get_run(run_id).info.status == "RUNNING":
@@ -97,6 +98,13 @@ class ParentRun:
                 self.client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # tracking trouble must not stop the sweep
             log.warning("MLflow: could not record trial %d: %s", trial.number, e)
+
+    def _find_child(self, trial_dir: Path) -> Optional[str]:
+        """The run a trial started, found on the tracking server (its directory may be on another host)."""
+        found = self.client.search_runs(
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.`{TAG_PARENT}` = '{self.run_id}' and tags.`{TAG_RUN_DIR}` = '{Path(trial_dir)}'")
+        return found[0].info.run_id if found else None
 
     def update(self, study, multi: bool) -> None:
         import optuna
@@ -126,10 +134,27 @@ class ParentRun:
         except Exception as e:
             log.warning("MLflow: could not update the sweep run: %s", e)
 
-    def finish(self, status: str, summary_path: Optional[Path]) -> None:
+    def finish(self, status: str, summary_path: Optional[Path], close: bool = True) -> None:
+        """Attach the summary; end the run unless sweepers on other hosts still run trials (``close``)."""
         try:
             if summary_path is not None:
                 self.client.log_artifact(self.run_id, str(summary_path))
-            self.client.set_terminated(self.run_id, status)
+            if close:
+                self.client.set_terminated(self.run_id, status)
+            else:
+                log.info("MLflow: sweep run %s stays open for the sweepers still running trials", self.run_id)
         except Exception as e:
             log.warning("MLflow: could not close the sweep run: %s", e)
+
+
+def _shared_run_id(sweep, wait_s: float = 60.0) -> Optional[str]:
+    """The parent run that the study names (set by the sweeper that created the study), so that sweepers
+    on several hosts log under one run. A sweeper that joined a study another one has just created
+    waits (up to ``wait_s``) for that one to record its run rather than starting a second parent."""
+    deadline = time.time() + wait_s
+    while True:
+        run_id = sweep.study.user_attrs.get(ATTR_MLFLOW_PARENT_RUN_ID)
+        # trials but no run: the study ran without tracking, nothing to wait for
+        if run_id or sweep.founder or time.time() >= deadline or sweep.study.get_trials(deepcopy=False):
+            return run_id
+        time.sleep(0.5)  # the founder is between creating the study and creating its run

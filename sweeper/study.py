@@ -180,8 +180,14 @@ def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
     return str(storage)
 
 
-def open_storage(url: str):
-    """An Optuna storage for ``url`` that tolerates several processes writing at once."""
+def open_storage(url: str, heartbeat_s: Optional[float] = None, grace_s: Optional[float] = None):
+    """An Optuna storage for ``url`` that tolerates several processes writing at once.
+
+    With ``heartbeat_s`` an RDB storage (SQLite, PostgreSQL, MySQL) keeps Optuna's own heartbeat table: the
+    sweeper records each running trial's heartbeat and a trial silent for ``grace_s`` seconds is stale
+    (measured by the database server's clock, so hosts whose clocks differ agree). A journal file has no
+    heartbeats; the sweeper then falls back to a heartbeat kept in the trials' user attributes.
+    """
     import optuna
 
     if url.startswith("journal:///"):
@@ -189,9 +195,42 @@ def open_storage(url: str):
 
         path = url[len("journal:///") - 1:]
         return JournalStorage(JournalFileBackend(path))
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    return optuna.storages.RDBStorage(url) if "://" in url else url
+    if "://" not in url:
+        return url
+    beat = {}
+    if heartbeat_s is not None:  # Optuna takes whole seconds
+        beat = {"heartbeat_interval": max(1, round(heartbeat_s)),
+                "grace_period": max(1, round(grace_s if grace_s is not None else 2 * heartbeat_s))}
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}}} if url.startswith("sqlite:") else \
+        {"engine_kwargs": {"pool_pre_ping": True}}  # a server that restarted drops pooled connections
+    import warnings
+
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, **kwargs, **beat)
+
+
+def require_driver(url: str) -> None:
+    """A clear message when the database's Python driver is missing (before any model loads)."""
+    drivers = {"postgresql": ("psycopg", "pip install 'psycopg[binary]'"),
+               "mysql": ("pymysql", "pip install pymysql")}
+    scheme = url.split("://", 1)[0].split("+", 1)
+    if scheme[0] in drivers and len(scheme) == 1:
+        module, fix = drivers[scheme[0]]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise SweepConfigError(f"hydra.sweeper.storage={safe_url(url)}: the driver {module} is not "
+                                   f"installed ({fix}, or pip install -e '.[test]')") from None
+
+
+def safe_url(url: str) -> str:
+    """The storage URL with its password (if any) masked, for logs, tags and summaries."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail and ":" in tail.split("@", 1)[0]:
+        user = tail.split("@", 1)[0].split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
+    return url
 
 
 def _plain(kwargs: Dict[str, Any]) -> Dict[str, Any]:

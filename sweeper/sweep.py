@@ -5,8 +5,10 @@ Hydra plugin in ``hydra_plugins/ftrun_sweeper``). It
 
 1. opens (or resumes) the study in persistent storage: ``<hydra.sweep.dir>/<study_name>/study.db``
    unless ``hydra.sweeper.storage`` names another;
-2. fails or retries trials that a killed sweep left RUNNING (its own heartbeat,
-   kept in the trials' user attributes, tells a dead sweeper from a live one);
+2. fails or retries trials that a killed sweep left RUNNING: at once when that sweep ran on this
+   host (its process is gone), else once Optuna's heartbeat of the trial is older than
+   ``stale_after_s`` (several sweepers on other hosts may share the study: see "From one machine
+   to a cluster" in the README); this is checked throughout the sweep, not only at its start;
 3. enqueues the configured first trials (and every grid point for ``sampler: grid``);
 4. keeps ``n_jobs`` slots busy: whenever a trial process ends, its result is told
    to the study and the next trial starts in that slot at once;
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ftrun.contract import (ATTR_FAIL_REASON, ATTR_OBJECTIVES, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PRUNED,
-                            ATTR_TRIAL_DIR, MLFLOW_URI_ENV, TAG_RETRY_OF, TRIAL_LOG)
+                            ATTR_SURPLUS, ATTR_TRIAL_DIR, MLFLOW_URI_ENV, TAG_RETRY_OF, TRIAL_LOG)
 from ftrun.contract import MLFLOW_PARENT_RUN_ENV as PARENT_ENV
 from sweeper.parent import ParentRun
 from sweeper.outcome import diverged, error_reason, has_checkpoint, is_oom, log_tail, read_result
@@ -50,6 +52,8 @@ from sweeper.study import (
     is_grid,
     open_storage,
     pruner_key,
+    require_driver,
+    safe_url,
     sampler_name,
     storage_url,
 )
@@ -141,6 +145,10 @@ class Sweep:
         self.sweep_dir = (Path(sweep_root) / self.study_name).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage_url(conf.get("storage"), self.sweep_dir)
+        require_driver(self.storage_url)
+        # a storage URL given by the user may be shared with sweepers on other hosts
+        self.shared = conf.get("storage") not in (None, "", "sqlite", "journal")
+        self.founder = False  # whether this sweeper created the study (and so its MLflow parent run)
         n_trials = int(conf.get("n_trials", 20))
         if self.grid or (space.finite() and space.grid_size() < n_trials):
             size = space.grid_size()  # a finite space (e.g. lr=1e-4,1e-3): no point in more trials than configs
@@ -201,7 +209,8 @@ class Sweep:
 
     def _open_study(self):
         optuna = self.optuna
-        storage = open_storage(self.storage_url)
+        storage = open_storage(self.storage_url, float(self.conf.get("heartbeat_s", 10.0)),
+                               float(self.conf.get("stale_after_s", 60.0)))
         sampler_spec = self.conf.get("sampler", "tpe")
         seed = self.conf.get("seed")
         if self.grid:
@@ -211,8 +220,23 @@ class Sweep:
         else:
             # a resumed study must not replay the startup points the same seed drew in the first run
             done = _n_trials(storage, self.study_name)
+            if seed is not None and self.shared:
+                # sweepers on other hosts that start together must not draw the same startup points
+                import zlib
+
+                seed = int(seed) + zlib.crc32(f"{self.host}:{os.getpid()}".encode()) % 100_000
             sampler = build_sampler(sampler_spec, seed=None if seed is None else int(seed) + done)
         pruner = build_pruner(self.pruner_spec)
+        if not isinstance(storage, str):
+            # creating the study is atomic in the storage: exactly one of several sweepers started
+            # together founds it, and that one creates the sweep's MLflow parent run for all of them
+            from optuna.study import StudyDirection
+
+            try:
+                storage.create_new_study([StudyDirection[d.upper()] for d in self.directions], self.study_name)
+                self.founder = True
+            except optuna.exceptions.DuplicatedStudyError:
+                pass
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     directions=self.directions, load_if_exists=True)
         have = [d.name.lower() for d in study.directions]
@@ -236,7 +260,7 @@ class Sweep:
         prior = self._counts()
         log.info("Study %s (%s, %s) in %s: %d of %d trials done; search space: %s",
                  self.study_name, sampler_name(self.conf.get("sampler", "tpe")), pruner_key(self.pruner_spec),
-                 self.storage_url, prior["COMPLETE"] + prior["PRUNED"], self.n_trials,
+                 safe_url(self.storage_url), prior["COMPLETE"] + prior["PRUNED"], self.n_trials,
                  ", ".join(f"{k}={v}" for k, v in self.space.describe().items()))
         self.parent = ParentRun.open(self) if self._tracking() else None
         self._recover_left_behind()
@@ -295,6 +319,8 @@ class Sweep:
                     continue
                 if now - last_beat >= float(self.conf.get("heartbeat_s", 10.0)):
                     self._heartbeat(now)
+                    if self.shared:  # another host's trials may have been left behind meanwhile
+                        self._recover_left_behind()
                     last_beat = now
                 self._wait(0.2)
         finally:
@@ -351,12 +377,55 @@ class Sweep:
         return self.n_trials - done - c["RUNNING"]
 
     def _counts(self) -> Dict[str, int]:
-        """Trials by state; repeats of a trained configuration (``duplicate_of``) are counted apart."""
-        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")}
+        """Trials by state; repeats of a trained configuration (``duplicate_of``) and trials asked for
+        beyond n_trials (``surplus``) are counted apart."""
+        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE", "SURPLUS")}
         for t in self.study.get_trials(deepcopy=False):
-            state = "DUPLICATE" if "duplicate_of" in t.user_attrs else t.state.name
+            state = ("DUPLICATE" if "duplicate_of" in t.user_attrs else
+                     "SURPLUS" if ATTR_SURPLUS in t.user_attrs else t.state.name)
             counts[state] = counts.get(state, 0) + 1
         return counts
+
+    def _counted(self, t) -> bool:
+        """Whether trial ``t`` counts toward n_trials now (running ones included)."""
+        TrialState = self.optuna.trial.TrialState
+        if "duplicate_of" in t.user_attrs or ATTR_SURPLUS in t.user_attrs:
+            return False
+        return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) or (
+            self.grid and t.state == TrialState.FAIL)
+
+    def _ask(self):
+        """A new trial from the study, or None when other sweepers took the last of n_trials meanwhile.
+
+        Sweepers on several hosts each see room for one more trial and ask at the same moment; the
+        storage numbers their trials in order, so the rule "a trial runs only if fewer than n_trials
+        counted trials have lower numbers" lets exactly the first ones run, whatever each host saw.
+        """
+        import warnings
+
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize;
+            warnings.simplefilter("ignore")  # with ask-and-tell the sweeper records them itself
+            trial = self.study.ask()
+        self._beat(trial._trial_id)  # at once: a trial without a heartbeat is never found stale
+        if not self.shared:
+            return trial
+        before = sum(1 for t in self.study.get_trials(deepcopy=False)
+                     if t.number < trial.number and self._counted(t))
+        if before < self.n_trials:
+            return trial
+        TrialState = self.optuna.trial.TrialState
+        trial.set_user_attr(ATTR_SURPLUS, True)
+        trial.set_user_attr(ATTR_FAIL_REASON, f"not run: other sweepers had already started the last of "
+                                              f"n_trials={self.n_trials}")
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        fixed = frozen.system_attrs.get("fixed_params") or frozen.params
+        self.study.tell(trial, state=TrialState.FAIL)
+        if fixed:  # an enqueued configuration (or a retry) goes back into the queue
+            attrs = {k: v for k, v in trial.user_attrs.items() if k not in (ATTR_SURPLUS, ATTR_FAIL_REASON)}
+            self.study.enqueue_trial(fixed, user_attrs=attrs)
+        log.info("Trial %d not needed: the study already has %d trials; waiting for the others", trial.number,
+                 self.n_trials)
+        return None
 
     def _trained(self, params: Dict[str, Any]):
         """A COMPLETE trial (not itself a repeat) with exactly these parameters, if any."""
@@ -371,7 +440,9 @@ class Sweep:
                 oom_retried: bool = False) -> bool:
         """Start a trial in ``slot``; False when the sampler proposed a configuration already trained."""
         if trial is None:
-            trial = self.study.ask()
+            trial = self._ask()
+            if trial is None:
+                return False
             params = self.space.sample(trial, self.base_values)
             same = self._trained(params) if self._repeats < max(100, 10 * self.n_trials) else None
             if same is not None and trial.user_attrs.get(TAG_RETRY_OF) is None:
@@ -414,7 +485,7 @@ class Sweep:
         env.update(self._mlflow_env())
         now = time.time()
         for key, value in {ATTR_TRIAL_DIR: str(trial_dir), ATTR_OVERRIDES: overrides, "extra": list(extra),
-                           "sweeper_host": self.host, "sweeper_pid": os.getpid(), "heartbeat": now,
+                           "sweeper_host": self.host, "sweeper_pid": os.getpid(),
                            "slot": slot.index, "devices": ",".join(slot.gpus) or "cpu"}.items():
             trial.set_user_attr(key, value)
         warm = self._warm(slot)
@@ -505,7 +576,14 @@ class Sweep:
             trial.set_user_attr(ATTR_PRUNED, True)
         if diverged(result):
             trial.set_user_attr("diverged", True)
-        self.study.tell(trial, values=values, state=state)
+        try:
+            self.study.tell(trial, values=values, state=state)
+        except self.optuna.exceptions.UpdateFinishedTrialError:
+            # another sweeper found its heartbeat stale (this host stalled longer than stale_after_s)
+            # and failed and retried it; its result stays in the trial's directory
+            log.warning("Trial %d finished (%s) after another sweeper had failed it as stale; it was retried",
+                        trial.number, state.name)
+            return True
         if state == TrialState.FAIL:
             self.failures += 1
             log.warning("Trial %d FAILED after %.0f s: %s", trial.number, duration, reason)
@@ -569,58 +647,97 @@ class Sweep:
 
     # -- resume ----------------------------------------------------------------
     def _recover_left_behind(self) -> None:
-        """RUNNING trials whose sweeper is gone: take a finished result, else retry or fail them."""
+        """RUNNING trials whose sweeper is gone: take a finished result, else retry or fail them.
+
+        A sweeper of this host that is gone (its pid) is known at once. Another host's is known by
+        Optuna's heartbeat (RDB storages): a trial whose sweeper has not recorded its heartbeat for
+        ``stale_after_s`` seconds is stale. A journal file has no heartbeat table: there the
+        sweeper's own heartbeat, kept in the trial's user attributes, stands in.
+        """
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
         TrialState = self.optuna.trial.TrialState
+        storage = self.study._storage
+        heartbeats = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
         stale_after = float(self.conf.get("stale_after_s", 60.0))
         now = time.time()
+        # Optuna's own query of its heartbeat table, timed by the database server's clock (a private
+        # method: optuna.storages.fail_stale_trials would fail the trials first, and a finished trial's
+        # attributes can no longer be written, so the reason why would be lost)
+        stale_ids = set(storage._get_stale_trial_ids(self.study._study_id)) if heartbeats else set()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             a = t.user_attrs
             host, pid, beat = a.get("sweeper_host"), a.get("sweeper_pid"), a.get("heartbeat")
+            start = t.datetime_start.timestamp() if t.datetime_start else now
+            why = f"no heartbeat for more than {stale_after:.0f} s (stale_after_s): its host or sweeper died"
             if host == self.host and pid is not None:
                 stale = not _alive(int(pid))
+                why = "its sweeper's process is gone"
+            elif heartbeats:  # (pid None: its sweeper died between asking for it and recording anything)
+                stale = t._trial_id in stale_ids or (pid is None and now - start > stale_after)
             else:
-                start = t.datetime_start.timestamp() if t.datetime_start else now
                 stale = now - float(beat if beat is not None else start) > stale_after
             if not stale:
-                log.info("Trial %d is running under sweeper %s:%s; leaving it", t.number, host, pid)
+                log.debug("Trial %d is running under sweeper %s:%s; leaving it", t.number, host, pid)
                 continue
-            self._recover(t)
+            self._recover(t, why)
 
-    def _recover(self, t) -> None:
+    def _recover(self, t, why: str = "its sweeper stopped") -> None:
         TrialState = self.optuna.trial.TrialState
         storage = self.study._storage
         trial_dir = Path(t.user_attrs.get(ATTR_TRIAL_DIR, self.sweep_dir / f"trial_{t.number:04d}"))
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
         result = read_result(trial_dir, since=started)
-        if result is not None:
-            if diverged(result):
-                storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, f"diverged: {result.get('reason')}")
-                storage.set_trial_user_attr(t._trial_id, "diverged", True)
-                self.study.tell(t.number, state=TrialState.FAIL if self.multi else TrialState.PRUNED)
-                log.info("Trial %d, left RUNNING, had diverged; recorded", t.number)
-            elif result.get("pruned") and not self.multi:
-                self.study.tell(t.number, state=TrialState.PRUNED)
-                log.info("Trial %d, left RUNNING, had finished (pruned); recorded", t.number)
-            else:
-                values = [float(result[o]) for o in self.objectives]
-                self.study.tell(t.number, values=values)
-                log.info("Trial %d, left RUNNING, had finished; recorded %s", t.number, values)
+        try:
+            if result is not None:
+                if diverged(result):
+                    storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, f"diverged: {result.get('reason')}")
+                    storage.set_trial_user_attr(t._trial_id, "diverged", True)
+                    self.study.tell(t.number, state=TrialState.FAIL if self.multi else TrialState.PRUNED)
+                    log.info("Trial %d, left RUNNING, had diverged; recorded", t.number)
+                elif result.get("pruned") and not self.multi:
+                    self.study.tell(t.number, state=TrialState.PRUNED)
+                    log.info("Trial %d, left RUNNING, had finished (pruned); recorded", t.number)
+                else:
+                    values = [float(result[o]) for o in self.objectives]
+                    self.study.tell(t.number, values=values)
+                    log.info("Trial %d, left RUNNING, had finished; recorded %s", t.number, values)
+                return
+            retry = bool(self.conf.get("retry_interrupted", True))
+            checkpoint = has_checkpoint(trial_dir)
+            reason = (f"left RUNNING by a sweep that stopped (pid {t.user_attrs.get('sweeper_pid')} on "
+                      f"{t.user_attrs.get('sweeper_host')}): {why}")
+            if retry:
+                reason += "; retried" + (" from its last checkpoint" if checkpoint else " from the start")
+            storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, reason)
+            # the state change is the lock: of several sweepers that found the trial stale, only the one
+            # whose tell succeeds retries it
+            self.study.tell(t.number, state=TrialState.FAIL)
+        except (self.optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as e:
+            log.info("Trial %d was recorded by another sweeper meanwhile (%s)", t.number, e)
             return
-        retry = bool(self.conf.get("retry_interrupted", True))
-        checkpoint = has_checkpoint(trial_dir)
-        reason = (f"left RUNNING by a sweep that stopped (pid {t.user_attrs.get('sweeper_pid')} on "
-                  f"{t.user_attrs.get('sweeper_host')})")
-        if retry:
-            reason += "; retried" + (" from its last checkpoint" if checkpoint else " from the start")
-        storage.set_trial_user_attr(t._trial_id, ATTR_FAIL_REASON, reason)
-        self.study.tell(t.number, state=TrialState.FAIL)
         log.warning("Trial %d %s", t.number, reason)
         if self.parent:
             self.parent.tag_child(trial_dir, t, "FAIL", reason, end_run=not (retry and checkpoint))
         if retry:
-            self.study.enqueue_trial(dict(t.params), skip_if_exists=False, user_attrs={
-                TAG_RETRY_OF: t.number, "resume_dir": str(trial_dir),
-                "extra": [e for e in t.user_attrs.get("extra", []) if not e.startswith("resume=")]})
+            self._retry(t, trial_dir)
+
+    def _retry(self, t, trial_dir: Path) -> None:
+        """Queue a copy of the failed trial ``t`` (Optuna's RetryHeartbeatStaleTrialCallback: same
+        parameters, ``retry_history`` in its system attributes), to resume from ``trial_dir``."""
+        import copy
+        import warnings
+
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        again = copy.deepcopy(t)
+        keep = {k: v for k, v in t.user_attrs.items()
+                if k not in (ATTR_FAIL_REASON, "duration_s", "heartbeat", "worker_pid", "worker_trial")}
+        again.user_attrs = {**keep, TAG_RETRY_OF: t.number, "resume_dir": str(trial_dir),
+                            "extra": [e for e in t.user_attrs.get("extra", []) if not e.startswith("resume=")]}
+        with warnings.catch_warnings():  # "experimental" in Optuna
+            warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback()(self.study, again)
 
     def _enqueue(self) -> None:
         for i, point in enumerate(self.conf.get("enqueue") or []):
@@ -644,10 +761,21 @@ class Sweep:
     # -- liveness ----------------------------------------------------------------
     def _heartbeat(self, now: float) -> None:
         for r in self.running.values():
-            try:
-                r.trial.set_user_attr("heartbeat", now)
-            except Exception as e:  # a storage hiccup must not kill the sweep
-                log.debug("heartbeat of trial %d: %s", r.trial.number, e)
+            self._beat(r.trial._trial_id, now)
+
+    def _beat(self, trial_id: int, now: Optional[float] = None) -> None:
+        """Record that a trial of this sweeper is alive: Optuna's heartbeat where the storage has one,
+        else (journal file) a user attribute."""
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+        storage = self.study._storage
+        try:
+            if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+                storage.record_heartbeat(trial_id)
+            else:
+                storage.set_trial_user_attr(trial_id, "heartbeat", now or time.time())
+        except Exception as e:  # a storage hiccup must not kill the sweep
+            log.debug("heartbeat of trial id %d: %s", trial_id, e)
 
     def _request_stop(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop waiting for the clean-up
@@ -664,16 +792,16 @@ class Sweep:
         for r in list(self.running.values()):
             t = self.study._storage.get_trial(r.trial._trial_id)
             if t.state == TrialState.RUNNING:
-                self._recover(t)
+                self._recover(t, f"the sweeper got signal {self._stop_signal}")
         self.running.clear()
         if self.parent:
-            self.parent.finish("KILLED", None)
+            self.parent.finish("KILLED", None, close=not self._others_running())
 
     # -- the end -----------------------------------------------------------------
     def _summarize(self, stopped: Optional[str]) -> SweepResult:
         summary = build_summary(self.study, self.objectives, self.command, self.entry_args, space=self.space)
         summary_path = self.sweep_dir / "summary.md"
-        header = [f"# Sweep {self.study_name}", "", f"storage: `{self.storage_url}`", ""]
+        header = [f"# Sweep {self.study_name}", "", f"storage: `{safe_url(self.storage_url)}`", ""]
         if stopped:
             header += [f"**Stopped early:** {stopped}", ""]
         if self._budget_spent:
@@ -681,11 +809,12 @@ class Sweep:
         summary_path.write_text("\n".join(header + summary["lines"]) + "\n")
         (self.sweep_dir / "summary.json").write_text(json.dumps(
             {k: v for k, v in summary.items() if k != "lines"} | {"study_name": self.study_name,
-                                                                   "storage": self.storage_url}, indent=2))
+                                                                   "storage": safe_url(self.storage_url)}, indent=2))
         log.info("Sweep %s finished\n%s", self.study_name, "\n".join(summary["lines"]))
         if self.parent:
             self.parent.update(self.study, self.multi)
-            self.parent.finish("FAILED" if stopped else "FINISHED", summary_path)
+            # sweepers on other hosts still running trials of the study: the last one closes the run
+            self.parent.finish("FAILED" if stopped else "FINISHED", summary_path, close=not self._others_running())
         return SweepResult(self.study_name, self.storage_url, self.sweep_dir, summary["counts"],
                            summary["best_trials"], summary["best_values"], summary["rerun"], summary_path,
                            self.parent.run_id if self.parent else None, stopped)

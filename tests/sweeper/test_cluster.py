@@ -1,0 +1,232 @@
+"""One study shared by two sweeper "hosts" on a real PostgreSQL server, runs on a real MLflow tracking server.
+
+The services start from the repository's own scripts (``scripts/postgres.sh``, ``scripts/mlflow_server.sh``) on
+127.0.0.1. Each host is ``python -m ftrun -m ...`` with the same command, in its own UTS namespace (its own
+hostname, so the survivor cannot tell the dead host's trials by process id and must go by Optuna's heartbeat)
+and its own sweep directory (deleted when its host is killed: its disk is gone with it). Trials train the tiny
+model for a few steps. Host B is SIGKILLed (sweeper, warm worker and trial) while a trial of it is training;
+host A fails that trial once its heartbeat is stale, retries it, and finishes the study.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TRIAL = ["data.num_train=48", "data.num_eval=16", "max_steps=8", "batch_size=8", "train.logging_steps=2",
+         "train.eval_steps=2", "train.save_steps=0"]
+N_TRIALS = 5
+
+
+def sweep_args(sweep_dir: Path, storage=None, study="cluster"):
+    """The sweep command's arguments; only the storage differs between one machine and a cluster."""
+    return ["lr=tag(log,interval(1e-4,1e-1))", *TRIAL, f"hydra.sweeper.n_trials={N_TRIALS}",
+            "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
+            "hydra.sweeper.enqueue=[{lr:3e-3},{lr:1e-3},{lr:1e-5}]", f"hydra.sweeper.study_name={study}",
+            "hydra.sweeper.heartbeat_s=1", "hydra.sweeper.stale_after_s=4", f"hydra.sweep.dir={sweep_dir}",
+            *([f"hydra.sweeper.storage='{storage}'"] if storage else [])]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(check, what: str, limit_s: float = 300, proc=None):
+    """Poll ``check`` until it returns something truthy (the event), failing if ``proc`` dies first."""
+    deadline = time.time() + limit_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first (exit {proc.returncode})")
+        if time.time() > deadline:
+            raise AssertionError(f"{what}: not within {limit_s:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server from scripts/postgres.sh on a free loopback port: (optuna URL, mlflow URL)."""
+    base = Path(tempfile.mkdtemp(prefix="ftrun-pg-"))
+    base.chmod(0o755)  # under root the server runs as the unprivileged postgres user, who must reach it
+    data, port = base / "data", _free_port()
+    out = subprocess.run([str(ROOT / "scripts/postgres.sh"), "start", str(data), str(port)], capture_output=True,
+                         text=True, timeout=180)
+    if out.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not start (scripts/postgres.sh: {out.stderr.strip()[-800:]}); "
+                    "install it with apt-get install -y postgresql (.ci/run does)")
+    try:
+        optuna_url, mlflow_url = out.stdout.split()
+        yield optuna_url, mlflow_url
+    finally:
+        subprocess.run([str(ROOT / "scripts/postgres.sh"), "stop", str(data)], capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """``mlflow server`` on the PostgreSQL backend store with an artifact directory, from scripts/mlflow_server.sh."""
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([str(ROOT / "scripts/mlflow_server.sh"), postgres[1], str(tmp / "artifacts"), str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_WORKERS": "1"})
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+        except OSError:
+            return False
+    try:
+        _wait_for(healthy, "mlflow server /health", 180, proc)
+    except AssertionError as e:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.skip(f"the MLflow server could not start ({e}): {(tmp / 'server.log').read_text()[-800:]}")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    log.close()
+
+
+def start_host(name: str, args, env, log: Path) -> subprocess.Popen:
+    """``python -m ftrun -m <args>`` as host ``name``: its own hostname (a UTS namespace) and process group."""
+    cmd = ["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$@"', "sh",
+           sys.executable, "-m", "ftrun", "-m", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_host(proc: subprocess.Popen) -> None:
+    """SIGKILL the host's sweeper, its warm workers and trials at once, as a machine that dies."""
+    import psutil
+
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def two_hosts(postgres, mlflow_server, tmp_path_factory):
+    if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --uts (root) is needed to give the second sweeper host its own hostname")
+    tmp = tmp_path_factory.mktemp("two_hosts")
+    storage = postgres[0]
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    a = start_host("host-a", sweep_args(tmp / "host-a", storage), env, tmp / "host-a.log")
+    load = lambda: optuna.load_study(study_name="cluster", storage=storage)  # noqa: E731
+
+    def running(host):
+        try:
+            study = load()
+        except KeyError:
+            return None
+        return [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                if t.user_attrs.get("sweeper_host") == host]
+    try:
+        # host B joins a study host A has already set up (its first trial running), with the same command
+        _wait_for(lambda: running("host-a"), "host A's first trial", 300, a)
+        b = start_host("host-b", sweep_args(tmp / "host-b", storage), env, tmp / "host-b.log")
+        # kill host B while one of its trials is training (it has reported an evaluation)
+        victim = _wait_for(lambda: [t for t in running("host-b") or [] if t.intermediate_values],
+                           "a trial of host B reporting", 300, b)[0]
+        kill_host(b)
+        shutil.rmtree(tmp / "host-b")  # the dead host's disk is gone too
+        a.wait(timeout=600)
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None and p.poll() is None:
+                kill_host(p)
+    logs = {h: (tmp / f"{h}.log").read_text(errors="replace") for h in ("host-a", "host-b")}
+    assert a.returncode == 0, logs["host-a"][-5000:]
+    return {"study": load(), "victim": victim.number, "uri": mlflow_server, "logs": logs, "tmp": tmp}
+
+
+def _counted(t):
+    return t.state.name in ("COMPLETE", "PRUNED") and "duplicate_of" not in t.user_attrs
+
+
+def test_two_hosts_finish_exactly_n_trials_with_pruning(two_hosts):
+    trials = two_hosts["study"].trials
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert sum(_counted(t) for t in trials) == N_TRIALS
+    assert any(t.state.name == "PRUNED" for t in trials)  # lr=1e-5 against the median of the others
+    ran = [t for t in trials if _counted(t) or t.number == two_hosts["victim"]]
+    assert {t.user_attrs["sweeper_host"] for t in ran} == {"host-a", "host-b"}
+    for t in trials:
+        if t.state.name == "FAIL":
+            assert t.user_attrs.get("fail_reason"), t
+    # no configuration trained twice, no trial run by both hosts
+    lrs = [t.params["lr"] for t in trials if _counted(t)]
+    assert len(set(lrs)) == len(lrs)
+
+
+def test_killed_hosts_trial_failed_by_heartbeat_and_retried(two_hosts):
+    trials = two_hosts["study"].trials
+    victim = trials[two_hosts["victim"]]
+    assert victim.state.name == "FAIL"
+    assert "no heartbeat for more than 4 s" in victim.user_attrs["fail_reason"]
+    assert "host-b" in victim.user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.system_attrs["failed_trial"] == victim.number  # Optuna's RetryHeartbeatStaleTrialCallback
+    assert retry.params == victim.params
+    assert _counted(retry) and retry.user_attrs["sweeper_host"] == "host-a"
+
+
+def test_one_mlflow_parent_with_every_hosts_trials(two_hosts):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=two_hosts["uri"])
+    exp = client.get_experiment_by_name("ftrun")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("ftrun.sweep") == "true"]
+    assert parent.data.tags["study_name"] == "cluster"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1
+    by_trial = {}
+    for r in children:
+        by_trial.setdefault(int(r.data.tags["optuna.trial"]), []).append(r)
+    trials = two_hosts["study"].trials
+    ran = [t for t in trials if _counted(t)] + [trials[two_hosts["victim"]]]
+    assert sorted(by_trial) == sorted(t.number for t in ran)
+    for t in ran:
+        (run,) = by_trial[t.number]
+        assert run.data.tags["optuna.state"] == t.state.name
+    # the dead host's run was closed by the survivor
+    assert by_trial[two_hosts["victim"]][0].info.status == "FAILED"
+    assert parent.info.status == "FINISHED"
+
+
+def test_same_command_on_one_machine_with_sqlite(tmp_path):
+    from sweeper_helpers import ftrun_multirun
+
+    args = [a.replace(f"n_trials={N_TRIALS}", "n_trials=2") for a in sweep_args(tmp_path / "sweeps", study="local")]
+    out = ftrun_multirun(args, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert out.returncode == 0, out.stderr[-4000:]
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{tmp_path / 'sweeps/local/study.db'}")
+    # lr=3e-3 completes, lr=1e-3 is pruned against it, the third enqueued configuration is not needed
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "WAITING"]
