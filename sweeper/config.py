@@ -29,7 +29,8 @@ class FtrunSweeperConf:
     direction: Any = None
     """minimize/maximize, or a list (one per objective); null = from the metric's name."""
     storage: Optional[str] = None
-    """null/sqlite: <sweep dir>/study.db; journal: <sweep dir>/study.journal; or any Optuna storage URL."""
+    """null/sqlite: <sweep dir>/study.db; journal: <sweep dir>/study.journal; or any Optuna storage URL
+    (postgresql://user:password@host/db: one study shared by sweepers on several hosts, see the README)."""
     study_name: Optional[str] = None
     """null: derived from the sweep preset, model, data and a hash of the search space."""
 
@@ -61,9 +62,11 @@ class FtrunSweeperConf:
     retry_interrupted: bool = True
     """Retry trials left RUNNING by a killed sweep (from their last checkpoint); false: just fail them."""
     heartbeat_s: float = 10.0
-    """How often the sweeper records that its running trials are alive."""
+    """How often the sweeper records its running trials' heartbeat (Optuna's heartbeat_interval; whole seconds)."""
     stale_after_s: float = 60.0
-    """A RUNNING trial with no heartbeat for this long (and no live sweeper on this host) was left behind."""
+    """A RUNNING trial with no heartbeat for this long was left behind by a dead host: a sweeper on any host
+    fails it with the reason and retries it (Optuna's grace_period; whole seconds). On the same host a trial
+    whose sweeper process is gone is recovered at once."""
 
     # -- the search space --------------------------------------------------------
     params: Dict[str, Any] = field(default_factory=dict)

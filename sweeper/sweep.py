@@ -146,7 +146,8 @@ class Sweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage_url(conf.get("storage"), self.sweep_dir)
         require_driver(self.storage_url)
-        # a storage URL given by the user may be shared with sweepers on other hosts
+        # a storage URL given by the user may be shared with sweepers on other hosts (which then
+        # draw from their own seeds and look for each other's dead trials throughout)
         self.shared = conf.get("storage") not in (None, "", "sqlite", "journal")
         self.founder = False  # whether this sweeper created the study (and so its MLflow parent run)
         n_trials = int(conf.get("n_trials", 20))
@@ -407,8 +408,6 @@ class Sweep:
             warnings.simplefilter("ignore")  # with ask-and-tell the sweeper records them itself
             trial = self.study.ask()
         self._beat(trial._trial_id)  # at once: a trial without a heartbeat is never found stale
-        if not self.shared:
-            return trial
         before = sum(1 for t in self.study.get_trials(deepcopy=False)
                      if t.number < trial.number and self._counted(t))
         if before < self.n_trials:

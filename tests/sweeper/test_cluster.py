@@ -26,8 +26,6 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
-
 TRIAL = ["data.num_train=48", "data.num_eval=16", "max_steps=8", "batch_size=8", "train.logging_steps=2",
          "train.eval_steps=2", "train.save_steps=0"]
 N_TRIALS = 5
@@ -80,6 +78,22 @@ def postgres():
     finally:
         subprocess.run([str(ROOT / "scripts/postgres.sh"), "stop", str(data)], capture_output=True, timeout=120)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A one-node SLURM cluster (munged, slurmctld, slurmd) on 127.0.0.1 from scripts/slurm.sh: its SLURM_CONF."""
+    base = Path(tempfile.mkdtemp(prefix="ftrun-slurm-"))
+    out = subprocess.run([str(ROOT / "scripts/slurm.sh"), "start", str(base), str(_free_port())],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        subprocess.run([str(ROOT / "scripts/slurm.sh"), "stop", str(base)], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"SLURM could not start (scripts/slurm.sh: {out.stderr.strip()[-800:]}); install it with "
+                    "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does) and run as root")
+    yield out.stdout.strip()
+    subprocess.run([str(ROOT / "scripts/slurm.sh"), "stop", str(base)], capture_output=True, timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +184,7 @@ def _counted(t):
     return t.state.name in ("COMPLETE", "PRUNED") and "duplicate_of" not in t.user_attrs
 
 
+@pytest.mark.slow  # the fixture: about 2.5 minutes on 2 cores (PostgreSQL, MLflow server, 6 tiny trials)
 def test_two_hosts_finish_exactly_n_trials_with_pruning(two_hosts):
     trials = two_hosts["study"].trials
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED", "FAIL"}
@@ -185,6 +200,7 @@ def test_two_hosts_finish_exactly_n_trials_with_pruning(two_hosts):
     assert len(set(lrs)) == len(lrs)
 
 
+@pytest.mark.slow
 def test_killed_hosts_trial_failed_by_heartbeat_and_retried(two_hosts):
     trials = two_hosts["study"].trials
     victim = trials[two_hosts["victim"]]
@@ -197,6 +213,7 @@ def test_killed_hosts_trial_failed_by_heartbeat_and_retried(two_hosts):
     assert _counted(retry) and retry.user_attrs["sweeper_host"] == "host-a"
 
 
+@pytest.mark.slow
 def test_one_mlflow_parent_with_every_hosts_trials(two_hosts):
     from mlflow import MlflowClient
 
@@ -221,6 +238,7 @@ def test_one_mlflow_parent_with_every_hosts_trials(two_hosts):
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_same_command_on_one_machine_with_sqlite(tmp_path):
     from sweeper_helpers import ftrun_multirun
 
@@ -230,3 +248,97 @@ def test_same_command_on_one_machine_with_sqlite(tmp_path):
     study = optuna.load_study(study_name="local", storage=f"sqlite:///{tmp_path / 'sweeps/local/study.db'}")
     # lr=3e-3 completes, lr=1e-3 is pruned against it, the third enqueued configuration is not needed
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "WAITING"]
+
+
+@pytest.mark.slow  # about 40 s: two sweeper hosts start; the trials are a stand-in that sleeps 3 s
+def test_sweeper_hosts_as_a_slurm_job_array(postgres, slurm, mlflow_server, tmp_path):
+    from sweeper_helpers import FAKE
+
+    env = {**os.environ, "SLURM_CONF": slurm, "FTRUN_STORAGE": postgres[0], "FTRUN_SWEEP_DIR": str(tmp_path),
+           "MLFLOW_TRACKING_URI": mlflow_server, "FAKE_SLEEP": "3", "FAKE_MLFLOW": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = ["lr=tag(log,interval(1e-5,1e-1))", "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=slurm",
+            f"hydra.sweeper.command=[{FAKE[0]},{FAKE[1]}]", "hydra.sweeper.pruner=none", "tracking.experiment=slurm"]
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1",
+                          f"--output={tmp_path}/%A_%a.log", str(ROOT / "scripts/slurm_sweep.sbatch"), *args],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+
+    def done():
+        q = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True)
+        return q.returncode == 0 and not q.stdout.strip()
+    _wait_for(done, f"SLURM job {job}", 300)
+    logs = "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob(f"{job}_*.log")))
+    for task in (0, 1):
+        state = subprocess.run(["scontrol", "show", "job", f"{job}_{task}"], env=env, capture_output=True, text=True)
+        assert "ExitCode=0:0" in state.stdout and "COMPLETED" in state.stdout, logs[-4000:]
+    study = optuna.load_study(study_name="slurm", storage=postgres[0])
+    counted = [t for t in study.trials if _counted(t)]
+    assert len(counted) == 6 and all(t.state.name == "COMPLETE" for t in counted)
+    assert len({t.user_attrs["sweeper_pid"] for t in counted}) == 2, logs[-4000:]  # both array tasks ran trials
+    # every trial's result came back through the same contract as a local trial (result.json -> the study)
+    assert all(Path(t.user_attrs["trial_dir"]).is_relative_to(tmp_path) for t in counted)
+
+
+# -- the rules on their own, in-process on a SQLite study (seconds) ---------------------------------------------
+
+
+def _sweep(tmp_path, **conf):
+    from conftest import compose_cfg
+    from sweeper.space import parse_search_space
+    from sweeper.sweep import Sweep
+    from sweeper_helpers import FAKE
+
+    space = parse_search_space({}, ["lr=tag(log,interval(1e-5,1e-1))"], None)
+    conf = {"study_name": "s", "storage": f"sqlite:///{tmp_path / 'shared.db'}", "command": FAKE, **conf}
+    sweep = Sweep(conf, space, compose_cfg(["tracking.enabled=false"]), tmp_path)
+    sweep.study = sweep._open_study()
+    return sweep
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks as the other hosts do
+def test_a_trial_past_n_trials_that_other_hosts_started_is_not_run(tmp_path):
+    sweep = _sweep(tmp_path, n_trials=2)
+    others = [sweep.study.ask() for _ in range(2)]  # another host's two trials, running
+    sweep.study.enqueue_trial({"lr": 1e-3})
+    # this host saw room for one more a moment ago, and asks: it gets the queued configuration, trial 2
+    assert sweep._ask() is None
+    t = sweep.study.trials
+    assert t[2].state.name == "FAIL" and t[2].user_attrs["surplus"] and "n_trials=2" in t[2].user_attrs["fail_reason"]
+    assert t[3].state.name == "WAITING" and t[3].system_attrs["fixed_params"] == {"lr": 1e-3}  # queued again
+    assert sweep._counts()["SURPLUS"] == 1
+    # one of the other host's trials fails: there is room again, and the queued configuration runs
+    sweep.study.tell(others[0], state=optuna.trial.TrialState.FAIL)
+    mine = sweep._ask()
+    assert mine is not None and mine.number == 3
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks as the other hosts do
+def test_another_hosts_silent_trial_is_failed_by_heartbeat_and_retried(tmp_path):
+    sweep = _sweep(tmp_path, n_trials=2, heartbeat_s=1, stale_after_s=1)
+    storage = sweep.study._storage
+    dead = sweep.study.ask()  # a trial of a host that then died: one heartbeat, then silence
+    for k, v in {"sweeper_host": "elsewhere", "sweeper_pid": 1, "trial_dir": str(tmp_path / "gone")}.items():
+        dead.set_user_attr(k, v)
+    storage.record_heartbeat(dead._trial_id)
+    alive = sweep.study.ask()  # a live host's trial, beating
+    for k, v in {"sweeper_host": "elsewhere-too", "sweeper_pid": 1}.items():
+        alive.set_user_attr(k, v)
+
+    def dead_is_stale():
+        storage.record_heartbeat(alive._trial_id)
+        return dead._trial_id in storage._get_stale_trial_ids(sweep.study._study_id)
+    _wait_for(dead_is_stale, "the dead trial's heartbeat going stale", 60)
+    storage.record_heartbeat(alive._trial_id)
+    sweep._recover_left_behind()
+    t = sweep.study.trials
+    assert t[0].state.name == "FAIL" and "no heartbeat" in t[0].user_attrs["fail_reason"]
+    assert "elsewhere" in t[0].user_attrs["fail_reason"] and "retried from the start" in t[0].user_attrs["fail_reason"]
+    assert t[1].state.name == "RUNNING"  # its heartbeat is fresh
+    (retry,) = [x for x in t if x.state.name == "WAITING"]
+    assert retry.params == t[0].params and retry.user_attrs["retry_of"] == 0
+    assert retry.system_attrs["failed_trial"] == 0 and "fail_reason" not in retry.user_attrs
+    # a second sweeper finding the same stale trial does not retry it again
+    sweep._recover(sweep.study._storage.get_trial(dead._trial_id), "again")
+    assert len(sweep.study.trials) == 3
