@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ftrun.contract import (ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OVERRIDES, PARENT_ID_FILE, RUN_ID_FILE, TAG_FAIL_REASON,
-                            TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED, TAG_RETRY_OF, TAG_RUN_DIR, TAG_STORAGE,
-                            TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL)
+from ftrun.contract import (ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OVERRIDES, ATTR_SURPLUS, PARENT_ID_FILE, RUN_ID_FILE,
+                            TAG_FAIL_REASON, TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED, TAG_RETRY_OF,
+                            TAG_RUN_DIR, TAG_STORAGE, TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL)
 from sweeper.study import pruner_key, safe_url, sampler_name
 
 log = logging.getLogger("ftrun.sweeper")
@@ -52,7 +52,9 @@ class ParentRun:
             "sweep_dir": str(sweep.sweep_dir)})
         run_id = run.info.run_id
         id_file.write_text(run_id)
-        sweep.study.set_user_attr(ATTR_MLFLOW_PARENT_RUN_ID, run_id)
+        from sweeper.sweep import set_study_attr
+
+        set_study_attr(sweep.study, ATTR_MLFLOW_PARENT_RUN_ID, run_id)
         params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
         # a '+key=value' / '~key' override is a valid Hydra override but not a valid MLflow param name
         params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
@@ -111,7 +113,7 @@ class ParentRun:
         from mlflow.entities import Metric
 
         try:
-            trials = study.get_trials(deepcopy=False)
+            trials = [t for t in study.get_trials(deepcopy=False) if ATTR_SURPLUS not in t.user_attrs]
             states = [t.state for t in trials]
             TS = optuna.trial.TrialState
             n_done = sum(s in (TS.COMPLETE, TS.PRUNED, TS.FAIL) for s in states)

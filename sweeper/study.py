@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import random
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -205,9 +207,20 @@ def open_storage(url: str, heartbeat_s: Optional[float] = None, grace_s: Optiona
         {"engine_kwargs": {"pool_pre_ping": True}}  # a server that restarted drops pooled connections
     import warnings
 
-    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, **kwargs, **beat)
+    import sqlalchemy.exc
+
+    for attempt in range(10):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs, **beat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # sweepers on several hosts opening a new database at once each create Optuna's tables;
+            # all but one fail on "already exists": by the time they try again the tables are there
+            if attempt == 9:
+                raise
+            log.debug("Optuna storage %s: %s; trying again", safe_url(url), str(e).splitlines()[0])
+            time.sleep(0.5 + random.random())
 
 
 def require_driver(url: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, TAG_RETRY_OF
+from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_SURPLUS, TAG_RETRY_OF
 from sweeper.space import SearchSpace
 
 
@@ -19,15 +19,18 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
     TrialState = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
-    counts = {s: sum(1 for t in trials if t.state.name == s and t not in repeats)
+    surplus = [t for t in trials if ATTR_SURPLUS in t.user_attrs]  # asked for past n_trials by another host
+    counts = {s: sum(1 for t in trials if t.state.name == s and t not in repeats and t not in surplus)
               for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     counts["REPEATED"] = len(repeats)
+    counts["NOT_RUN"] = len(surplus)
     best = []
     if any(t.state == TrialState.COMPLETE for t in trials):
         best = study.best_trials if len(objectives) > 1 else [study.best_trial]
     lines = [f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
              + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
-             + (f", {counts['REPEATED']} repeated configurations answered without training" if repeats else ""), ""]
+             + (f", {counts['REPEATED']} repeated configurations answered without training" if repeats else "")
+             + (f", {counts['NOT_RUN']} asked for past n_trials and not run" if surplus else ""), ""]
     rerun: List[str] = []
     if best:
         title = "Pareto front" if len(objectives) > 1 else "Best trial"
@@ -73,7 +76,8 @@ GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a
 def compute_spent(trials, space: Optional[SearchSpace]) -> Dict[str, Any]:
     """Trial-seconds this study spent, and what the grid over the same space would have cost at the
     mean time of a trial that ran to the end."""
-    trained = [t for t in trials if "duplicate_of" not in t.user_attrs and t.state.is_finished()]
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs and ATTR_SURPLUS not in t.user_attrs
+               and t.state.is_finished()]
     spent = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in trained)
     full = [float(t.user_attrs["duration_s"]) for t in trained
             if t.state.name == "COMPLETE" and t.user_attrs.get("duration_s")]

@@ -242,15 +242,16 @@ class Sweep:
                                     directions=self.directions, load_if_exists=True)
         have = [d.name.lower() for d in study.directions]
         if have != self.directions:
-            raise SweepConfigError(f"study {self.study_name} in {self.storage_url} optimizes {have}, this sweep "
+            raise SweepConfigError(f"study {self.study_name} in {safe_url(self.storage_url)} optimizes {have}, this sweep "
                                    f"{self.directions}; give another hydra.sweeper.study_name")
         attrs = study.user_attrs
-        study.set_user_attr("search_space", self.space.describe())
-        study.set_user_attr("fixed", self.space.fixed)
-        study.set_user_attr(ATTR_OBJECTIVES, self.objectives)
-        study.set_user_attr("sweep_dir", str(self.sweep_dir))
+        values = {"search_space": self.space.describe(), "fixed": self.space.fixed, ATTR_OBJECTIVES: self.objectives,
+                  "sweep_dir": str(self.sweep_dir)}
         if "created" not in attrs:
-            study.set_user_attr("created", time.time())
+            values["created"] = time.time()
+        for key, value in values.items():
+            if attrs.get(key) != value:
+                set_study_attr(study, key, value)
         return study
 
     # -- the loop ------------------------------------------------------------------
@@ -894,6 +895,17 @@ def _n_trials(storage, study_name: str) -> int:
     except KeyError:
         return 0
     return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def set_study_attr(study, key: str, value: Any) -> None:
+    """``study.set_user_attr``, safe when sweepers on several hosts set the same new key at once (Optuna
+    inserts a study attribute without an upsert: the second insert fails, and a second try updates)."""
+    try:
+        study.set_user_attr(key, value)
+    except Exception as e:
+        if "IntegrityError" not in type(e).__name__ and "unique" not in str(e).lower():
+            raise
+        study.set_user_attr(key, value)
 
 
 def _positive(value: Any, key: str) -> Optional[float]:
