@@ -242,8 +242,8 @@ class Sweep:
                                     directions=self.directions, load_if_exists=True)
         have = [d.name.lower() for d in study.directions]
         if have != self.directions:
-            raise SweepConfigError(f"study {self.study_name} in {safe_url(self.storage_url)} optimizes {have}, this sweep "
-                                   f"{self.directions}; give another hydra.sweeper.study_name")
+            raise SweepConfigError(f"study {self.study_name} in {safe_url(self.storage_url)} optimizes {have}, "
+                                   f"this sweep {self.directions}; give another hydra.sweeper.study_name")
         attrs = study.user_attrs
         values = {"search_space": self.space.describe(), "fixed": self.space.fixed, ATTR_OBJECTIVES: self.objectives,
                   "sweep_dir": str(self.sweep_dir)}
