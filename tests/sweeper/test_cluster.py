@@ -343,3 +343,14 @@ def test_another_hosts_silent_trial_is_failed_by_heartbeat_and_retried(tmp_path)
     # a second sweeper finding the same stale trial does not retry it again
     sweep._recover(sweep.study._storage.get_trial(dead._trial_id), "again")
     assert len(sweep.study.trials) == 3
+
+
+def test_a_missing_database_driver_is_named_with_the_fix(monkeypatch):
+    from sweeper.study import SweepConfigError, require_driver, safe_url
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(SweepConfigError) as e:
+        require_driver("postgresql://ftrun:secret@db.example:5432/optuna")
+    assert "psycopg" in str(e.value) and "pip install" in str(e.value) and "secret" not in str(e.value)
+    assert safe_url("postgresql://ftrun:secret@db:5432/optuna") == "postgresql://ftrun:***@db:5432/optuna"
+    require_driver("sqlite:///x.db")  # nothing to install
