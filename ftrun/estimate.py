@@ -268,6 +268,8 @@ def estimate(cfg, devices: int = 1, sharding: str = "none", device: Optional[str
             layer = _layer_of(n)
             if (layer is not None and layer >= first) or any(e in n.split(".") for e in extra):
                 trainable_shapes.append((sh, wbytes))
+    elif m.name not in ("lora", "qlora"):  # llama_pro (issue 18): its added blocks are not modelled yet
+        raise ConfigError(f"method={m.name}: no memory model for it")
     else:
         targets = _lora_targets(s, m)
         if not targets:
