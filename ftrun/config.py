@@ -1040,19 +1040,19 @@ def _validate_packages(cfg: DictConfig, cuda: bool) -> None:
     if o.name == "badam":
         need("badam", "optimizer", o.name, "badam")
     if md.liger_kernel:
-        need("liger_kernel", "model.liger_kernel", True, "liger-kernel")
         if not cuda:
             raise ConfigError("model.liger_kernel=true: Liger's kernels are Triton kernels for CUDA GPUs; "
                               "on CPU set model.liger_kernel=false")
+        need("liger_kernel", "model.liger_kernel", True, "liger-kernel")
     if md.attn_implementation.startswith("flash_attention") and not cuda:
         raise ConfigError(f"model.attn_implementation={md.attn_implementation}: flash attention runs on CUDA GPUs "
                           "only; on CPU use sdpa (packing keeps samples apart with it too)")
     if sh.name != "none":
-        if sh.name.startswith("zero"):
-            need("deepspeed", "sharding", sh.name, "deepspeed")
         if not cuda:
             raise ConfigError(f"sharding={sh.name}: DeepSpeed ZeRO and FSDP shard over CUDA GPUs; on CPU use "
                               "sharding=none (start several GPUs with accelerate launch -m ftrun ...)")
+        if sh.name.startswith("zero"):
+            need("deepspeed", "sharding", sh.name, "deepspeed")
     if cfg.method.name == "qlora" and cfg.method.quant_method == "hqq":
         need("hqq", "method.quant_method", "hqq", "hqq")
         from transformers.quantizers.base import HfQuantizer

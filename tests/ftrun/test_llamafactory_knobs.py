@@ -263,6 +263,32 @@ def check_enable_thinking(tmp_path, monkeypatch):
     assert not any(p.endswith(empty) for p in prompts[True])
     assert tpl.key() == "qwen3:no-thinking"  # the tokenized-data cache keeps the two apart
 
+    # tokenized: the labels cover the answer only, and the installed Jinja prompts as training did
+    from ftrun.data import IGNORE_INDEX
+    from ftrun.data.encode import encode_messages
+
+    tok = load_tokenizer(compose_cfg(["model.template=qwen3", "enable_thinking=false",
+                                      "model.add_special_tokens=['<think>','</think>']"]).model)
+    tpl = resolve_template(tok, "qwen3")
+    feat, info = encode_messages(conv[:2], tok, tpl, cutoff_len=256)
+    answer = [i for i, lab in zip(feat["input_ids"], feat["labels"]) if lab != IGNORE_INDEX]
+    assert tok.decode(answer) == "4<|im_end|>"
+    prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith(empty) and tok.decode(feat["input_ids"][: info["prompt_len"]]) == prompt
+
+    # a tokenizer's own template (auto) gets enable_thinking, as Qwen3's reads it
+    own = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"  # Qwen3's: an answer always shows its block
+           "{% if m.role == 'assistant' and '<think>' not in m.content %}" + empty + "{% endif %}"
+           "{{ m.content }}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>assistant\n"
+           "{% if enable_thinking is defined and not enable_thinking %}" + empty + "{% endif %}{% endif %}")
+    for thinking in (True, False):
+        tok = load_tokenizer(compose_cfg([f"enable_thinking={str(thinking).lower()}"]).model)
+        tok.chat_template = own
+        (prompt_seg, _), (answer, _) = resolve_template(tok, "auto").segments(conv[:1] + [{"role": "assistant",
+                                                                                             "content": "4"}])
+        assert prompt_seg.endswith(empty) != thinking and answer.startswith(empty) == thinking
+
 
 def check_pref_ftx(tmp_path, monkeypatch):
     from trl import DPOConfig
@@ -277,6 +303,18 @@ def check_pref_ftx(tmp_path, monkeypatch):
     plain = training_arguments(cfg, tmp_path, cls=DPOConfig,
                                **dpo_loss_arguments(resolved(compose_cfg(["stage=dpo"])).stage))
     assert plain.loss_type == ["sigmoid"] and plain.loss_weights is None
+
+    # in a real step: at the start the policy is its reference (LoRA's B = 0), so DPO's sigmoid loss is
+    # exactly ln 2; pref_ftx adds the chosen answers' NLL on top
+    first = {}
+    for ftx in (0.0, 1.0):
+        run_dir = tmp_path / f"ftx{ftx}"
+        ftrun.train.run(compose_cfg(["stage=dpo", f"pref_ftx={ftx}", "cutoff_len=64", *QUIET, "max_steps=1"],
+                                    fast=True), run_dir)
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        first[ftx] = next(h["loss"] for h in history if "loss" in h)
+    assert first[0.0] == pytest.approx(math.log(2), abs=1e-3)
+    assert first[1.0] > math.log(2) + 0.1
 
 
 def check_ppo_scale_rewards(tmp_path, monkeypatch):
@@ -382,8 +420,10 @@ def test_hqq_is_refused_while_transformers_cannot_load_it():
 @pytest.mark.parametrize("overrides", [
     ["model.liger_kernel=true"],
     ["model.attn_implementation=flash_attention_2", "data.packing=true"],
-    ["method=qlora", "precision=bf16", "optimizer=galore", "method=full"],
-], ids=["liger", "flash_attention_packing", "galore_bf16"])
+    ["method=full", "optimizer=galore", "precision=bf16"],
+    ["method=full", "sharding=zero2"],
+    ["method=full", "sharding=zero3_offload"],
+], ids=["liger", "flash_attention_packing", "galore_bf16", "zero2", "zero3_offload"])
 def test_gpu_knobs_train(overrides, tiny_dir, tmp_path, monkeypatch):
     import importlib.util
 
