@@ -229,7 +229,10 @@ def llama_pro(model, n_new: int, extra_modules=()):
     import torch
 
     decoder = model.get_decoder()
-    layers = decoder.layers
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"method=llama_pro: {type(model).__name__} keeps no decoder.layers list to expand; "
+                          "it knows Llama-style models (Llama, Qwen, Mistral, ...)")
     n_layers = len(layers)
     if n_new < 1 or n_layers % n_new:
         raise ConfigError(f"method.expand_layers={n_new}: must divide the model's {n_layers} layers")
