@@ -790,7 +790,6 @@ def validate(cfg: DictConfig) -> None:
           "there is no adapter to start from: give method.adapter=<a lora run>/model")
     check(m.name == "qlora" or m.quant_method == "bnb", "method.quant_method", m.quant_method,
           "only method=qlora quantizes the base")
-    check(m.quant_method != "hqq" or m.bits in (4, 8), "method.bits", m.bits, "hqq takes 4 or 8 bits here")
     if m.name == "llama_pro":
         layers = arch.get("num_hidden_layers")
         at_least("method.expand_layers", m.expand_layers, 1)
