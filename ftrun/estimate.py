@@ -365,7 +365,8 @@ def log_estimate(cfg) -> Optional[Estimate]:
     import os
 
     try:
-        est = estimate(cfg, devices=int(os.environ.get("WORLD_SIZE", "1")))
+        sharding = str(cfg.sharding.name) if "sharding" in cfg else "none"  # the run's own (offload not modelled)
+        est = estimate(cfg, devices=int(os.environ.get("WORLD_SIZE", "1")), sharding=sharding)
     except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
         log.warning("Memory estimate unavailable: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
