@@ -1101,13 +1101,35 @@ def training_differences(old: dict, cfg) -> Dict[str, tuple]:
     now = flatten(to_container(cfg) if OmegaConf.is_config(cfg) else cfg)
     then = flatten(old)
     then = {k: v for k, v in then.items() if not (k in ALIASES and ALIASES[k] in then)}
+    defaults = schema_defaults()
     out = {}
     for key in sorted(set(now) | set(then)):
         if key in NOT_TRAINING_KEYS or key in ALIASES:
             continue
+        if key not in then and key in defaults and _show(defaults[key]) == _show(now.get(key)):
+            continue  # a knob added after that run was recorded, at the default that matches how it ran
         a, b = then.get(key, "unset"), now.get(key, "unset")
         if _show(a) != _show(b):
             out[display_key(key)] = (_show(a), _show(b))
+    return out
+
+
+def schema_defaults(cls=None, prefix: str = "") -> Dict[str, Any]:
+    """Every schema key's default, flattened (``{"method.pissa": False, ...}``); keys without one are left out."""
+    import dataclasses
+    import typing
+
+    cls = cls or Config
+    out: Dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            out.update(schema_defaults(kind, f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING and f.default != MISSING:
+            out[prefix + f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[prefix + f.name] = f.default_factory()
     return out
 
 

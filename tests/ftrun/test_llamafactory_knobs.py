@@ -510,3 +510,20 @@ def test_knobs_are_sweepable():
         assert cfg.data.neat_packing == values["neat_packing"]
         validate(cfg)
         study.tell(trial, 0.0)
+
+
+def test_runs_recorded_before_the_knobs_resume():
+    """A checkpoint whose config predates these keys resumes when they are at their defaults."""
+    from ftrun.config import flatten, to_container, training_differences
+
+    new_keys = ("model.rope_scaling", "model.rope_factor", "method.pissa", "data.neat_packing", "stage.pref_ftx",
+                "sharding.name", "sharding.offload", "optimizer.proj_rank")
+    old = to_container(resolved(compose_cfg([])))
+    for key in new_keys:
+        group, leaf = key.split(".")
+        old[group].pop(leaf)
+    del old["sharding"]  # the group did not exist either
+    assert all(k not in flatten(old) for k in new_keys)
+    assert training_differences(old, resolved(compose_cfg([]))) == {}
+    assert training_differences(old, resolved(compose_cfg(["rope_scaling=yarn"]))) == {
+        "model.rope_scaling": ("unset", "yarn")}
