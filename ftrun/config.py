@@ -49,13 +49,22 @@ def _choice(name: str, values: Sequence[str]):
     return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
 
 
-METHODS = ("full", "freeze", "lora", "qlora")
+METHODS = ("full", "freeze", "lora", "qlora", "llama_pro")
 OPTIMIZERS = {  # ours -> transformers' `optim`
     "adamw": "adamw_torch",
     "adamw_8bit": "adamw_bnb_8bit",
     "sgd": "sgd",
     "adafactor": "adafactor",
+    "galore": "galore_adamw",  # galore-torch; optimizer.layerwise picks the *_layerwise variant
+    "galore_8bit": "galore_adamw_8bit",
+    "galore_adafactor": "galore_adafactor",
+    "apollo": "apollo_adamw",  # apollo-torch
+    "badam": "adamw_torch",  # the badam package's BlockOptimizer around AdamW (ftrun.trainer)
 }
+# optimizers that project gradients of the matrices in optimizer.target_modules (transformers' optim_target_modules)
+PROJECTED_OPTIMIZERS = ("galore", "galore_8bit", "galore_adafactor", "apollo")
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # transformers' rope_parameters["rope_type"]
+SHARDINGS = ("none", "zero2", "zero3", "fsdp")
 SCHEDULERS = (
     "linear",
     "cosine",
@@ -71,7 +80,7 @@ STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 ATTN = ("eager", "sdpa", "flash_attention_2")
-TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "mistral", "glm4")  # ftrun.data.templates
+TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "qwen3", "mistral", "glm4")  # ftrun.data.templates
 # what TRL 1.16's DPOTrainer accepts as loss_type
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
@@ -93,6 +102,10 @@ MixStop = _choice("MixStop", ("first_exhausted", "all_exhausted"))
 DPOLoss = _choice("DPOLoss", DPO_LOSSES)
 PPOLoss = _choice("PPOLoss", PPO_LOSSES)
 ScaleRewards = _choice("ScaleRewards", ("group", "batch", "none"))
+RopeType = _choice("RopeType", ROPE_TYPES)
+QuantMethod = _choice("QuantMethod", ("bnb", "hqq"))
+Sharding = _choice("Sharding", SHARDINGS)
+SwitchMode = _choice("SwitchMode", ("ascending", "descending", "random", "fixed"))
 
 
 # ---------------------------------------------------------------------------
@@ -141,6 +154,19 @@ class ModelConfig:
     """Attention kernel: eager, sdpa or flash_attention_2."""
     trust_remote_code: bool = False
     """Run the model repository's own code; only for repositories you trust."""
+    rope_scaling: Optional[RopeType] = None
+    """RoPE scaling to extend the context: linear, dynamic, yarn or llama3 (transformers' rope_parameters); null: none."""
+    rope_factor: float = 2.0
+    """rope_scaling: context extension factor (the model then takes max_position_embeddings x this)."""
+    liger_kernel: bool = False
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, cross-entropy) via transformers' use_liger_kernel; CUDA only."""
+    resize_vocab: bool = False
+    """Resize the embeddings (and LM head) to the tokenizer's length, rounded up to 64; with LoRA they train in full."""
+    add_special_tokens: List[str] = field(default_factory=list)
+    """Special tokens added to the tokenizer, e.g. [<tool_call>]; new ones need model.resize_vocab=true."""
+    enable_thinking: bool = True
+    """Reasoning templates (qwen3, deepseek_r1): keep the <think> part in training (true) or drop it and put an empty
+    one in the prompt (false), as LLaMA-Factory does; also passed to the tokenizer's own chat template."""
 
 
 @dataclass
@@ -153,7 +179,11 @@ class MethodConfig:
     trainable_layers: int = 2
     """freeze: how many of the last decoder layers train."""
     extra_modules: List[str] = field(default_factory=list)
-    """freeze: further modules that train, by name (e.g. lm_head, embed_tokens)."""
+    """freeze, llama_pro, lora: further modules that train in full, by name (e.g. lm_head, embed_tokens);
+    with lora they are peft's modules_to_save (LLaMA-Factory's additional_target)."""
+    # llama_pro
+    expand_layers: int = 2
+    """llama_pro: decoder blocks added (one after every num_layers/N), identity-initialised; only they train."""
     # lora / qlora
     rank: int = 16
     """LoRA rank r, at most the model's hidden size (short spelling: rank=)."""
@@ -169,7 +199,17 @@ class MethodConfig:
     """Weight-decomposed LoRA (DoRA)."""
     loraplus_lr_ratio: Optional[float] = None
     """LoRA+: the B matrices learn at lr x this ratio (16 is the paper's default)."""
+    pissa: bool = False
+    """lora: initialise the adapters from the weights' principal singular vectors (PiSSA, peft's init_lora_weights)."""
+    pissa_iters: int = 16
+    """pissa: iterations of the fast randomised SVD; -1 = an exact SVD."""
+    adapter: Optional[str] = None
+    """lora/qlora: start from this saved adapter (a run's model/ folder); it keeps training unless create_new_adapter."""
+    create_new_adapter: bool = False
+    """method.adapter: merge it into the base and train a fresh adapter on top instead."""
     # qlora
+    quant_method: QuantMethod = QuantMethod.bnb
+    """qlora: the quantization library, bnb (bitsandbytes) or hqq."""
     bits: int = 4
     """qlora: quantization of the frozen base, 4 or 8 bits."""
     quant_type: QuantType = QuantType.nf4
@@ -225,7 +265,9 @@ class DataConfig:
     drop_long: bool = False
     """Drop samples longer than cutoff_len instead of truncating them."""
     packing: bool = False
-    """Pack several samples into each cutoff_len row (no attention or loss across samples)."""
+    """Pack several samples into each cutoff_len row (no loss across samples)."""
+    neat_packing: bool = True
+    """packing: position ids restart per sample and attention stays inside it; false: packed samples see each other."""
     strict: bool = False
     """Make every skipped (unusable) record an error."""
     overwrite_cache: bool = False
@@ -241,7 +283,7 @@ class OptimizerConfig:
     """The optimizer; names follow transformers' ``optim`` choices."""
 
     name: Optimizer = MISSING
-    """adamw, adamw_8bit, sgd or adafactor."""
+    """adamw, adamw_8bit, sgd, adafactor, galore, galore_8bit, galore_adafactor, apollo or badam."""
     lr: float = 1e-3
     """Peak learning rate; the tiny model likes 1e-3, real models with LoRA 1e-4 to 2e-4 (short: lr=)."""
     weight_decay: float = 0.0
@@ -254,6 +296,24 @@ class OptimizerConfig:
     """SGD momentum, in [0, 1)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 disables clipping."""
+    # galore / apollo
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    """galore/apollo: the matrices whose gradients are projected: [all-linear] or name patterns like [attn, mlp]."""
+    proj_rank: int = 16
+    """galore/apollo: rank of the gradient projection."""
+    update_proj_gap: int = 200
+    """galore/apollo: steps between recomputing the projection."""
+    scale: float = 0.25
+    """galore/apollo: scale of the projected update (GaLore 0.25, APOLLO 32)."""
+    proj_type: str = "std"
+    """galore: std, reverse_std, right, left or full; apollo: random or svd."""
+    layerwise: bool = False
+    """galore/apollo: step each layer's optimizer during backward (saves gradient memory; needs grad_accum=1)."""
+    # badam
+    switch_interval: int = 50
+    """badam: optimizer steps before the next block of layers becomes the trained one."""
+    switch_mode: SwitchMode = SwitchMode.ascending
+    """badam: order of the blocks: ascending, descending, random or fixed."""
 
 
 @dataclass
@@ -368,6 +428,18 @@ class StageConfig:
     """pt: the column of a JSON/JSONL file that holds the raw text."""
     ppo: PPOSettings = field(default_factory=PPOSettings)
     """ppo: rollout and clipping settings."""
+    pref_ftx: float = 0.0
+    """dpo: weight of an SFT loss on the chosen answers added to the preference loss (TRL's loss_type sft)."""
+
+
+@dataclass
+class ShardingConfig:
+    """Multi-GPU sharding through transformers/accelerate: DeepSpeed ZeRO or FSDP (launch with accelerate launch)."""
+
+    name: Sharding = Sharding.none
+    """none (plain DDP), zero2 (DeepSpeed: optimizer states and gradients), zero3 (also weights) or fsdp (full shard)."""
+    offload: bool = False
+    """Move optimizer states (zero2/zero3/fsdp) and weights (zero3/fsdp) to CPU memory."""
 
 
 @dataclass
@@ -391,6 +463,8 @@ class Config:
     """Where the run is recorded in MLflow."""
     stage: StageConfig = field(default_factory=StageConfig)
     """Which training stage runs (stage=pt, sft, rm, dpo, kto, ppo)."""
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    """Multi-GPU sharding (sharding=zero2, zero2_offload, zero3, zero3_offload, fsdp, fsdp_offload)."""
     epochs: float = 3.0
     """Passes over the training data."""
     max_steps: int = -1
@@ -421,7 +495,22 @@ SHORT_KEYS = {
     "cutoff_len": "data.cutoff_len",
 }
 # other spellings that refer to a home (kept so that old command lines and experiment files still work)
-ALIASES = {**SHORT_KEYS, "stage.objective": "objective"}
+# LLaMA-Factory's names of knobs that ftrun spells otherwise (README: "LLaMA-Factory's Train tab")
+LLAMAFACTORY_NAMES = {
+    "rope_scaling": "model.rope_scaling",
+    "enable_liger_kernel": "model.liger_kernel",
+    "resize_vocab": "model.resize_vocab",
+    "enable_thinking": "model.enable_thinking",
+    "neat_packing": "data.neat_packing",
+    "use_pissa": "method.pissa",
+    "pissa_iter": "method.pissa_iters",
+    "additional_target": "method.extra_modules",
+    "adapter_name_or_path": "method.adapter",
+    "create_new_adapter": "method.create_new_adapter",
+    "quantization_method": "method.quant_method",
+    "pref_ftx": "stage.pref_ftx",
+}
+ALIASES = {**SHORT_KEYS, "stage.objective": "objective", **LLAMAFACTORY_NAMES}
 _SHORT_NAME = {home: short for short, home in SHORT_KEYS.items()}
 
 
@@ -660,6 +749,11 @@ def validate(cfg: DictConfig) -> None:
             check(t.num_attention_heads % t.num_key_value_heads == 0, "model.tiny.num_key_value_heads",
                   t.num_key_value_heads, f"must divide model.tiny.num_attention_heads={t.num_attention_heads}")
     arch = model_arch(md)
+    if md.rope_scaling is not None:
+        check(md.rope_factor > 1 and math.isfinite(md.rope_factor), "model.rope_factor", md.rope_factor,
+              "must be > 1 (2.0 doubles the context); or model.rope_scaling=null for none")
+    check(all(bool(t) for t in md.add_special_tokens), "model.add_special_tokens", list(md.add_special_tokens),
+          "give non-empty token strings")
 
     # method ------------------------------------------------------------------
     m = c.method
@@ -676,6 +770,31 @@ def validate(cfg: DictConfig) -> None:
         hidden = arch.get("hidden_size")
         check(hidden is None or m.rank <= hidden, "method.rank", m.rank,
               f"larger than the model's hidden size ({hidden}); a rank above it adds nothing")
+    check(m.name in ("freeze", "llama_pro", "lora", "qlora") or not m.extra_modules, "method.extra_modules",
+          list(m.extra_modules), f"method={m.name} trains every module already; set it to []")
+    check(m.name == "lora" or not m.pissa, "method.pissa", m.pissa,
+          "PiSSA initialises LoRA from the unquantized weights: use method=lora"
+          + (", or method.pissa=false" if m.name == "qlora" else ""))
+    check(m.pissa_iters == -1 or m.pissa_iters >= 1, "method.pissa_iters", m.pissa_iters,
+          "must be >= 1, or -1 for an exact SVD")
+    if m.adapter is not None:
+        check(m.name in ("lora", "qlora"), "method.adapter", m.adapter, "a LoRA adapter trains with method=lora or qlora")
+        check(Path(m.adapter).expanduser().joinpath("adapter_config.json").is_file(), "method.adapter", m.adapter,
+              "no adapter_config.json there; give a lora run's model/ folder")
+        check(c.stage.name == "sft", "method.adapter", m.adapter,
+              f"stage={c.stage.name} starts from a run with stage.init_run (its LoRA merged)")
+        check(not (m.create_new_adapter and m.name == "qlora"), "method.create_new_adapter", True,
+              "merging into a quantized base is lossy: use method=lora, or keep training it (create_new_adapter=false)")
+        check(not m.pissa, "method.pissa", True, "the adapter is loaded, not initialised: set method.pissa=false")
+    check(m.adapter is not None or not m.create_new_adapter, "method.create_new_adapter", True,
+          "there is no adapter to start from: give method.adapter=<a lora run>/model")
+    check(m.name == "qlora" or m.quant_method == "bnb", "method.quant_method", m.quant_method,
+          "only method=qlora quantizes the base")
+    if m.name == "llama_pro":
+        layers = arch.get("num_hidden_layers")
+        at_least("method.expand_layers", m.expand_layers, 1)
+        check(layers is None or m.expand_layers < 1 or layers % m.expand_layers == 0, "method.expand_layers",
+              m.expand_layers, f"must divide the model's {layers} layers (one new block after every num_layers/N)")
     if m.name == "freeze":
         check(m.trainable_layers > 0 or len(m.extra_modules) > 0, "method.trainable_layers",
               m.trainable_layers, "nothing would train: set trainable_layers > 0 or method.extra_modules")
@@ -701,14 +820,21 @@ def validate(cfg: DictConfig) -> None:
     check(not (s.warmup_steps > 0 and s.warmup_ratio > 0), "scheduler.warmup_ratio", s.warmup_ratio,
           "set warmup_steps or warmup_ratio, not both (add scheduler.warmup_ratio=0 to count warm-up in steps)")
     check(isinstance(s.kwargs, (dict, DictConfig)), "scheduler.kwargs", s.kwargs, "give a mapping, e.g. {num_cycles: 2}")
+    _check_optimizer(c, check, at_least, positive)
 
     # data --------------------------------------------------------------------
     d = c.data
     check(bool(d.name), "data.name", d.name, "give a short name")
     at_least("data.cutoff_len", d.cutoff_len, 8)
     max_pos = arch.get("max_position_embeddings")
-    check(max_pos is None or d.cutoff_len <= max_pos, "data.cutoff_len", d.cutoff_len,
-          f"longer than the model's context ({max_pos} positions)")
+    if max_pos is not None and md.rope_scaling is not None and md.rope_factor > 1:
+        check(d.cutoff_len <= max_pos * md.rope_factor, "data.cutoff_len", d.cutoff_len,
+              f"longer than the model's context with model.rope_factor={md.rope_factor:g} "
+              f"({max_pos} x {md.rope_factor:g} positions); raise model.rope_factor")
+    else:
+        check(max_pos is None or d.cutoff_len <= max_pos, "data.cutoff_len", d.cutoff_len,
+              f"longer than the model's context ({max_pos} positions); model.rope_scaling=linear (or dynamic, "
+              "yarn, llama3) with model.rope_factor extends it")
     check(0 <= d.val_size < 1 or (d.val_size >= 1 and float(d.val_size).is_integer()), "data.val_size", d.val_size,
           "a share in [0, 1) or a whole count >= 1")
     check(d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "must be > 0 or null")
@@ -793,6 +919,11 @@ def _check_stage(c: DictConfig, check, positive, at_least) -> None:
     check(len(st.loss_type) > 0, "stage.loss_type", list(st.loss_type), f"choose from {', '.join(DPO_LOSSES)}")
     check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
     check(bool(st.text_column), "stage.text_column", st.text_column, "give a column name")
+    check(st.pref_ftx >= 0 and math.isfinite(st.pref_ftx), "stage.pref_ftx", st.pref_ftx, "must be >= 0 (0 = off)")
+    check(st.pref_ftx == 0 or st.name == "dpo", "stage.pref_ftx", st.pref_ftx,
+          f"the SFT term is added to DPO's loss; stage={st.name} has none: set stage.pref_ftx=0")
+    check(st.pref_ftx == 0 or "sft" not in st.loss_type, "stage.pref_ftx", st.pref_ftx,
+          "stage.loss_type already holds sft: drop it from stage.loss_type, or set stage.pref_ftx=0")
     p = st.ppo
     check(p.num_generations >= 2, "stage.ppo.num_generations", p.num_generations,
           "must be >= 2: each completion is compared with the others of its prompt")
@@ -810,6 +941,38 @@ def _check_stage(c: DictConfig, check, positive, at_least) -> None:
         if ref is not None and _looks_local(ref) and not _looks_like_run_id(ref):
             check(Path(ref).expanduser().is_dir(), f"stage.{key}", ref,
                   "no such run directory; give a run (or run name) directory under outputs/ or an MLflow run id")
+
+
+def _check_optimizer(c: DictConfig, check, at_least, positive) -> None:
+    """GaLore, APOLLO and BAdam: their settings, and the methods and sharding they cannot work with."""
+    o, m, sh = c.optimizer, c.method, c.sharding
+    name = str(o.name)
+    if name in PROJECTED_OPTIMIZERS:
+        check(m.name in ("full", "freeze", "llama_pro"), "optimizer", name,
+              f"{name} projects the gradients of full weight matrices, LoRA has none to project: "
+              "use method=full (or freeze), or optimizer=adamw with LoRA")
+        check(len(o.target_modules) > 0, "optimizer.target_modules", list(o.target_modules),
+              "name at least one module, or [all-linear]")
+        at_least("optimizer.proj_rank", o.proj_rank, 1)
+        at_least("optimizer.update_proj_gap", o.update_proj_gap, 1)
+        positive("optimizer.scale", o.scale)
+        types = ("random", "svd") if name == "apollo" else ("std", "reverse_std", "right", "left", "full")
+        check(o.proj_type in types, "optimizer.proj_type", o.proj_type, f"{name} takes {', '.join(types)}")
+        if o.layerwise:
+            check(c.grad_accum == 1, "grad_accum", c.grad_accum,
+                  "optimizer.layerwise steps during backward and cannot accumulate: set grad_accum=1")
+            check(sh.name == "none", "sharding", sh.name, "optimizer.layerwise does not work with sharding")
+    else:
+        check(not o.layerwise, "optimizer.layerwise", True, "only galore and apollo step layer by layer")
+    if name == "badam":
+        check(m.name == "full", "method", m.name,
+              "optimizer=badam picks the block of layers that trains itself: use method=full")
+        check(sh.name in ("none", "zero2"), "sharding", sh.name, "badam works without sharding or with zero2")
+        at_least("optimizer.switch_interval", o.switch_interval, 1)
+    check(sh.name != "none" or not sh.offload, "sharding.offload", True,
+          "offloading needs sharding=zero2, zero3 or fsdp")
+    check(not (sh.name == "fsdp" and m.name == "qlora" and m.bits == 8), "sharding", sh.name,
+          "FSDP cannot shard 8-bit bitsandbytes weights: use method.bits=4 or sharding=zero2")
 
 
 def model_arch(model_cfg) -> Dict[str, int]:
@@ -857,6 +1020,48 @@ def validate_device(cfg: DictConfig) -> None:
         )
     if cfg.method.name == "qlora" and cfg.method.compute_dtype == "fp16" and not cuda:
         raise ConfigError("method.compute_dtype=fp16: fp16 matmuls need a CUDA GPU; on CPU use fp32 or bf16")
+    _validate_packages(cfg, cuda)
+
+
+def _validate_packages(cfg: DictConfig, cuda: bool) -> None:
+    """The optional libraries a knob runs on: installed, and a device they work on."""
+    import importlib.util
+
+    def need(module: str, key: str, value: Any, pip: str) -> None:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{key}={_show(value)}: needs the {pip} package (pip install {pip})")
+
+    o, md, sh = cfg.optimizer, cfg.model, cfg.sharding
+    if str(o.name).startswith("galore"):
+        need("galore_torch", "optimizer", o.name, "galore-torch")
+    if o.name == "apollo":
+        need("apollo_torch", "optimizer", o.name, "apollo-torch")
+    if o.name == "badam":
+        need("badam", "optimizer", o.name, "badam")
+    if md.liger_kernel:
+        if not cuda:
+            raise ConfigError("model.liger_kernel=true: Liger's kernels are Triton kernels for CUDA GPUs; "
+                              "on CPU set model.liger_kernel=false")
+        need("liger_kernel", "model.liger_kernel", True, "liger-kernel")
+    if md.attn_implementation.startswith("flash_attention") and not cuda:
+        raise ConfigError(f"model.attn_implementation={md.attn_implementation}: flash attention runs on CUDA GPUs "
+                          "only; on CPU use sdpa (packing keeps samples apart with it too)")
+    if sh.name != "none":
+        if not cuda:
+            raise ConfigError(f"sharding={sh.name}: DeepSpeed ZeRO and FSDP shard over CUDA GPUs; on CPU use "
+                              "sharding=none (start several GPUs with accelerate launch -m ftrun ...)")
+        if sh.name.startswith("zero"):
+            need("deepspeed", "sharding", sh.name, "deepspeed")
+    if cfg.method.name == "qlora" and cfg.method.quant_method == "hqq":
+        need("hqq", "method.quant_method", "hqq", "hqq")
+        from transformers.quantizers.base import HfQuantizer
+        from transformers.quantizers.quantizer_hqq import HqqHfQuantizer
+
+        if HqqHfQuantizer.get_quantize_ops is HfQuantizer.get_quantize_ops:
+            import transformers
+
+            raise ConfigError(f"method.quant_method=hqq: transformers {transformers.__version__} cannot load "
+                              "models with HQQ yet (its HQQ quantizer is a stub); use method.quant_method=bnb")
 
 
 def _looks_local(path: str) -> bool:
@@ -896,13 +1101,35 @@ def training_differences(old: dict, cfg) -> Dict[str, tuple]:
     now = flatten(to_container(cfg) if OmegaConf.is_config(cfg) else cfg)
     then = flatten(old)
     then = {k: v for k, v in then.items() if not (k in ALIASES and ALIASES[k] in then)}
+    defaults = schema_defaults()
     out = {}
     for key in sorted(set(now) | set(then)):
         if key in NOT_TRAINING_KEYS or key in ALIASES:
             continue
+        if key not in then and key in defaults and _show(defaults[key]) == _show(now.get(key)):
+            continue  # a knob added after that run was recorded, at the default that matches how it ran
         a, b = then.get(key, "unset"), now.get(key, "unset")
         if _show(a) != _show(b):
             out[display_key(key)] = (_show(a), _show(b))
+    return out
+
+
+def schema_defaults(cls=None, prefix: str = "") -> Dict[str, Any]:
+    """Every schema key's default, flattened (``{"method.pissa": False, ...}``); keys without one are left out."""
+    import dataclasses
+    import typing
+
+    cls = cls or Config
+    out: Dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            out.update(schema_defaults(kind, f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING and f.default != MISSING:
+            out[prefix + f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[prefix + f.name] = f.default_factory()
     return out
 
 

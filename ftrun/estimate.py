@@ -268,6 +268,8 @@ def estimate(cfg, devices: int = 1, sharding: str = "none", device: Optional[str
             layer = _layer_of(n)
             if (layer is not None and layer >= first) or any(e in n.split(".") for e in extra):
                 trainable_shapes.append((sh, wbytes))
+    elif m.name not in ("lora", "qlora"):  # llama_pro (issue 18): its added blocks are not modelled yet
+        raise ConfigError(f"method={m.name}: no memory model for it")
     else:
         targets = _lora_targets(s, m)
         if not targets:
@@ -363,7 +365,8 @@ def log_estimate(cfg) -> Optional[Estimate]:
     import os
 
     try:
-        est = estimate(cfg, devices=int(os.environ.get("WORLD_SIZE", "1")))
+        sharding = str(cfg.sharding.name) if "sharding" in cfg else "none"  # the run's own (offload not modelled)
+        est = estimate(cfg, devices=int(os.environ.get("WORLD_SIZE", "1")), sharding=sharding)
     except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
         log.warning("Memory estimate unavailable: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None

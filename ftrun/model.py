@@ -1,9 +1,12 @@
-"""Model loading and fine-tuning methods: full, freeze, lora, qlora.
+"""Model loading and fine-tuning methods: full, freeze, lora, qlora, llama_pro.
 
 ``load_tokenizer`` and ``load_model`` read the ``model`` group (building the
-tiny model on first use); ``apply_method`` turns the loaded model into what
-trains, per the ``method`` group, using peft for LoRA and bitsandbytes for the
-quantized QLoRA base.
+tiny model on first use; RoPE scaling through transformers' ``rope_parameters``,
+added tokens and a resized vocabulary); ``apply_method`` turns the loaded model
+into what trains, per the ``method`` group, using peft for LoRA (PiSSA init,
+``modules_to_save``, a saved adapter to continue or merge) and bitsandbytes for
+the quantized QLoRA base. LLaMA Pro's block expansion is the one method written
+here: no library does it.
 """
 
 from __future__ import annotations
@@ -42,11 +45,15 @@ def load_tokenizer(model_cfg):
             raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
 
     tok = keep.shared("tokenizer", {"path": path, "remote": model_cfg.trust_remote_code}, build, copy=keep.deepcopy)
+    added = list(model_cfg.get("add_special_tokens") or [])
+    if added:
+        tok.add_special_tokens({"extra_special_tokens": added}, replace_extra_special_tokens=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # Llama-style tokenizers ship no pad token
     # the data pipeline reads this: the tokenizer's own chat template (auto), or a built-in
     # one (ftrun.data.templates), picked from the tokenizer when it has none
     tok._ftrun_template = model_cfg.template
+    tok._ftrun_thinking = bool(model_cfg.get("enable_thinking", True))
     return tok
 
 
@@ -72,7 +79,14 @@ def load_model(cfg, auto_class=None, **extra):
         kwargs["dtype"] = torch.bfloat16
     elif m.dtype != "auto":
         kwargs["dtype"] = torch_dtype(m.dtype)
-    if method.name == "qlora":
+    rope = rope_parameters(m)
+    if rope is not None:
+        kwargs.update(rope)
+    if method.name == "qlora" and method.get("quant_method", "bnb") == "hqq":
+        from transformers import HqqConfig
+
+        kwargs["quantization_config"] = HqqConfig(nbits=method.bits, group_size=64)
+    elif method.name == "qlora":
         if method.bits == 4:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -97,6 +111,8 @@ def load_model(cfg, auto_class=None, **extra):
     else:  # a warm sweep worker keeps the base weights and gives each run its own copy
         key = {"path": path, "class": auto_class.__name__, **{k: str(v) for k, v in kwargs.items()}}
         model = keep.shared("base model", key, build, copy=keep.deepcopy)
+    if m.get("resize_vocab", False):
+        resize_vocab(model, len(load_tokenizer(m)))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -112,9 +128,18 @@ def apply_method(model, cfg, task_type: str = "CAUSAL_LM"):
         return model
     if method.name == "freeze":
         return _freeze(model, method)
-    from peft import get_peft_model
+    if method.name == "llama_pro":
+        return llama_pro(model, method.expand_layers, list(method.extra_modules))
+    from peft import PeftModel, get_peft_model
 
     model = prepare_quantized(model, cfg)
+    adapter = method.get("adapter")
+    if adapter and not method.get("create_new_adapter", False):  # keep training the saved adapter
+        log.info("Continuing the adapter in %s", adapter)
+        return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True)
+    if adapter:  # LLaMA-Factory's create_new_adapter: merge it, then a fresh adapter on top
+        log.info("Merging the adapter in %s into the base; a new adapter trains on top", adapter)
+        model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser())).merge_and_unload()
     try:
         return get_peft_model(model, lora_config(cfg, task_type))
     except ValueError as e:
@@ -139,7 +164,14 @@ def lora_config(cfg, task_type: str = "CAUSAL_LM"):
 
     method = cfg.method
     targets = list(method.target_modules)
+    extra = list(method.get("extra_modules") or [])  # LLaMA-Factory's additional_target
+    if cfg.model.get("resize_vocab", False):  # new token rows must learn: the embeddings and head train in full
+        extra += [n for n in ("embed_tokens", "lm_head") if n not in extra]
+    pissa = method.get("pissa", False)
+    iters = method.get("pissa_iters", 16)
     return LoraConfig(
+        init_lora_weights=(("pissa" if iters == -1 else f"pissa_niter_{iters}") if pissa else True),
+        modules_to_save=extra or None,
         r=method.rank,
         lora_alpha=method.alpha,
         lora_dropout=method.dropout,
@@ -148,6 +180,108 @@ def lora_config(cfg, task_type: str = "CAUSAL_LM"):
         use_dora=method.use_dora,
         task_type=task_type,
     )
+
+
+def rope_parameters(model_cfg):
+    """``{"rope_parameters": ...}`` for ``from_pretrained`` when ``model.rope_scaling`` is set, else None.
+
+    transformers 5 keeps RoPE settings in ``config.rope_parameters`` (it rejects a bare ``rope_scaling``
+    without the model's ``rope_theta``), so the model's own parameters are read and the scaling added;
+    linear, yarn and llama3 also raise ``max_position_embeddings`` by the factor, as LLaMA-Factory does.
+    """
+    kind = model_cfg.get("rope_scaling")
+    if kind is None:
+        return None
+    conf = model_config_dict(model_cfg)
+    factor = float(model_cfg.rope_factor)
+    base = dict(conf.get("rope_parameters") or {})
+    base.setdefault("rope_theta", conf.get("rope_theta", 10000.0))
+    old_max = int(conf.get("max_position_embeddings") or 0)
+    params = {**base, "rope_type": str(kind), "factor": factor}
+    out = {"rope_parameters": params}
+    if kind in ("yarn", "llama3"):
+        params["original_max_position_embeddings"] = old_max
+    if kind == "llama3":
+        params.setdefault("low_freq_factor", 1.0)
+        params.setdefault("high_freq_factor", 4.0)
+    if kind != "dynamic" and old_max:
+        out["max_position_embeddings"] = int(old_max * factor)
+    return out
+
+
+def resize_vocab(model, n_tokens: int) -> None:
+    """Grow the input and output embeddings to ``n_tokens`` rows, rounded up to 64 (never shrink)."""
+    if n_tokens > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(n_tokens, pad_to_multiple_of=64)
+        log.info("Resized the vocabulary to %d rows", model.get_input_embeddings().weight.shape[0])
+
+
+# the projections that write into the residual stream: zeroed, they make a copied block the identity
+RESIDUAL_OUT = ("o_proj", "down_proj")
+
+
+def llama_pro(model, n_new: int, extra_modules=()):
+    """LLaMA Pro block expansion: after every ``num_layers / n_new`` decoder layers insert a copy of the
+    last one with its residual-writing projections (o_proj, down_proj) zeroed, so the block adds
+    nothing and the model computes what it did; only the new blocks (and ``extra_modules``) train."""
+    import copy
+
+    import torch
+
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"method=llama_pro: {type(model).__name__} keeps no decoder.layers list to expand; "
+                          "it knows Llama-style models (Llama, Qwen, Mistral, ...)")
+    n_layers = len(layers)
+    if n_new < 1 or n_layers % n_new:
+        raise ConfigError(f"method.expand_layers={n_new}: must divide the model's {n_layers} layers")
+    stride = n_layers // n_new
+    expanded, new_blocks, types = [], [], []
+    old_types = getattr(model.config, "layer_types", None)
+    for i, layer in enumerate(layers):
+        expanded.append(layer)
+        types.append(old_types[i] if old_types else None)
+        if (i + 1) % stride == 0:
+            block = copy.deepcopy(layer)
+            zeroed = 0
+            for name, mod in block.named_modules():
+                if name.rsplit(".", 1)[-1] in RESIDUAL_OUT and isinstance(mod, torch.nn.Linear):
+                    torch.nn.init.zeros_(mod.weight)
+                    if mod.bias is not None:
+                        torch.nn.init.zeros_(mod.bias)
+                    zeroed += 1
+            if zeroed < 2:
+                raise ConfigError(f"method=llama_pro: a block of {type(model).__name__} has no "
+                                  f"{' and '.join(RESIDUAL_OUT)} to zero; it knows Llama-style blocks")
+            expanded.append(block)
+            new_blocks.append(block)
+            types.append(types[-1])
+    for idx, layer in enumerate(expanded):  # the KV cache is indexed by layer
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = idx
+    decoder.layers = torch.nn.ModuleList(expanded)
+    model.config.num_hidden_layers = len(expanded)
+    if old_types:
+        model.config.layer_types = types
+    model.requires_grad_(False)
+    for block in new_blocks:
+        block.requires_grad_(True)
+    _train_modules(model, list(extra_modules))
+    log.info("LLaMA Pro: %d layers -> %d; the %d new blocks train", n_layers, len(expanded), len(new_blocks))
+    return model
+
+
+def _train_modules(model, extra) -> None:
+    """Make the modules named in ``extra`` (by a part of their dotted name) trainable."""
+    names = [n for n, _ in model.named_parameters()]
+    for e in extra:
+        if not any(e in n.split(".") for n in names):
+            raise ConfigError(f"method.extra_modules={extra}: no module named '{e}' in the model")
+    for name, p in model.named_parameters():
+        if any(e in name.split(".") for e in extra):
+            p.requires_grad_(True)
 
 
 def _freeze(model, method):

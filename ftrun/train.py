@@ -14,8 +14,8 @@ from typing import Optional
 
 from ftrun.config import ConfigError, resolved, training_differences, validate, validate_device
 from ftrun.contract import RESOLVED_CONFIG, RESULT_FILE  # noqa: F401  (RESULT_FILE: what run() writes last)
-from ftrun.trainer import (argmax_logits, checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match: tests)
-                           quiet_libraries, start_phases, train_and_report,
+from ftrun.trainer import (argmax_logits, checkpoint_to_resume, custom_optimizer,  # noqa: F401
+                           exact_match, quiet_libraries, start_phases, train_and_report,
                            training_arguments)
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     from ftrun.data import make_collator
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
-    optimizers = (None, None)
+    optimizers = custom_optimizer(cfg, model, args)  # BAdam; (None, None): the Trainer builds it
     if cfg.method.name in ("lora", "qlora") and cfg.method.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ftrun.config import OBJECTIVE_DIRECTIONS, OPTIMIZERS, ConfigError, keep_best, last_checkpoint
+from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
+                          last_checkpoint)
 from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TRAINER_STATE
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,14 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         raise ConfigError("scheduler=reduce_lr_on_plateau: it steps on the eval loss; "
                           "set train.eval_steps > 0 and use data with an eval split")
     optim_args = f"momentum={o.momentum}" if o.name == "sgd" else None
+    optim = OPTIMIZERS[o.name]
+    if o.name in PROJECTED_OPTIMIZERS:  # GaLore / APOLLO: transformers builds them from these
+        proj = "proj" if o.name == "apollo" else "proj_type"
+        optim_args = f"rank={o.proj_rank},update_proj_gap={o.update_proj_gap},scale={o.scale},{proj}={o.proj_type}"
+        optim += "_layerwise" if o.layerwise else ""
+        targets = list(o.target_modules)
+        extra = {"optim_target_modules": "all-linear" if targets == ["all-linear"] else targets, **extra}
+    extra = {**sharding_arguments(cfg), **extra}
     scheduler_kwargs = dict(s.kwargs or {})
     if s.name == "warmup_stable_decay":
         scheduler_kwargs = _wsd_kwargs(cfg, scheduler_kwargs, num_examples)
@@ -92,7 +101,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         adam_beta2=o.betas[1],
         adam_epsilon=o.eps,
         max_grad_norm=o.max_grad_norm,
-        optim=OPTIMIZERS[o.name],
+        optim=optim,
         optim_args=optim_args,
         lr_scheduler_type=str(s.name),
         lr_scheduler_kwargs=scheduler_kwargs,
@@ -102,6 +111,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        use_liger_kernel=bool(cfg.model.get("liger_kernel", False)),
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (ftrun.divergence stops the run on it)
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
@@ -116,6 +126,48 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         remove_unused_columns=False,
         **extra,
     )
+
+
+def sharding_arguments(cfg) -> dict:
+    """TrainingArguments for ``sharding``: a DeepSpeed config (its "auto" values filled in by
+    transformers from the other arguments) or FSDP's options; accelerate applies them under
+    ``accelerate launch``."""
+    sh = cfg.get("sharding")
+    if sh is None or sh.name == "none":
+        return {}
+    if sh.name == "fsdp":
+        return {"fsdp": "full_shard auto_wrap" + (" offload" if sh.offload else ""),
+                "fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": True}}
+    stage = 3 if sh.name == "zero3" else 2
+    zero = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True,
+            "reduce_bucket_size": "auto", "allgather_partitions": True}
+    if stage == 3:
+        zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                     "stage3_gather_16bit_weights_on_model_save": True})
+    if sh.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    ds = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+          "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+          "fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}, "zero_optimization": zero}
+    return {"deepspeed": ds}
+
+
+def custom_optimizer(cfg, model, args):
+    """The Trainer's ``optimizers`` pair for optimizers transformers does not build: BAdam's
+    BlockOptimizer around the AdamW that ``args`` describes; ``(None, None)`` otherwise."""
+    if cfg.optimizer.name != "badam":
+        return None, None
+    from badam import BlockOptimizer
+    from transformers import Trainer
+
+    opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    base = opt_cls([{"params": [p for p in model.parameters()], "weight_decay": args.weight_decay}], **opt_kwargs)
+    optimizer = BlockOptimizer(base_optimizer=base, named_parameters_list=list(model.named_parameters()),
+                               block_prefix_list=None, switch_block_every=cfg.optimizer.switch_interval,
+                               switch_mode=str(cfg.optimizer.switch_mode), verbose=0)
+    return optimizer, None
 
 
 def _wsd_kwargs(cfg, kwargs: dict, num_examples: Optional[int]) -> dict:

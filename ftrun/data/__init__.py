@@ -274,7 +274,7 @@ def build_datasets(data_cfg, tokenizer, template: Optional[str] = None):
             if len(evals) == 0:
                 evals = None
         if data_cfg.get("packing", False):
-            train = pack_dataset(train, data_cfg.cutoff_len)
+            train = pack_dataset(train, data_cfg.cutoff_len, neat=bool(data_cfg.get("neat_packing", True)))
             report.packed_rows = len(train)
         if cache_path is not None:
             _save_cached(cache_path, train, evals, report)

@@ -14,6 +14,10 @@ every sample is IGNORE_INDEX, so no loss crosses a border. The collator then:
   transformers' ``DataCollatorWithFlattening`` does, with the ``cu_seq_lens``
   the varlen kernel needs; no padding at all.
 
+With ``data.neat_packing=false`` (LLaMA-Factory's plain ``packing``) the
+position ids run on across the whole row instead, so transformers builds one
+causal mask over it and every sample attends to the ones packed before it.
+
 Unpacked data (and evaluation, which is never packed) is padded with
 ``DataCollatorForSeq2Seq``.
 """
@@ -49,8 +53,9 @@ def pack_bins(lengths: Sequence[int], capacity: int) -> List[List[int]]:
     return [sorted(b) for b in bins]
 
 
-def pack_dataset(ds, cutoff_len: int):
-    """Tokenized samples -> packed rows of input_ids, labels and restarting position_ids."""
+def pack_dataset(ds, cutoff_len: int, neat: bool = True):
+    """Tokenized samples -> packed rows of input_ids, labels and position_ids that restart per sample
+    (``neat``), or run on across the row (samples then attend to each other)."""
     from datasets import Dataset, Features, List as DList, Value
 
     table = ds.with_format("arrow")
@@ -64,7 +69,7 @@ def pack_dataset(ds, cutoff_len: int):
                 x, y = ids_col[i], labels_col[i]
                 ids += x
                 labels += [IGNORE_INDEX] + y[1:]
-                pos += range(len(x))
+                pos += range(len(x)) if neat else range(len(pos), len(pos) + len(x))
             yield {"input_ids": ids, "labels": labels, "position_ids": pos}
 
     features = Features({"input_ids": DList(Value("int32")), "labels": DList(Value("int32")),

@@ -17,6 +17,13 @@ and concatenated, so the label mask starts and ends exactly at a piece border.
   its own template is allowed, with a warning; the tokenizer then gets the
   built-in's Jinja version, so the saved model chats the way it was trained.
 
+Reasoning templates (``qwen3``) know their thinking markers. With
+``model.enable_thinking=true`` (the default) an answer's ``<think>...</think>``
+part is trained on, and an answer without one gets an empty one in front; with
+``false`` the thinking part is dropped and the empty one goes into the prompt,
+untrained, as LLaMA-Factory's ReasoningTemplate does. A tokenizer's own chat
+template gets ``enable_thinking`` as a variable (Qwen3's reads it).
+
 Every assistant turn ends with the template's stop token (EOS by default); a
 system prompt on a template that has no place for one is an error, not dropped.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -60,6 +68,8 @@ class Builtin:
     """System prompt used when a sample has none."""
     vocab_marker: Optional[str] = None
     """A special token whose presence makes ``auto`` pick this template."""
+    thought: Tuple[str, str] = ("", "")
+    """Reasoning templates: what opens and closes the thinking part of an answer."""
 
 
 BUILTINS: Dict[str, Builtin] = {
@@ -83,6 +93,9 @@ BUILTINS: Dict[str, Builtin] = {
                 user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
                 header="<|start_header_id|>assistant<|end_header_id|>\n\n", stop="<|eot_id|>",
                 vocab_marker="<|start_header_id|>"),
+        Builtin("qwen3", system="<|im_start|>system\n{content}<|im_end|>\n",
+                user="<|im_start|>user\n{content}<|im_end|>\n", header="<|im_start|>assistant\n",
+                stop="<|im_end|>", separator="\n", thought=("<think>\n", "\n</think>\n\n")),
         Builtin("mistral", prefix="{bos}", user="[INST] {content}[/INST]", header="", system="",
                 vocab_marker="[INST]"),
         Builtin("glm4", prefix="[gMASK]<sop>", system="<|system|>\n{content}", user="<|user|>\n{content}",
@@ -123,6 +136,8 @@ class BuiltinTemplate(Template):
         self.prefix, self.system, self.user = fill(spec.prefix), fill(spec.system), fill(spec.user)
         self.header, self.stop, self.separator = fill(spec.header), fill(spec.stop), fill(spec.separator)
         self.default_system = spec.default_system
+        self.thought = spec.thought
+        self.thinking = bool(getattr(tokenizer, "_ftrun_thinking", True))
         stop_ids = tokenizer(self.stop, add_special_tokens=False)["input_ids"] if self.stop else []
         if len(stop_ids) == 1:
             self.stop_token_id = stop_ids[0]
@@ -145,10 +160,28 @@ class BuiltinTemplate(Template):
             if m["role"] == "user":
                 prompt += self.user.replace("{content}", m["content"])
             else:
-                segs.append((prompt + self.header, False))
-                segs.append((m["content"] + self.stop, True))
+                header, content = self._thinking(m["content"])
+                segs.append((prompt + header, False))
+                segs.append((content + self.stop, True))
                 prompt = self.separator
         return segs
+
+    def _thinking(self, content: str) -> Tuple[str, str]:
+        """(generation prompt, trained answer) with the thinking part kept or dropped (model.enable_thinking)."""
+        opening, closing = self.thought
+        if not opening:
+            return self.header, content
+        empty = opening + closing
+        has = opening.strip() in content and closing.strip() in content
+        if not self.thinking:
+            if has:
+                pattern = re.escape(opening.strip()) + ".*?" + re.escape(closing.strip())
+                content = re.sub(pattern, "", content, flags=re.DOTALL).lstrip("\n")
+            return self.header + empty, content
+        return self.header, content if has else empty + content
+
+    def key(self) -> str:
+        return self.name + ("" if self.thinking or not self.thought[0] else ":no-thinking")
 
     def to_jinja(self) -> str:
         """This template in Jinja, for the tokenizer that is saved with the model."""
@@ -172,7 +205,7 @@ class BuiltinTemplate(Template):
             f"{{% else %}}{{{{ {q(self.header)} + m.content + {q(self.stop)} }}}}"
             f"{{% if not loop.last %}}{{{{ {q(self.separator)} }}}}{{% endif %}}{{% endif %}}"
             "{% endfor %}"
-            f"{{% if add_generation_prompt %}}{{{{ {q(self.header)} }}}}{{% endif %}}"
+            f"{{% if add_generation_prompt %}}{{{{ {q(self._thinking('')[0])} }}}}{{% endif %}}"
         )
 
 
@@ -186,6 +219,7 @@ class TokenizerTemplate(Template):
         self.name = "tokenizer"
         self.eos = tokenizer.eos_token
         self.stop_token_id = tokenizer.eos_token_id
+        self.thinking = bool(getattr(tokenizer, "_ftrun_thinking", True))
         self._warned = False
         try:
             text = self._render([{"role": "system", "content": self.PROBE}, {"role": "user", "content": "hi"}], True)
@@ -194,10 +228,11 @@ class TokenizerTemplate(Template):
             self.supports_system = False
 
     def key(self) -> str:
-        return "tokenizer:" + (self.tokenizer.chat_template or "")
+        return "tokenizer:" + ("" if self.thinking else "no-thinking:") + (self.tokenizer.chat_template or "")
 
     def _render(self, messages, generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                  enable_thinking=self.thinking)
 
     def _split_answer(self, answer: str) -> Tuple[str, str]:
         """(trained part up to and including EOS, untrained rest)."""

@@ -38,7 +38,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     st = cfg.stage
     args = training_arguments(
         cfg, run_dir, has_eval=bool(eval_pairs), cls=DPOConfig,
-        beta=st.beta, loss_type=list(st.loss_type), label_smoothing=st.label_smoothing,
+        beta=st.beta, label_smoothing=st.label_smoothing, **dpo_loss_arguments(st),
         max_length=cfg.data.cutoff_len, gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
     tracker = make_tracker(cfg, run_dir, overrides)
@@ -55,3 +55,13 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     )
     log_trainable(tracker, trainer.model, {"data_train_samples": len(train_pairs)})
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)
+
+
+def dpo_loss_arguments(st) -> dict:
+    """DPOConfig's loss_type and loss_weights: ``stage.loss_type`` summed, plus TRL's ``sft`` loss on the
+    chosen answers weighted by ``stage.pref_ftx`` (LLaMA-Factory's pref_ftx; with sigmoid that is RPO)."""
+    types = list(st.loss_type)
+    ftx = float(st.get("pref_ftx", 0.0))
+    if ftx <= 0:
+        return {"loss_type": types}
+    return {"loss_type": types + ["sft"], "loss_weights": [1.0] * len(types) + [ftx]}

@@ -37,7 +37,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     model = load_model(cfg, AutoModelForSequenceClassification, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
     model = apply_method(model, cfg, task_type="SEQ_CLS")  # lora: SEQ_CLS also trains the score head
-    if cfg.method.name == "freeze":
+    if cfg.method.name in ("freeze", "llama_pro"):
         model.score.requires_grad_(True)  # the new head must learn whatever layers train
     args = training_arguments(
         cfg, run_dir, has_eval=bool(eval_pairs), cls=RewardConfig,

@@ -21,7 +21,8 @@ PRESETS = sorted(
     if p.parent != CONF_DIR
 )
 NEEDS = {("data", "alpaca"): [f"data.path={ALPACA}"],
-         ("stage", "ppo"): [f"stage.reward_run={ROOT}"]}  # any existing directory validates
+         ("stage", "ppo"): [f"stage.reward_run={ROOT}"],  # any existing directory validates
+         **{("optimizer", o): ["method=full"] for o in ("galore", "apollo", "badam")}}  # not with LoRA
 
 
 def test_presets_found():
@@ -154,6 +155,24 @@ BAD = {
     "stage.ppo.max_new_tokens": ["stage.ppo.max_new_tokens=0"], "stage.ppo.temperature": ["stage.ppo.temperature=0"],
     "stage.ppo.epsilon": ["stage.ppo.epsilon=0"], "stage.ppo.num_iterations": ["stage.ppo.num_iterations=0"],
     "stage.ppo.loss_type": ["stage.ppo.loss_type=ppo"], "stage.ppo.scale_rewards": ["stage.ppo.scale_rewards=std"],
+    # LLaMA-Factory's Train-tab knobs (tests/ftrun/test_llamafactory_knobs.py tests their effects)
+    "model.rope_scaling": ["model.rope_scaling=ntk"], "model.rope_factor": ["rope_scaling=linear", "model.rope_factor=0.5"],
+    "model.liger_kernel": ["model.liger_kernel=maybe"], "model.resize_vocab": ["model.resize_vocab=maybe"],
+    "model.add_special_tokens": ["model.add_special_tokens=['']"], "model.enable_thinking": ["model.enable_thinking=maybe"],
+    "method.expand_layers": ["method=llama_pro", "method.expand_layers=0"],
+    "method.pissa": ["method=qlora", "method.pissa=true"], "method.pissa_iters": ["method.pissa_iters=0"],
+    "method.adapter": ["method.adapter=/no/such/adapter"], "method.create_new_adapter": ["method.create_new_adapter=true"],
+    "method.quant_method": ["method.quant_method=hqq"], "data.neat_packing": ["data.neat_packing=maybe"],
+    "optimizer.target_modules": ["method=full", "optimizer=galore", "optimizer.target_modules=[]"],
+    "optimizer.proj_rank": ["method=full", "optimizer=galore", "optimizer.proj_rank=0"],
+    "optimizer.update_proj_gap": ["method=full", "optimizer=apollo", "optimizer.update_proj_gap=0"],
+    "optimizer.scale": ["method=full", "optimizer=galore", "optimizer.scale=0"],
+    "optimizer.proj_type": ["method=full", "optimizer=galore", "optimizer.proj_type=diagonal"],
+    "optimizer.layerwise": ["optimizer.layerwise=true"],
+    "optimizer.switch_interval": ["method=full", "optimizer=badam", "optimizer.switch_interval=0"],
+    "optimizer.switch_mode": ["optimizer.switch_mode=sideways"],
+    "stage.pref_ftx": ["stage=dpo", "stage.pref_ftx=-1"],
+    "sharding.name": ["sharding.name=zero1"], "sharding.offload": ["sharding.offload=true"],
 }
 # keys whose values are checked where they are used, not here, and why
 CHECKED_ELSEWHERE = {
@@ -186,7 +205,7 @@ def _schema_keys(cls=None, prefix=""):
 
 
 def test_every_key_has_a_bad_value_case():
-    groups = {"model", "method", "data", "optimizer", "scheduler", "train", "tracking", "stage"}
+    groups = {"model", "method", "data", "optimizer", "scheduler", "train", "tracking", "stage", "sharding"}
     missing = [k for k in _schema_keys() if k not in BAD and k not in CHECKED_ELSEWHERE and k not in groups]
     assert not missing, f"add a bad value for {missing} to BAD"
 
