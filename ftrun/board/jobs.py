@@ -194,7 +194,8 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
     for t in study.trials:
         values = t.values if t.values is not None else []
         pruned_at = max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None
-        run_id = t.user_attrs.get(C.ATTR_MLFLOW_RUN_ID)
+        run_id = t.user_attrs.get(C.ATTR_MLFLOW_RUN_ID) or _read(Path(t.user_attrs.get(C.ATTR_TRIAL_DIR, "")),
+                                                                  C.RUN_ID_FILE)
         link = run_link(mlflow_ui, run_id, tracking_uri) if run_id else ""
         rows.append([t.number, t.state.name, ", ".join(f"{v:.4f}" for v in values),
                      "" if pruned_at is None else pruned_at,
@@ -206,9 +207,19 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
         if done:
             b = study.best_trial
             best = f"best so far: trial {b.number}, value {b.value:.4f} ({', '.join(f'{k}={_short(v)}' for k, v in b.params.items())})"
+    parent = study.user_attrs.get(C.ATTR_MLFLOW_PARENT_RUN_ID)
+    if parent:
+        best += f" · sweep's MLflow run: {run_link(mlflow_ui, parent, tracking_uri)}"
     sweep_dir = study.user_attrs.get("sweep_dir")
     summary = Path(sweep_dir) / "summary.md" if sweep_dir else None
     return rows, best, summary if summary and summary.is_file() else None
+
+
+def _read(d: Path, name: str) -> Optional[str]:
+    try:
+        return (d / name).read_text().strip() if str(d) else None
+    except OSError:
+        return None
 
 
 def _short(v) -> str:

@@ -125,7 +125,8 @@ def build(board, train) -> None:
                 out[best] = best_line + (f" · report: `{summary}`" if summary else "")
             if ended:
                 done = sum(1 for r in rows if r[1] in ("COMPLETE", "PRUNED"))
-                out[status] = (f"**finished**: {done} trials" if job.returncode == 0 else
+                out[status] = (f"**finished**: {done} trials in study `{study[0] if study else '?'}`"
+                               if job.returncode == 0 else
                                f"**failed** (exit status {job.returncode}):\n```\n{job.failure()}\n```")
             yield out
             if ended:
