@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+
 from ftrun import contract as C
 from ftrun.board import jobs
 
-COLUMNS = ["run", "status", "stage", "method", "objective", "started", "run dir", "MLflow"]
+COLUMNS = ["run", "MLflow", "status", "stage", "method", "objective", "started", "run dir"]
 
 
 def rows(tracking_uri, mlflow_ui, limit: int = 200) -> list:
@@ -20,13 +22,11 @@ def rows(tracking_uri, mlflow_ui, limit: int = 200) -> list:
         tags, metrics, params = r.data.tags, r.data.metrics, r.data.params
         obj = params.get("objective")
         value = metrics.get(obj) if obj else None
-        import datetime
-
         started = datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
-        out.append([tags.get(C.TAG_RUN_NAME, r.info.run_name), r.info.status, tags.get(C.TAG_STAGE, ""),
-                    tags.get(C.TAG_METHOD, "sweep" if tags.get(C.TAG_SWEEP) else ""),
-                    f"{obj} = {value:.4f}" if value is not None else "", started, tags.get(C.TAG_RUN_DIR, ""),
-                    jobs.run_link(mlflow_ui, r.info.run_id, tracking_uri, r.info.experiment_id)])
+        out.append([tags.get(C.TAG_RUN_NAME, r.info.run_name),
+                    jobs.run_link(mlflow_ui, r.info.run_id, tracking_uri, r.info.experiment_id),
+                    r.info.status, tags.get(C.TAG_STAGE, ""), tags.get(C.TAG_METHOD, "sweep" if tags.get(C.TAG_SWEEP) else ""),
+                    f"{obj} = {value:.4f}" if value is not None else "", started, tags.get(C.TAG_RUN_DIR, "")])
     return out
 
 
@@ -38,7 +38,7 @@ def build(board) -> None:
                                   info="start it with: mlflow ui --backend-store-uri <tracking URI>", scale=4),
                        "runs.mlflow_ui")
         refresh = board.add(gr.Button(board.label("refresh"), elem_id="runs-refresh", scale=1), "refresh", "value")
-    table = board.add(gr.Dataframe(headers=COLUMNS, datatype=["str"] * 7 + ["markdown"], interactive=False,
+    table = board.add(gr.Dataframe(headers=COLUMNS, datatype=["str", "markdown"] + ["str"] * 6, interactive=False,
                                    label=board.label("runs.table"), elem_id="runs-table"), "runs.table")
 
     def load(address):

@@ -53,8 +53,8 @@ def build(board, train) -> None:
                                        info=docs["n_trials"], elem_id="sweep-n_trials"), "hydra.sweeper.n_trials")
         n_jobs = board.add(gr.Number(value=d.n_jobs, precision=0, label=board.label("hydra.sweeper.n_jobs"),
                                      info=docs["n_jobs"], elem_id="sweep-n_jobs"), "hydra.sweeper.n_jobs")
-        budget = board.add(gr.Number(value=None, label=board.label("hydra.sweeper.budget_trial_s"),
-                                     info=docs["budget_trial_s"], elem_id="sweep-budget"), "hydra.sweeper.budget_trial_s")
+        budget = board.add(gr.Textbox(value="", placeholder="null", label=board.label("hydra.sweeper.budget_trial_s"),
+                                      info=docs["budget_trial_s"], elem_id="sweep-budget"), "hydra.sweeper.budget_trial_s")
         from sweeper.study import PRUNERS
 
         pruner = board.add(gr.Dropdown(list(PRUNERS), value=d.pruner, label=board.label("hydra.sweeper.pruner"),
@@ -85,8 +85,8 @@ def build(board, train) -> None:
         settings = [f"hydra.sweeper.n_trials={int(nt)}"]
         if nj and int(nj) != d.n_jobs:
             settings.append(f"hydra.sweeper.n_jobs={int(nj)}")
-        if bud:
-            settings.append(f"hydra.sweeper.budget_trial_s={bud:g}")
+        if bud and bud.strip():
+            settings.append(f"hydra.sweeper.budget_trial_s={bud.strip()}")
         if prn and prn != d.pruner:
             settings.append(f"hydra.sweeper.pruner={prn}")
         return fixed, searched, settings

@@ -142,16 +142,23 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     prompt = "把字母倒过来\\nk d m a"
     fill(page, "chat-input", prompt)
     page.click("#chat-send")
-    bot = page.locator("#chat-box .bot, #chat-box [data-testid='bot']")
+    bot = page.locator("#chat-box [data-testid='bot']")
     expect(bot.first).to_be_visible(timeout=120_000)
     expect(page.locator("#chat-note")).to_contain_text("run", timeout=120_000)
     from ftrun.board.chat_tab import load
     from ftrun.chat import Chat, ChatGen
 
     loaded = load(f"run={run_dir}")
-    expected = Chat(loaded.model, loaded.tokenizer, gen=ChatGen(max_new_tokens=64)).ask("把字母倒过来\nk d m a")
+    chat = Chat(loaded.model, loaded.tokenizer, gen=ChatGen(max_new_tokens=64))
+    expected = chat.ask("把字母倒过来\nk d m a")
     assert expected
-    expect(bot.last).to_contain_text(expected[:20])
+    expect(bot.last).to_have_text(expected)
+    # a second turn is answered with the first one as history, as ftrun.chat does
+    fill(page, "chat-input", "重复这些字母\\nq r s")
+    page.click("#chat-send")
+    expect(bot).to_have_count(2, timeout=120_000)
+    second = chat.ask("重复这些字母\nq r s")
+    expect(bot.last).to_have_text(second)
     shot(page, "chat", tmp_path)
 
     # export: the command the page would run, for this run
