@@ -82,7 +82,6 @@ def train_id(key: str) -> str:
 
 
 def test_board_train_chat_sweep(board, page, tmp_path):
-    b, url = board
     for key, value in TINY.items():
         fill(page, train_id(key), value)
     command = page.locator("#train-command")
@@ -165,6 +164,15 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     page.click("#tab-export-button")
     page.click("#export-refresh")
     expect(page.locator("#export-command")).to_contain_text(f"run={run_dir.relative_to(tmp_path)} ")
+    fill(page, "export-shard", "1MB")
+    expect(page.locator("#export-command")).to_contain_text("export.max_shard_size=1MB")
+    page.click("#export-start")
+    expect(page.locator("#export-status")).to_contain_text("exported", timeout=RUN_S)
+    info = json.loads((run_dir / "export" / "ftrun_export.json").read_text())
+    shards = len(list((run_dir / "export").glob("*.safetensors")))
+    assert shards > 1  # 1MB shards of the merged 3 MB model
+    assert info["max_shard_size"] == "1MB" and info["check"]["max_abs_diff"] <= info["check"]["tolerance"]
+    expect(page.locator("#export-status")).to_contain_text(f"{shards} shard(s)")
     shot(page, "export", tmp_path)
 
     # runs: MLflow's record, linked into the MLflow UI

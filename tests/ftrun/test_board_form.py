@@ -5,9 +5,10 @@ builds compose to what the form shows; the commands it starts report how they en
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
-from conftest import compose_cfg
+from conftest import ROOT, compose_cfg
 
 from ftrun.board import form, jobs
 from ftrun.cli import field_docs
@@ -63,3 +64,10 @@ def test_a_run_is_read_back_from_its_files(tmp_path):
     assert jobs.curve(tmp_path, None) == [(1, "train_loss", 3.0), (2, "train_loss", 2.0), (2, "eval_loss", 2.5)]
     (tmp_path / "result.json").write_text(json.dumps({"status": "diverged", "reason": "loss is nan at step 3"}))
     assert jobs.result_text(jobs.read_result(tmp_path)) == "diverged: loss is nan at step 3"
+
+
+def test_ftrun_board_is_a_subcommand_of_the_console_script():
+    out = subprocess.run([sys.executable, "-c", "import sys; from ftrun.__main__ import main; sys.argv[0] = 'ftrun'; main()",
+                          "board", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--lang {en,zh}" in out.stdout  # the board's own options, not Hydra's
