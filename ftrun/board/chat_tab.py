@@ -20,7 +20,7 @@ def load(source: str):
         if source not in _loaded:
             quiet()
             key, _, value = source.partition("=")
-            _loaded[source] = load_model(**{key: value}, device="cpu")
+            _loaded[source] = load_model(**{key: value})  # device and dtype as ftrun.chat picks them
         return _loaded[source]
 
 

@@ -76,8 +76,8 @@ def build(board) -> None:
                 return
 
     inputs = [run, out_dir, shard, dtype, check]
-    for c in inputs:
-        c.change(show, inputs, cmd, concurrency_limit=1, concurrency_id="export-form", show_progress="hidden")
+    gr.on([c.change for c in inputs], show, inputs, cmd, trigger_mode="always_last", concurrency_limit=1,
+          concurrency_id="export-form", show_progress="hidden")
     refresh.click(runs, None, run)
     go.click(launch, inputs, [cmd, status, log])
 

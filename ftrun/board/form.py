@@ -138,6 +138,14 @@ def _defaults(choices: tuple) -> Dict[str, Any]:
     return out
 
 
+def regroup(before: Dict[str, str], values: Dict[str, Any]) -> Dict[str, Any]:
+    """The groups in ``values`` replaced ``before``: the knobs the user left at the old preset's value
+    take the new preset's (``data=alpaca`` brings its own ``data.val_size``); the ones they set stay."""
+    old, new = defaults(before), defaults({g: values.get(g) for g in GROUPS})
+    return {f.key: new[f.key] for f in fields(KNOBS)
+            if f.key in values and _same(f, values[f.key], old[f.key]) and not _same(f, old[f.key], new[f.key])}
+
+
 def shown(f: Field, value: Any) -> Any:
     """A config value as its widget holds it."""
     from omegaconf import ListConfig

@@ -98,8 +98,8 @@ def build(board, train) -> None:
             return f"# {e}"
         return form.command(form.run_argv([*fixed, *searched, *settings], multirun=True))
 
-    for c in inputs[:len(keys) + 5]:
-        c.change(show, inputs, cmd, concurrency_limit=1, concurrency_id="sweep-form", show_progress="hidden")
+    gr.on([c.change for c in inputs[:len(keys) + 5]], show, inputs, cmd, trigger_mode="always_last",
+          concurrency_limit=1, concurrency_id="sweep-form", show_progress="hidden")
 
     def launch(*vals):
         try:

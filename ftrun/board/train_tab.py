@@ -82,17 +82,20 @@ def build(board) -> TrainForm:
         except Exception as e:  # noqa: BLE001 - a half-typed value: the launch reports it properly
             return f"# {e}"
 
-    def regroup(*vals):
-        """A group changed: the knobs show what that group's preset runs with."""
+    groups = gr.State({g: defaults[g] for g in form.GROUPS})
+
+    def regroup(before, *vals):
+        """A group changed: the knobs the user has not set show what the new preset runs with."""
         values, _ = tf.values(vals)
-        d = form.defaults({g: values[g] for g in form.GROUPS})
-        return [gr.update(value="" if d[k] is None and form.field(k).optional else d[k]) for k in form.KNOBS]
+        moved = form.regroup(before, values)
+        return [{g: values[g] for g in form.GROUPS}] + [
+            gr.update(value="" if moved[k] is None else moved[k]) if k in moved else gr.update() for k in form.KNOBS]
 
     for k, c in zip(keys, tf.inputs):
         if k in form.GROUPS:
-            c.input(regroup, tf.inputs, [comps[k] for k in form.KNOBS], **ORDERED)
-    for c in tf.inputs:  # one at a time, in order: the last change's command is the one shown
-        c.change(show_command, tf.inputs, cmd, **ORDERED)
+            c.input(regroup, [groups, *tf.inputs], [groups, *(comps[k] for k in form.KNOBS)], **ORDERED)
+    # one listener for every field: while it runs, further changes wait as one, read when it ends
+    gr.on([c.change for c in tf.inputs], show_command, tf.inputs, cmd, trigger_mode="always_last", **ORDERED)
 
     def launch(*vals):
         import pandas as pd

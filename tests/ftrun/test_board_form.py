@@ -39,6 +39,14 @@ def test_overrides_compose_to_what_the_form_shows():
     assert form.command(form.run_argv(ov, multirun=True)).startswith("python -m ftrun -m method=qlora lr=0.0001 ")
 
 
+def test_a_new_preset_moves_only_the_knobs_left_at_the_old_presets_value():
+    values = form.defaults({})
+    values.update({"data": "alpaca", "lr": 1e-4})
+    assert form.regroup({"data": "letters"}, values) == {"data.val_size": 0.1}  # alpaca holds out 10%
+    values["data.val_size"] = 0.2  # set by the user: stays
+    assert form.regroup({"data": "letters"}, values) == {}
+
+
 def test_check_gives_the_cli_message_and_the_sweepers():
     assert form.check(["lr=1e-4"]) is None
     assert "lr=-5: lr must be > 0" in form.check(["lr=-5"])
