@@ -43,7 +43,11 @@ def _run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """The ``ftrun`` console script."""
+    """The ``ftrun`` console script; ``ftrun board`` serves the web board (:mod:`ftrun.board`)."""
+    if sys.argv[1:2] == ["board"]:
+        from ftrun.board.__main__ import main as board
+
+        return board(sys.argv[2:])
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
     _run()

@@ -1,0 +1,76 @@
+"""The board's page: a language switch and one tab per file (train, sweep, chat, export, runs).
+
+:class:`Board` holds what every tab shares: where runs are written and tracked,
+the MLflow UI's address, the commands running now, and the labelled components
+(so the language switch can relabel all of them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ftrun.board.locales import LANGS, label
+
+@dataclass
+class Board:
+    lang: str = "en"
+    mlflow_ui: Optional[str] = "http://127.0.0.1:5000"
+    """Where ``mlflow ui`` serves (links to runs point there)."""
+    output_root: Path = Path("outputs")
+    """Where runs are written (the config's output_root)."""
+    tracking_uri: Optional[str] = None
+    """MLflow tracking URI (null: MLFLOW_TRACKING_URI, else MLflow's default ./mlflow.db)."""
+    jobs: Dict[str, Any] = field(default_factory=dict)
+    labelled: List[Tuple[Any, str, str]] = field(default_factory=list)
+
+    def label(self, key: str) -> str:
+        return label(key, self.lang)
+
+    def add(self, component, key: str, attr: str = "label"):
+        """Register ``component`` to be relabelled with ``key`` when the language changes."""
+        self.labelled.append((component, key, attr))
+        return component
+
+    def relabel(self, lang: str) -> list:
+        import gradio as gr
+
+        return [gr.update(**{attr: label(key, lang)}) for _, key, attr in self.labelled]
+
+
+def build(board: Board):
+    """The page, as a gradio Blocks app (not launched)."""
+    import gradio as gr
+
+    from ftrun.board import chat_tab, export_tab, runs_tab, sweep_tab, train_tab
+
+    with gr.Blocks(title="ftrun board") as demo:
+        with gr.Row():
+            gr.Markdown("## ftrun board")
+            lang = gr.Dropdown(list(LANGS), value=board.lang, label="Language / 语言", elem_id="lang", scale=0,
+                               min_width=120)
+        with gr.Tabs():
+            with board.add(gr.Tab(board.label("tab.train"), id="train", elem_id="tab-train"), "tab.train"):
+                train = train_tab.build(board)
+            with board.add(gr.Tab(board.label("tab.sweep"), id="sweep", elem_id="tab-sweep"), "tab.sweep"):
+                sweep_tab.build(board, train)
+            with board.add(gr.Tab(board.label("tab.chat"), id="chat", elem_id="tab-chat"), "tab.chat"):
+                chat_tab.build(board)
+            with board.add(gr.Tab(board.label("tab.export"), id="export", elem_id="tab-export"), "tab.export"):
+                export_tab.build(board)
+            with board.add(gr.Tab(board.label("tab.runs"), id="runs", elem_id="tab-runs"), "tab.runs"):
+                runs_tab.build(board)
+        lang.change(board.relabel, lang, [c for c, _, _ in board.labelled])
+    return demo
+
+
+def launch(board: Board, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Serve the page on ``host:port`` (loopback by default)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the machine may have no network
+    demo = build(board)
+    demo.queue(default_concurrency_limit=None)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+                footer_links=[])
+    return demo

@@ -1,0 +1,81 @@
+"""The board's form is the CLI's schema: fields, help and defaults come from the config; the overrides it
+builds compose to what the form shows; the commands it starts report how they ended. No browser here
+(test_board.py drives the page)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, compose_cfg
+
+from ftrun.board import form, jobs
+from ftrun.cli import field_docs
+from ftrun.config import MethodConfig, OptimizerConfig
+
+
+def test_fields_come_from_the_schema():
+    lr = form.field("lr")
+    assert (lr.home, lr.kind, lr.help) == ("optimizer.lr", "float", field_docs(OptimizerConfig)["lr"])
+    assert form.field("method.target_modules").kind == "list"
+    assert form.field("precision").choices == ("fp32", "fp16", "bf16", "pure_bf16")
+    assert set(form.field("method").choices) >= {"lora", "qlora", "full", "freeze"}
+    assert form.field("method.bits").help == field_docs(MethodConfig)["bits"]
+    assert form.field("data.max_samples").optional
+    assert all(f.help for f in form.fields())  # every field on the page has its schema's help
+
+
+def test_overrides_compose_to_what_the_form_shows():
+    values = form.defaults({})
+    assert form.to_overrides(values) == []  # the defaults are `ftrun` with nothing to override
+    values.update({"method": "qlora", "lr": 1e-4, "method.target_modules": "[q_proj,v_proj]", "data.packing": True,
+                   "data.max_samples": "100", "epochs": 3.0})
+    ov = form.to_overrides(values, "train.save_steps=0")
+    assert ov[0] == "method=qlora" and ov[-1] == "train.save_steps=0" and "epochs=3" not in " ".join(ov)
+    cfg = compose_cfg(ov)
+    assert (cfg.method.name, cfg.optimizer.lr, list(cfg.method.target_modules)) == ("qlora", 1e-4, ["q_proj", "v_proj"])
+    assert cfg.data.packing is True and cfg.data.max_samples == 100
+    assert form.command(form.run_argv(ov, multirun=True)).startswith("python -m ftrun -m method=qlora lr=0.0001 ")
+
+
+def test_a_new_preset_moves_only_the_knobs_left_at_the_old_presets_value():
+    values = form.defaults({})
+    values.update({"data": "alpaca", "lr": 1e-4})
+    assert form.regroup({"data": "letters"}, values) == {"data.val_size": 0.1}  # alpaca holds out 10%
+    values["data.val_size"] = 0.2  # set by the user: stays
+    assert form.regroup({"data": "letters"}, values) == {}
+
+
+def test_check_gives_the_cli_message_and_the_sweepers():
+    assert form.check(["lr=1e-4"]) is None
+    assert "lr=-5: lr must be > 0" in form.check(["lr=-5"])
+    assert "cannot parse" in form.check_sweep([], ["lr=interval(1e-4"], [])
+    assert "no search space" in form.check_sweep([], [], ["hydra.sweeper.n_trials=4"])
+    assert form.check_sweep([], ["lr=tag(log,interval(1e-4,1e-2))"], ["hydra.sweeper.n_trials=4"]) is None
+
+
+def test_a_failed_command_reports_its_error_line_and_status():
+    job = jobs.Job([sys.executable, "-c", "import sys; print('loading'); print('[t][ERROR] - invalid configuration:');"
+                    "print('  lr=-5: lr must be > 0'); sys.exit(2)"])
+    assert job.wait(60)
+    assert job.returncode == 2
+    assert job.failure() == "[t][ERROR] - invalid configuration:\n  lr=-5: lr must be > 0"
+
+
+def test_a_run_is_read_back_from_its_files(tmp_path):
+    lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run", "{'loss': '2.5', 'epoch': '0.75'}"]
+    assert str(jobs.Job.run_dir(type("J", (), {"lines": lines})())) == "/tmp/somewhere/run"
+    assert jobs.last_epoch(lines) == 0.75
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"loss": 3.0, "step": 1}, {"loss": 2.0, "step": 2}, {"eval_loss": 2.5, "step": 2}]}))
+    assert jobs.curve(tmp_path, None) == [(1, "train_loss", 3.0), (2, "train_loss", 2.0), (2, "eval_loss", 2.5)]
+    (tmp_path / "result.json").write_text(json.dumps({"status": "diverged", "reason": "loss is nan at step 3"}))
+    assert jobs.result_text(jobs.read_result(tmp_path)) == "diverged: loss is nan at step 3"
+
+
+def test_ftrun_board_is_a_subcommand_of_the_console_script():
+    out = subprocess.run([sys.executable, "-c", "import sys; from ftrun.__main__ import main; sys.argv[0] = 'ftrun'; main()",
+                          "board", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--lang {en,zh}" in out.stdout  # the board's own options, not Hydra's
