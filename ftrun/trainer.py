@@ -458,9 +458,6 @@ def quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs a warning when it
-    # cannot; its own fallback kernel is what runs here, so the warning is noise
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
     from transformers.utils import logging as hf_logging
 
