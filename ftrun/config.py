@@ -347,8 +347,6 @@ class StageConfig:
     (its newest finished run) or an MLflow run id; e.g. the sft run for dpo or ppo."""
     reward_run: Optional[str] = None
     """ppo: the rm run that scores completions (given like init_run)."""
-    text_column: str = "text"
-    """pt: the column of a JSON/JSONL file that holds the raw text."""
     ppo: PPOSettings = field(default_factory=PPOSettings)
     """ppo: rollout and clipping settings."""
 
@@ -742,7 +740,6 @@ def _check_stage(c: DictConfig, check, positive, at_least) -> None:
     check(st.beta >= 0 and math.isfinite(st.beta), "stage.beta", st.beta, "must be >= 0 (0.1 is common)")
     check(len(st.loss_type) > 0, "stage.loss_type", list(st.loss_type), f"choose from {', '.join(DPO_LOSSES)}")
     check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
-    check(bool(st.text_column), "stage.text_column", st.text_column, "give a column name")
     p = st.ppo
     check(p.num_generations >= 2, "stage.ppo.num_generations", p.num_generations,
           "must be >= 2: each completion is compared with the others of its prompt")

@@ -51,6 +51,11 @@ def start_phases() -> Phases:
     return _phases
 
 
+def current_phases() -> Phases:
+    """The clock :func:`start_phases` started last (the recipes' steps mark it)."""
+    return _phases
+
+
 def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_examples: Optional[int] = None,
                        **extra):
     """The Trainer's arguments from the config; ``cls`` is a TRL config class for the other stages,
