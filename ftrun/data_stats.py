@@ -100,8 +100,9 @@ def compute(data_cfg, tokenizer, template: Optional[str] = None) -> List[Dataset
     """Length statistics of every dataset of ``data_cfg`` (and of their mix, when several)."""
     from datasets import concatenate_datasets
 
-    from ftrun.data import builtin_conversations
+    from ftrun.data.builtin import builtin_examples
     from ftrun.data.formats import read_source
+    from ftrun.data.kinds import KIND_NAMES
     from ftrun.data.registry import resolve_sources
     from ftrun.data.templates import resolve_template
 
@@ -110,11 +111,14 @@ def compute(data_cfg, tokenizer, template: Optional[str] = None) -> List[Dataset
     mask_history = bool(data_cfg.get("mask_history", False))
     parts = []
     if data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources")):
-        train, _ = builtin_conversations(data_cfg)
+        train, _ = builtin_examples(data_cfg, "supervised")
         parts.append((data_cfg.builtin, train, 0))
     else:
         for src in resolve_sources(data_cfg):
             ds, skips = read_source(src, strict=False, num_proc=data_cfg.get("num_proc"))
+            if src.kind != "supervised":
+                raise ConfigError(f"{src.origin}: holds {KIND_NAMES[src.kind]}; data_stats measures prompts and "
+                                  "answers of supervised conversations (stage=sft data)")
             parts.append((src.name, ds, len(skips)))
     out = [dataset_stats(name, ds, tokenizer, tpl, data_cfg.cutoff_len, skipped, mask_history,
                          data_cfg.get("num_proc")) for name, ds, skipped in parts]

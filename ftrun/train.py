@@ -13,7 +13,7 @@ from typing import Optional
 
 from ftrun.config import ConfigError, resolved, training_differences, validate, validate_device
 from ftrun.contract import RESOLVED_CONFIG, RESULT_FILE  # noqa: F401  (RESULT_FILE: what run() writes last)
-from ftrun.data.kinds import check_stage_data
+from ftrun.data import check_stage_data
 from ftrun.trainer import (checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match, training_arguments: tests)
                            quiet_libraries, start_phases, training_arguments)
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ftrun.config import ConfigError
 from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text
 from ftrun.data.encode import IGNORE_INDEX, EncodeReport, encode_dataset, encode_messages, encode_rows
-from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips
+from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips, source_kind
 from ftrun.data.registry import resolve_sources
 from ftrun.data.templates import TEMPLATE_NAMES, Template, resolve_template
 
@@ -175,8 +175,8 @@ def load_examples(data_cfg, stage: str = "sft", sources=None):
     strict = bool(data_cfg.get("strict", False))
     parts, skips, sizes = [], [], {}
     for src in sources:
+        check_kind(stage, src.name, source_kind(src), src.origin)
         ds, s = read_source(src, strict=strict, num_proc=_num_proc(data_cfg, 0))
-        check_kind(stage, src.name, src.kind, src.origin)
         parts.append(to_form(ds, src.kind, form))
         skips += s
         sizes[src.name] = len(ds)
@@ -197,6 +197,28 @@ def load_examples(data_cfg, stage: str = "sft", sources=None):
     if data_cfg.max_samples is not None and data_cfg.max_samples < len(train):
         train = train.select(range(data_cfg.max_samples))
     return train, evals, skips, sizes
+
+
+def check_stage_data(cfg) -> None:
+    """Before anything loads: every dataset's kind fits the stage, and an ``eval_*`` objective has an eval split.
+
+    Reads the datasets' entries and the first file of each (for its columns); no tokenizer, no model.
+    """
+    from ftrun.config import STAGE_OBJECTIVES, has_eval
+    from ftrun.data.kinds import check_kind
+
+    stage, d = str(cfg.stage.name), cfg.data
+    if str(cfg.objective).startswith("eval_") and not has_eval(cfg):
+        builtin = d.builtin is not None and not (d.path or d.names or d.sources)
+        fix = "data.num_eval=200" if builtin else "data.val_size=0.1"
+        others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
+        raise ConfigError(f"objective={cfg.objective}: needs an eval split, and data.val_size="
+                          f"{d.val_size if not builtin else 0} holds none out; set {fix}"
+                          + (f" (or objective={others[0]})" if others else ""))
+    if d.path is None and not (d.names or d.sources):
+        return  # the built-in task has a variant for every stage
+    for src in resolve_sources(d):
+        check_kind(stage, src.name, source_kind(src), src.origin)
 
 
 def load_conversations(data_cfg, sources=None):

@@ -255,12 +255,8 @@ class Locator:
 # columns, formats and kinds
 
 
-def resolve_columns(source: Source, file: Path, available: List[str]) -> Tuple[str, str, Dict[str, str], Dict[str, str]]:
-    """(kind, format, canonical -> file column, tags) for one file, checked against its columns."""
-    from ftrun.data.kinds import detect_kind
-
-    where = f"data.path={file}"
-    origin = source.origin or where
+def canonical_columns(source: Source, origin: str) -> Dict[str, str]:
+    """The source's column mapping with LLaMA-Factory's names made canonical (prompt -> instruction, ...)."""
     columns = {}
     for key, col in (source.columns or {}).items():
         canonical = COLUMN_ALIASES.get(key, key)
@@ -272,6 +268,16 @@ def resolve_columns(source: Source, file: Path, available: List[str]) -> Tuple[s
                               "response (output), system, history, messages (conversations), tools, chosen, "
                               "rejected or kto_tag")
         columns[canonical] = col
+    return columns
+
+
+def resolve_columns(source: Source, file: Path, available: List[str]) -> Tuple[str, str, Dict[str, str], Dict[str, str]]:
+    """(kind, format, canonical -> file column, tags) for one file, checked against its columns."""
+    from ftrun.data.kinds import detect_kind
+
+    where = f"data.path={file}"
+    origin = source.origin or where
+    columns = canonical_columns(source, origin)
     fmt = source.format
     if fmt not in FORMATS:
         raise ConfigError(f"{origin}: format '{fmt}' is unknown; choose alpaca, sharegpt or auto")
@@ -306,8 +312,10 @@ def resolve_columns(source: Source, file: Path, available: List[str]) -> Tuple[s
         if mapping[key] not in available:
             have = ", ".join(available) or "none"
             renamed = f" (mapped from {key})" if mapping[key] != key else ""
-            raise ConfigError(f"{where}: has no '{mapping[key]}' column{renamed} (columns: {have}); "
-                              "rename it with the dataset's columns mapping")
+            turns = next((c for c in ("conversations", "messages") if c in available), None)
+            fix = (f"its '{turns}' column is a ShareGPT/messages layout: set data.format=sharegpt (or auto)"
+                   if fmt == "alpaca" and turns else "rename it with the dataset's columns mapping")
+            raise ConfigError(f"{where}: has no '{mapping[key]}' column{renamed} (columns: {have}); {fix}")
     if kind != "supervised" and "tools" in columns:
         raise ConfigError(f"{origin}: a tools column in {kind} data; tool calls train with stage=sft only: "
                           "drop the tools column from the entry")
@@ -402,6 +410,7 @@ def sharegpt_turns(row: dict, cols: Dict[str, str], tags: Dict[str, str], tools:
     if tools:
         roles.update({t["function_tag"]: "function_call", t["observation_tag"]: "observation"})
     messages = []
+    last_tag = t["system_tag"]
     system = _text(row.get(cols["system"])) if "system" in cols else ""
     if system is None:
         return None, f"has a non-string '{cols['system']}'"
@@ -440,9 +449,10 @@ def sharegpt_turns(row: dict, cols: Dict[str, str], tags: Dict[str, str], tools:
                 return None, (f"'{col}' turn {i} is a function call that is not JSON "
                               '{"name": ..., "arguments": {...}} (or a list of them)')
         messages.append({"role": role, "content": content})
+        last_tag = tag
     last = messages[-1]["role"] if messages else "none"
     if end == "assistant" and last not in ("assistant",):
-        return None, f"'{col}' ends with a {last} turn, not an {t['assistant_tag']} answer"
+        return None, f"'{col}' ends with a {last_tag} turn, not an {t['assistant_tag']} answer"
     if end == "user" and last != "user":
         return None, f"'{col}' must end with a {t['user_tag']} turn (the answers go in chosen/rejected)"
     return messages, ""
@@ -574,9 +584,12 @@ def normalize(ds, kind: str, fmt: str, cols: Dict[str, str], tags: Dict[str, str
 
 def source_kind(source: Source) -> str:
     """The kind of example a source holds, from its entry and its first file's columns (reads that file)."""
+    from ftrun.data.kinds import detect_kind
+
     if source.kind is None:
-        ds = load_file(source.files[0])
-        source.kind = resolve_columns(source, source.files[0], list(ds.column_names))[0]
+        file = source.files[0]
+        columns = canonical_columns(source, source.origin or f"data.path={file}")
+        source.kind = detect_kind(source, file, columns, list(load_file(file).column_names))
     return source.kind
 
 

@@ -13,7 +13,7 @@ kind            a row in the normal form                         recognised by  
 ==============  ===============================================  ===========================  ==============
 
 kto also takes pairs (each gives a good and a bad answer) and ppo takes the
-prompts of supervised or pairwise rows. :func:`check_stage_data` runs before
+prompts of supervised or pairwise rows. :func:`ftrun.data.check_stage_data` runs before
 anything loads and refuses a dataset whose kind the stage cannot train on,
 naming the dataset, its kind and the stages that take it.
 """
@@ -103,27 +103,3 @@ def check_kind(stage: str, name: str, kind: str, origin: str = "") -> None:
     raise ConfigError(f"{origin or 'dataset ' + repr(name)} holds {KIND_NAMES[kind]} ({kind}), "
                       f"which stage={' or stage='.join(takes)} trains on; stage={stage} needs {wanted}: "
                       f"set stage={takes[0]}, or give data that fits stage={stage}")
-
-
-def check_stage_data(cfg) -> None:
-    """Before anything loads: every dataset's kind fits the stage, and an ``eval_*`` objective has an eval split.
-
-    Reads the datasets' entries and the first file of each (for its columns); no tokenizer, no model.
-    """
-    from ftrun.config import STAGE_OBJECTIVES, has_eval
-
-    stage, d = str(cfg.stage.name), cfg.data
-    if str(cfg.objective).startswith("eval_") and not has_eval(cfg):
-        builtin = d.builtin is not None and not (d.path or d.names or d.sources)
-        fix = "data.num_eval=200" if builtin else "data.val_size=0.1"
-        others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
-        raise ConfigError(f"objective={cfg.objective}: needs an eval split, and data.val_size="
-                          f"{d.val_size if not builtin else 0} holds none out; set {fix}"
-                          + (f" (or objective={others[0]})" if others else ""))
-    if d.path is None and not (d.names or d.sources):
-        return  # the built-in task has a variant for every stage
-    from ftrun.data.formats import source_kind
-    from ftrun.data.registry import resolve_sources
-
-    for src in resolve_sources(d):
-        check_kind(stage, src.name, source_kind(src), src.origin)
