@@ -22,6 +22,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     from ftrun.trainer import train_and_report, training_arguments
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
+    check_eval_labels(cfg, data.eval)
     tokenizer = data.tokenizer
     cfg = start_from_run(cfg, run_dir)
 
@@ -46,3 +47,17 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     )
     log_start(tracker, trainer.model, data)
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)
+
+
+def check_eval_labels(cfg, evals) -> None:
+    """eval_rewards/margins compares good with bad answers: the eval split needs both (checked before the model)."""
+    if cfg.objective != "eval_rewards/margins" or evals is None:
+        return
+    from ftrun.config import ConfigError
+
+    labels = set(evals["label"])
+    if labels != {True, False}:
+        have = "good" if True in labels else "bad"
+        raise ConfigError(f"objective=eval_rewards/margins: the {len(evals)} held-out answer(s) of data.val_size="
+                          f"{cfg.data.val_size:g} are all {have}, and the margin needs good and bad ones; raise "
+                          "data.val_size (e.g. data.val_size=0.2) or set objective=eval_loss")
