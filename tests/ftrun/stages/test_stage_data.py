@@ -256,3 +256,24 @@ def test_each_stage_has_its_objective():
         assert cfg.objective == objective and cfg.stage.name == stage
     assert compose_cfg(["stage=dpo", "objective=eval_rewards/margins"]).objective == "eval_rewards/margins"
     assert compose_cfg(["stage=dpo"]).name.startswith("dpo-lora-letters")
+
+
+def test_preference_data_is_cached_and_rendered_with_model_template(tiny_dir, tmp_path, caplog):
+    """dpo's rows go through the same cache as sft's, and TRL renders them with model.template's template."""
+    import logging
+
+    from ftrun.data import build_datasets
+    from ftrun.model import load_tokenizer
+
+    cfg = registry("dpo", "dpo_en_demo", **{"data.cache_dir": tmp_path / "cache"})
+    tok = load_tokenizer(cfg.model)
+    train, evals, report = build_datasets(cfg.data, tok, template="default", stage="dpo")
+    assert report.samples == len(train) == 11 and len(evals) == 1
+    assert train[0]["chosen"] == [{"role": "assistant", "content": train[0]["chosen"][0]["content"]}]
+    # the tokenizer now carries the built-in 'default' template, which TRL's trainers apply
+    rendered = tok.apply_chat_template(train[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith("Human: Which colour") and rendered.endswith("Assistant: ")
+    with caplog.at_level(logging.INFO, logger="ftrun.data"):
+        again, _, _ = build_datasets(cfg.data, load_tokenizer(cfg.model), template="default", stage="dpo")
+    assert "Data from cache" in caplog.text and again[0] == train[0]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
