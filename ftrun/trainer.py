@@ -192,7 +192,8 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         if "eval_loss" in metrics:
             metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-        train_losses = [h["loss"] for h in history if "loss" in h]
+        train_losses = ([h["loss"] for h in history if "loss" in h]  # the run's mean if no step was logged
+                        or [h["train_loss"] for h in history if "train_loss" in h])
         summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
                    "global_step": trainer.state.global_step}
         if train_losses:

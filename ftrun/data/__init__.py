@@ -209,12 +209,16 @@ def check_stage_data(cfg) -> None:
 
     stage, d = str(cfg.stage.name), cfg.data
     if str(cfg.objective).startswith("eval_") and not has_eval(cfg):
-        builtin = d.builtin is not None and not (d.path or d.names or d.sources)
+        builtin = is_builtin(d)
         fix = "data.num_eval=200" if builtin else "data.val_size=0.1"
-        others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
-        raise ConfigError(f"objective={cfg.objective}: needs an eval split, and data.val_size="
-                          f"{d.val_size if not builtin else 0} holds none out; set {fix}"
-                          + (f" (or objective={others[0]})" if others else ""))
+        held = f"data.num_eval={d.num_eval}" if builtin else f"data.val_size={d.val_size:g}"
+        if cfg.objective in ("eval_loss", "eval_perplexity"):  # trainer.py falls back to the train loss
+            log.warning("objective=%s: %s holds out no eval split, so the run returns its final train loss; "
+                        "set %s for a held-out loss", cfg.objective, held, fix)
+        else:
+            others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
+            raise ConfigError(f"objective={cfg.objective}: needs an eval split, and {held} holds none out; "
+                              f"set {fix}" + (f" (or objective={others[0]})" if others else ""))
     if d.path is None and not (d.names or d.sources):
         return  # the built-in task has a variant for every stage
     for src in resolve_sources(d):

@@ -219,13 +219,16 @@ def test_entries_that_cannot_be_read_are_refused_by_name(name, message):
     assert f"data.registry={REGISTRY}: {message}" in str(e.value)
 
 
-def test_an_eval_objective_needs_an_eval_split():
-    with pytest.raises(ConfigError, match=r"objective=eval_rewards/accuracies: needs an eval split.*"
-                                          r"set data.val_size=0.1"):
+def test_an_eval_objective_needs_an_eval_split(caplog):
+    with pytest.raises(ConfigError, match=r"objective=eval_rewards/accuracies: needs an eval split, and "
+                                          r"data.val_size=0 holds none out; set data.val_size=0.1"):
         check_stage_data(registry("dpo", "dpo_en_demo", **{"data.val_size": 0}))
-    with pytest.raises(ConfigError, match=r"objective=eval_loss: needs an eval split.*set data.num_eval=200"):
-        check_stage_data(compose_cfg(["stage=pt", "data.num_eval=0"]))
+    with pytest.raises(ConfigError, match=r"objective=eval_accuracy: needs an eval split.*set data.num_eval=200"):
+        check_stage_data(compose_cfg(["stage=rm", "data.num_eval=0"]))
     check_stage_data(compose_cfg(["stage=ppo", "data.num_eval=0", "stage.reward_run=."]))  # reward_mean: no eval
+    # eval_loss falls back to the final train loss (training on all rows, as LLaMA-Factory's val_size=0 does): said
+    check_stage_data(registry("pt", "c4_demo", **{"data.val_size": 0}))
+    assert "objective=eval_loss: data.val_size=0 holds out no eval split" in caplog.text
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
