@@ -272,6 +272,19 @@ class SchedulerConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Generative evaluation (stage=sft): at each evaluation the model answers held-out prompts, scored as
+    ftrun.predict scores (eval_gen_exact_match, eval_bleu4, eval_rouge1, eval_rouge2, eval_rouge_l)."""
+
+    max_samples: int = 0
+    """Eval rows to generate for at each evaluation (0 = no generation); e.g. train.generate.max_samples=32."""
+    max_new_tokens: int = 64
+    """Longest generated answer, in tokens (greedy decoding)."""
+    batch_size: int = 16
+    """Prompts generated together."""
+
+
+@dataclass
 class TrainConfig:
     """What transformers' Trainer does besides the optimizer and schedule."""
 
@@ -294,6 +307,10 @@ class TrainConfig:
     """Per-device batch size for evaluation."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    keep_best: Optional[bool] = None
+    """Save the checkpoint at every evaluation and end with the best by the objective (what export, predict
+    and chat load); null = on when the objective is a generated-answer metric (eval_rouge_l, ...)."""
 
 
 @dataclass
@@ -450,6 +467,12 @@ OBJECTIVE_DIRECTIONS = {
     "eval_loss": "minimize",
     "eval_perplexity": "minimize",
     "eval_exact_match": "maximize",
+    # sft with train.generate.max_samples > 0: scores of generated answers (ftrun.gen_eval)
+    "eval_gen_exact_match": "maximize",
+    "eval_bleu4": "maximize",
+    "eval_rouge1": "maximize",
+    "eval_rouge2": "maximize",
+    "eval_rouge_l": "maximize",
     # rm: pairwise accuracy and margin of the reward model on the eval pairs
     "eval_accuracy": "maximize",
     "eval_margin": "maximize",
@@ -460,13 +483,17 @@ OBJECTIVE_DIRECTIONS = {
     "reward_mean": "maximize",
 }
 
+# objectives that need train.generate.max_samples > 0
+GENERATIVE_OBJECTIVES = ("eval_gen_exact_match", "eval_bleu4", "eval_rouge1", "eval_rouge2", "eval_rouge_l")
+
 # stages whose data can be packed (data.packing=true): sft packs samples, pt always packs raw text
 PACKING_STAGES = ("sft", "pt")
 
 # the objectives each stage can return; the first is its default (the `objective` key resolves to it)
 STAGE_OBJECTIVES = {
     "pt": ("eval_loss", "eval_perplexity"),
-    "sft": ("eval_loss", "eval_perplexity", "eval_exact_match"),
+    "sft": ("eval_loss", "eval_perplexity", "eval_exact_match", "eval_gen_exact_match", "eval_bleu4", "eval_rouge1",
+            "eval_rouge2", "eval_rouge_l"),
     "rm": ("eval_accuracy", "eval_margin", "eval_loss"),
     "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss"),
     "kto": ("eval_rewards/margins", "eval_loss"),
@@ -724,6 +751,29 @@ def validate(cfg: DictConfig) -> None:
           "must be >= 1 or null (keep all)")
     check(t.neftune_noise_alpha is None or t.neftune_noise_alpha > 0, "train.neftune_noise_alpha",
           t.neftune_noise_alpha, "must be > 0 (5 is common) or null")
+    g = t.generate
+    at_least("train.generate.max_samples", g.max_samples, 0)
+    at_least("train.generate.max_new_tokens", g.max_new_tokens, 1)
+    at_least("train.generate.batch_size", g.batch_size, 1)
+    check(g.max_samples == 0 or c.stage.name == "sft", "train.generate.max_samples", g.max_samples,
+          f"generation during evaluation is built for stage=sft; set it to 0 for stage={c.stage.name}")
+    if c.objective in GENERATIVE_OBJECTIVES:
+        check(g.max_samples > 0, "train.generate.max_samples", g.max_samples,
+              f"objective={c.objective} scores generated answers: set train.generate.max_samples=32 (or more)")
+        check(has_eval(c), "data.val_size", c.data.val_size,
+              f"objective={c.objective} is measured on held-out rows: set data.val_size=0.1")
+        check(not c.data.train_on_prompt, "data.train_on_prompt", c.data.train_on_prompt,
+              f"objective={c.objective} generates answers to prompts, which train_on_prompt does not separate: "
+              "set data.train_on_prompt=false")
+    if t.keep_best:
+        check(c.objective.startswith("eval_"), "train.keep_best", t.keep_best,
+              f"objective={c.objective} is not measured at evaluations; set train.keep_best=false")
+        check(has_eval(c), "train.keep_best", t.keep_best,
+              "the best checkpoint is chosen on held-out rows: set data.val_size=0.1 (or train.keep_best=false)")
+    if keep_best(c):
+        check(t.eval_steps > 0 or t.eval_examples > 0, "train.eval_steps", t.eval_steps,
+              "keeping the best checkpoint needs evaluations during training: set train.eval_steps > 0 "
+              "(or train.keep_best=false)")
     check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "give an experiment name")
 
     if problems:
@@ -827,7 +877,8 @@ RECORDING_KEYS = ("name", "output_root", "resume", "tracking.uri", "tracking.exp
 # keys that change neither the weights nor the data order: a checkpoint resumes across a change of these
 NOT_TRAINING_KEYS = RECORDING_KEYS + (
     "objective", "train.logging_steps", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
-    "train.eval_batch_size", "train.num_workers", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
+    "train.eval_batch_size", "train.num_workers", "train.generate.max_samples", "train.generate.max_new_tokens",
+    "train.generate.batch_size", "train.keep_best", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
     "data.strict",
 )
 
@@ -859,6 +910,14 @@ def resolved(cfg: DictConfig) -> DictConfig:
     Enum reaches the libraries it calls.
     """
     return OmegaConf.create(to_container(cfg))
+
+
+def keep_best(cfg) -> bool:
+    """Whether the run ends with its best checkpoint by the objective (``train.keep_best``; by default
+    when the objective scores generated answers)."""
+    if cfg.train.keep_best is not None:
+        return bool(cfg.train.keep_best)
+    return cfg.objective in GENERATIVE_OBJECTIVES
 
 
 def has_eval(cfg) -> bool:

@@ -13,7 +13,7 @@ Generate answers for a data set with a fine-tuned model and score them:
   preset or the run's data) scores the held-out split;
 - metrics: ``predict_exact_match`` (share of answers equal to the label after
   trimming whitespace; a fraction in [0, 1] like the run's ``eval_exact_match``),
-  ``predict_bleu4`` (sacrebleu corpus BLEU-4, 0-100) and ``predict_rouge1/2/L``
+  ``predict_bleu4`` (sacrebleu corpus BLEU-4, 0-100) and ``predict_rouge1/2`` and ``predict_rouge_l``
   (rouge-score F1, 0-100, mean over samples). Text with Chinese characters is
   scored at character level (sacrebleu's ``zh`` tokenizer; each CJK character is
   one ROUGE token), as the common fine-tuning tools do;
@@ -118,8 +118,9 @@ class MixedTokenizer:
         return tokens
 
 
-def score(predictions: Sequence[str], labels: Sequence[str]) -> Dict[str, float]:
-    """Exact match (fraction), corpus BLEU-4 and mean ROUGE-1/2/L F1 (0-100), Chinese by character."""
+def score(predictions: Sequence[str], labels: Sequence[str], prefix: str = "predict_") -> Dict[str, float]:
+    """Exact match (fraction), corpus BLEU-4 and mean ROUGE-1/2/L F1 (0-100), Chinese by character;
+    named ``<prefix>exact_match``, ``bleu4``, ``rouge1``, ``rouge2``, ``rouge_l``, ``samples``."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -139,12 +140,12 @@ def score(predictions: Sequence[str], labels: Sequence[str]) -> Dict[str, float]
             rouge[k] += s[k].fmeasure
     n = len(refs)
     return {
-        "predict_exact_match": sum(p == r for p, r in zip(preds, refs)) / n,
-        "predict_bleu4": float(bleu.score),
-        "predict_rouge1": 100 * rouge["rouge1"] / n,
-        "predict_rouge2": 100 * rouge["rouge2"] / n,
-        "predict_rougeL": 100 * rouge["rougeL"] / n,
-        "predict_samples": float(n),
+        f"{prefix}exact_match": sum(p == r for p, r in zip(preds, refs)) / n,
+        f"{prefix}bleu4": float(bleu.score),
+        f"{prefix}rouge1": 100 * rouge["rouge1"] / n,
+        f"{prefix}rouge2": 100 * rouge["rouge2"] / n,
+        f"{prefix}rouge_l": 100 * rouge["rougeL"] / n,
+        f"{prefix}samples": float(n),
     }
 
 
@@ -306,7 +307,7 @@ def predict(args: PredictArgs, data_overrides: Sequence[str] = ()) -> Dict[str, 
 
 def predict_objective(run: str, metric: str = "predict_exact_match", data: Optional[str] = None,
                       max_samples: Optional[int] = None, **gen) -> float:
-    """One metric of :func:`predict` for a sweep objective, e.g. predict_objective(run_dir, "predict_rougeL")."""
+    """One metric of :func:`predict` for a sweep objective, e.g. predict_objective(run_dir, "predict_rouge_l")."""
     args = PredictArgs(run=run, data=data, max_samples=max_samples, gen=GenSettings(**gen))
     value = predict(args)[metric]
     return float(value) if math.isfinite(value) else float("nan")

@@ -1,7 +1,7 @@
 """What every stage's run shares once its Trainer is built: the Trainer's arguments, and the
 train -> evaluate -> save -> report tail that writes ``result.json`` and returns the objective.
 
-:mod:`ftrun.train` (sft) and every recipe in :mod:`ftrun.stages` use it; it imports neither.
+Every recipe in :mod:`ftrun.stages` (sft included) uses it; it imports none of them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ftrun.config import OPTIMIZERS, ConfigError, last_checkpoint
+from ftrun.config import OBJECTIVE_DIRECTIONS, OPTIMIZERS, ConfigError, keep_best, last_checkpoint
 from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TRAINER_STATE
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
     scheduler_kwargs = dict(s.kwargs or {})
     if s.name == "warmup_stable_decay":
         scheduler_kwargs = _wsd_kwargs(cfg, scheduler_kwargs, num_examples)
+    saving = dict(save_strategy="steps" if t.save_steps > 0 else "no", save_steps=t.save_steps if t.save_steps > 0 else 500)
+    if evaluate and keep_best(cfg):  # a checkpoint at every evaluation; the Trainer ends on the best one
+        metric = "eval_loss" if cfg.objective == "eval_perplexity" else cfg.objective  # same order
+        saving = dict(save_strategy="steps", save_steps=eval_steps, load_best_model_at_end=True,
+                      metric_for_best_model=metric,
+                      greater_is_better=OBJECTIVE_DIRECTIONS.get(cfg.objective) == "maximize")
     return (cls or TrainingArguments)(
         output_dir=str(run_dir),
         seed=cfg.seed,
@@ -105,8 +111,7 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool = True, cls=None, num_
         logging_steps=t.logging_steps or 10,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=eval_steps if evaluate else None,
-        save_strategy="steps" if t.save_steps > 0 else "no",
-        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        **saving,
         save_total_limit=t.save_total_limit,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=t.num_workers,
@@ -153,7 +158,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
                      extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
     """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
 
-    The tail of :func:`ftrun.train.run` and of every stage recipe; ``extra_metrics`` turns the
+    The tail of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
     from ftrun.divergence import Diverged, DivergenceCallback
@@ -196,6 +201,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
                         or [h["train_loss"] for h in history if "train_loss" in h])
         summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
                    "global_step": trainer.state.global_step}
+        if best_step(trainer) is not None:  # the model saved below is that checkpoint's
+            summary["best_step"] = best_step(trainer)
+            log.info("Best checkpoint by %s: step %d (of %d)", cfg.objective, summary["best_step"],
+                     trainer.state.global_step)
         if train_losses:
             summary["final_train_loss"] = train_losses[-1]
         if extra_metrics is not None:
@@ -285,11 +294,21 @@ def _disk_full(e: BaseException, run_dir: Path) -> bool:
 
 
 def _final_eval(trainer) -> dict:
-    """The eval metrics of the final weights: the last evaluation's if it ran at the last step."""
-    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        return last
-    return trainer.evaluate()
+    """The eval metrics of the final weights: the best checkpoint's evaluation when the Trainer ended
+    on it (``train.keep_best``), else the last evaluation's if it ran at the last step."""
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    step = best_step(trainer)
+    if step is None:
+        step = trainer.state.global_step
+    last = next((h for h in reversed(evals) if h.get("step") == step), None)
+    return last if last is not None else trainer.evaluate()
+
+
+def best_step(trainer) -> Optional[int]:
+    """The step of the checkpoint the Trainer ended on when it keeps the best (load_best_model_at_end)."""
+    if not trainer.args.load_best_model_at_end:
+        return None
+    return trainer.state.best_global_step or None
 
 
 # ---------------------------------------------------------------------------

@@ -55,6 +55,9 @@ class FtrunSweeperConf:
     """Hydra Optuna sweeper's knob; when set (and max_failures is not), max_failures = rate x n_trials."""
     oom_retry: bool = True
     """Retry an out-of-memory trial once with half the batch and twice the gradient accumulation."""
+    memory_limit_gb: Optional[float] = None
+    """Memory per device of a slot: a configuration that ftrun.estimate says cannot fit is recorded as pruned, with
+    the reason, instead of run into OOM; null = the slot's GPU memory (nvidia-smi), no check on CPU."""
     retry_interrupted: bool = True
     """Retry trials left RUNNING by a killed sweep (from their last checkpoint); false: just fail them."""
     heartbeat_s: float = 10.0

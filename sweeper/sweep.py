@@ -168,6 +168,7 @@ class Sweep:
         self.workers: Dict[int, Worker] = {}  # slot index -> its warm worker
         self.budget_trial_s = _positive(conf.get("budget_trial_s"), "budget_trial_s")
         self.budget_wall_s = _positive(conf.get("budget_wall_s"), "budget_wall_s")
+        _positive(conf.get("memory_limit_gb"), "memory_limit_gb")  # refused now, not at the first launch
         self._budget_spent = False
         self._started = time.time()
 
@@ -403,6 +404,8 @@ class Sweep:
         overrides = _replace(overrides, extra)
         trial_dir.mkdir(parents=True, exist_ok=True)
         args = [*self.entry_args, *overrides, f"hydra.run.dir={trial_dir}"]
+        if not oom_retried and self._too_big(trial, slot, args):
+            return False
         cmd = trial_command(self.command, args, processes=slot.processes,
                             launcher=self.conf.get("launcher", "accelerate"))
         env = trial_env(self.storage_url, self.study_name, trial._trial_id, trial.number,
@@ -428,6 +431,29 @@ class Sweep:
         log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
                  " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+        return True
+
+    def _too_big(self, trial, slot: Slot, args: List[str]) -> bool:
+        """Record the trial as pruned, without running it, when the memory estimate says it cannot fit."""
+        limit = slot_memory_bytes(self.conf.get("memory_limit_gb"), slot)
+        if limit is None:
+            return False
+        from ftrun.estimate import fits
+        from sweeper.worker import compose_trial
+
+        try:
+            cfg = compose_trial(args)[0]
+            ok, reason = fits(cfg, limit, devices=max(1, slot.processes))
+        except Exception as e:  # noqa: BLE001 - an estimate that cannot be made does not stop the trial
+            log.warning("Trial %d: no memory estimate (%s); running it", trial.number, e)
+            return False
+        if ok:
+            return False
+        trial.set_user_attr(ATTR_FAIL_REASON, f"skipped before launch: {reason}"[:1000])
+        trial.set_user_attr(ATTR_PRUNED, True)
+        trial.set_user_attr("memory_skipped", True)
+        self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+        log.info("Trial %d pruned before launch (%s): %s", trial.number, slot.describe(), reason)
         return True
 
     def _finish(self, r: Running) -> bool:
@@ -678,6 +704,27 @@ class Sweep:
             if not _select(self.job_cfg, "tracking.uri"):
                 env[MLFLOW_URI_ENV] = self.parent.uri
         return env
+
+
+def slot_memory_bytes(limit_gb: Optional[float], slot: Slot) -> Optional[float]:
+    """Memory per device for the fit check: ``memory_limit_gb`` if set, else the smallest of the slot's GPUs
+    (nvidia-smi), else None (a CPU slot: no check)."""
+    if limit_gb is not None:
+        if float(limit_gb) <= 0:
+            raise SweepConfigError(f"hydra.sweeper.memory_limit_gb={limit_gb}: must be > 0 (or null)")
+        return float(limit_gb) * 2**30
+    if not slot.gpus:
+        return None
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = {i.strip(): float(m) * 2**20 for i, m in (line.split(",") for line in out.strip().splitlines())}
+    sizes = [total[g] for g in slot.gpus if g in total]
+    return min(sizes) if sizes else None
 
 
 def enqueue_grid(study, space: SearchSpace) -> int:

@@ -42,7 +42,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     from transformers import Trainer
 
     from ftrun.data import make_collator
-    from ftrun.trainer import argmax_logits, exact_match, training_arguments
+    from ftrun.trainer import argmax_logits, training_arguments
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
     optimizers = (None, None)
@@ -55,6 +55,12 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
                                               loraplus_lr_ratio=cfg.method.loraplus_lr_ratio,
                                               weight_decay=cfg.optimizer.weight_decay, **opt_kwargs)
         optimizers = (optimizer, None)
+    metrics = None
+    if eval_ds is not None:  # exact match, and the scores of generated answers with train.generate
+        from ftrun.gen_eval import EvalMetrics
+
+        metrics = EvalMetrics(tokenizer, eval_ds, cfg.train.generate)
+        metrics.model = model
     return Trainer(
         model=model,
         args=args,
@@ -62,7 +68,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         data_collator=make_collator(cfg.data, tokenizer, cfg.model.attn_implementation),
-        compute_metrics=exact_match if eval_ds is not None else None,
+        compute_metrics=metrics,
         preprocess_logits_for_metrics=argmax_logits if eval_ds is not None else None,
         optimizers=optimizers,
         callbacks=[c for c in callbacks if c is not None],

@@ -136,7 +136,11 @@ BAD = {
     "train.eval_examples": ["train.eval_examples=-1"],
     "train.save_steps": ["train.save_steps=-1"], "train.save_total_limit": ["train.save_total_limit=0"],
     "train.gradient_checkpointing": ["train.gradient_checkpointing=maybe"],
-    "train.neftune_noise_alpha": ["train.neftune_noise_alpha=0"], "train.eval_batch_size": ["train.eval_batch_size=0"],
+    "train.neftune_noise_alpha": ["train.neftune_noise_alpha=0"],
+    "train.generate.max_samples": ["train.generate.max_samples=-1"],
+    "train.generate.max_new_tokens": ["train.generate.max_new_tokens=0"],
+    "train.generate.batch_size": ["train.generate.batch_size=0"],
+    "train.keep_best": ["stage=ppo", "train.keep_best=true"], "train.eval_batch_size": ["train.eval_batch_size=0"],
     "train.num_workers": ["train.num_workers=-1"],
     "tracking.enabled": ["tracking.enabled=maybe"], "tracking.experiment": ["tracking.experiment="],
     "tracking.log_model": ["tracking.log_model=maybe"],
@@ -160,6 +164,7 @@ CHECKED_ELSEWHERE = {
     "data.cache_dir": "any folder: created when the first dataset is cached",
     "tracking.uri": "any MLflow URI: MLflow names a bad one when the run starts",
     "stage.ppo": "a group of keys, each covered above",
+    "train.generate": "a group of keys, each covered above",
 }
 
 

@@ -27,7 +27,7 @@ def test_english_scores_by_hand():
     assert m["predict_bleu4"] == pytest.approx(100 * 0.2 ** 0.25, abs=1e-3)
     assert m["predict_rouge1"] == pytest.approx(80.0)
     assert m["predict_rouge2"] == pytest.approx(75.0)
-    assert m["predict_rougeL"] == pytest.approx(80.0)
+    assert m["predict_rouge_l"] == pytest.approx(80.0)
 
 
 def test_chinese_is_scored_by_character():
@@ -39,7 +39,7 @@ def test_chinese_is_scored_by_character():
     assert m["predict_bleu4"] == pytest.approx(100 * math.exp(-0.75), abs=1e-3)
     assert m["predict_rouge1"] == pytest.approx(800 / 11)
     assert m["predict_rouge2"] == pytest.approx(200 / 3)
-    assert m["predict_rougeL"] == pytest.approx(800 / 11)
+    assert m["predict_rouge_l"] == pytest.approx(800 / 11)
     assert m["predict_exact_match"] == 0
 
 
@@ -50,7 +50,7 @@ def test_exact_match_ignores_surrounding_whitespace_and_averages():
     perfect = score(["我 爱 你", "the cat sat on the mat"], ["我 爱 你", "the cat sat on the mat"])
     assert perfect["predict_exact_match"] == 1
     assert perfect["predict_bleu4"] == pytest.approx(100.0)
-    assert perfect["predict_rougeL"] == pytest.approx(100.0)
+    assert perfect["predict_rouge_l"] == pytest.approx(100.0)
 
 
 def test_rouge_tokens_split_cjk_characters_and_keep_latin_words():
