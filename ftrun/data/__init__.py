@@ -127,7 +127,8 @@ def is_builtin(data_cfg) -> bool:
 
 def to_form(ds, kind: str, form: str):
     """A dataset of ``kind`` in the form a stage trains on: pairs -> KTO answers (each pair a good and
-    a bad one), supervised or pairwise -> ppo's prompts; anything else as it is."""
+    a bad one), supervised or pairwise -> ppo's prompts, pairs or KTO answers -> conversations (for
+    data_stats); anything else as it is."""
     if ds is None or kind == form:
         return ds
     from datasets import Features
@@ -147,6 +148,19 @@ def to_form(ds, kind: str, form: str):
     elif (kind, form) == ("supervised", "prompt"):
         def fn(batch):
             return {"prompt": [m[:-1] for m in batch["messages"]]}
+    elif (kind, form) == ("pairwise", "supervised"):  # data_stats: what TRL tokenizes, both answers
+        def fn(batch):
+            out = {"messages": [], "tools": []}
+            for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
+                for answer in (chosen, rejected):
+                    out["messages"].append(prompt + [{"role": "assistant", "content": answer}])
+                    out["tools"].append("")
+            return out
+    elif (kind, form) == ("kto", "supervised"):
+        def fn(batch):
+            return {"messages": [p + [{"role": "assistant", "content": c}]
+                                 for p, c in zip(batch["prompt"], batch["completion"])],
+                    "tools": [""] * len(batch["prompt"])}
     elif (kind, form) == ("pairwise", "prompt"):
         def fn(batch):
             return {"prompt": batch["prompt"]}
