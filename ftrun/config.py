@@ -424,8 +424,6 @@ class StageConfig:
     (its newest finished run) or an MLflow run id; e.g. the sft run for dpo or ppo."""
     reward_run: Optional[str] = None
     """ppo: the rm run that scores completions (given like init_run)."""
-    text_column: str = "text"
-    """pt: the column of a JSON/JSONL file that holds the raw text."""
     ppo: PPOSettings = field(default_factory=PPOSettings)
     """ppo: rollout and clipping settings."""
     pref_ftx: float = 0.0
@@ -918,7 +916,6 @@ def _check_stage(c: DictConfig, check, positive, at_least) -> None:
     check(st.beta >= 0 and math.isfinite(st.beta), "stage.beta", st.beta, "must be >= 0 (0.1 is common)")
     check(len(st.loss_type) > 0, "stage.loss_type", list(st.loss_type), f"choose from {', '.join(DPO_LOSSES)}")
     check(0 <= st.label_smoothing < 0.5, "stage.label_smoothing", st.label_smoothing, "must be in [0, 0.5)")
-    check(bool(st.text_column), "stage.text_column", st.text_column, "give a column name")
     check(st.pref_ftx >= 0 and math.isfinite(st.pref_ftx), "stage.pref_ftx", st.pref_ftx, "must be >= 0 (0 = off)")
     check(st.pref_ftx == 0 or st.name == "dpo", "stage.pref_ftx", st.pref_ftx,
           f"the SFT term is added to DPO's loss; stage={st.name} has none: set stage.pref_ftx=0")

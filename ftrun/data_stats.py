@@ -1,4 +1,4 @@
-"""``python -m ftrun.data_stats data=NAME model=NAME [cutoff_len=N] [--out DIR]``: what cutoff_len do I need?
+"""``python -m ftrun.data_stats data=NAME model=NAME [stage=S] [cutoff_len=N] [--out DIR]``: what cutoff_len do I need?
 
 Reads the datasets exactly as a run would (same registry, formats, template and
 tokenizer; no model weights are loaded) and prints, per dataset, the number of
@@ -7,7 +7,8 @@ prompt (everything not trained on), the response (the trained assistant turns)
 and the total; how many samples the configured ``cutoff_len`` would truncate;
 and a recommended ``cutoff_len`` (the 99th percentile of the total rounded up to
 a multiple of 64, of 8 below 256). It writes ``lengths.png`` (histograms) and ``stats.json`` to
-``--out`` (default ``outputs/data_stats/<data.name>``).
+``--out`` (default ``outputs/data_stats/<data.name>``). With ``stage=rm|dpo|kto|ppo`` it measures that
+stage's data: each answer of a pair (or KTO row) is a sample after its prompt.
 """
 
 from __future__ import annotations
@@ -96,26 +97,37 @@ def dataset_stats(name: str, conversations, tokenizer, template, cutoff_len: int
     )
 
 
-def compute(data_cfg, tokenizer, template: Optional[str] = None) -> List[DatasetStats]:
-    """Length statistics of every dataset of ``data_cfg`` (and of their mix, when several)."""
+def compute(data_cfg, tokenizer, template: Optional[str] = None, stage: str = "sft") -> List[DatasetStats]:
+    """Length statistics of every dataset of ``data_cfg`` (and of their mix, when several).
+
+    Pairs count each answer as a sample (prompt + chosen, prompt + rejected), KTO rows their one answer;
+    raw text (pt) is packed into cutoff_len blocks, so nothing is truncated and it is refused here.
+    """
     from datasets import concatenate_datasets
 
-    from ftrun.data import builtin_conversations
-    from ftrun.data.formats import read_source
+    from ftrun.data import is_builtin, to_form
+    from ftrun.data.builtin import builtin_examples
+    from ftrun.data.formats import read_source, source_kind
+    from ftrun.data.kinds import check_kind
     from ftrun.data.registry import resolve_sources
     from ftrun.data.templates import resolve_template
 
+    if stage == "pt":
+        raise ConfigError("stage=pt: raw text is packed into cutoff_len blocks, so nothing is truncated and "
+                          "there is no prompt or answer to measure; data_stats measures the other stages' data")
     tpl = resolve_template(tokenizer, template or getattr(tokenizer, "_ftrun_template", None) or "auto",
                            install=False)
     mask_history = bool(data_cfg.get("mask_history", False))
     parts = []
-    if data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources")):
-        train, _ = builtin_conversations(data_cfg)
-        parts.append((data_cfg.builtin, train, 0))
+    if is_builtin(data_cfg):
+        kind = "supervised" if stage == "sft" else "pairwise"
+        train, _ = builtin_examples(data_cfg, kind)
+        parts.append((data_cfg.builtin, to_form(train, kind, "supervised"), 0))
     else:
         for src in resolve_sources(data_cfg):
+            check_kind(stage, src.name, source_kind(src), src.origin)
             ds, skips = read_source(src, strict=False, num_proc=data_cfg.get("num_proc"))
-            parts.append((src.name, ds, len(skips)))
+            parts.append((src.name, to_form(ds, src.kind, "supervised"), len(skips)))
     out = [dataset_stats(name, ds, tokenizer, tpl, data_cfg.cutoff_len, skipped, mask_history,
                          data_cfg.get("num_proc")) for name, ds, skipped in parts]
     if len(out) > 1:
@@ -189,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ftrun.model import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
-        stats = compute(cfg.data, tokenizer, cfg.model.template)
+        stats = compute(cfg.data, tokenizer, cfg.model.template, str(cfg.stage.name))
     except ConfigError as e:
         log.error("%s", e)
         return 2

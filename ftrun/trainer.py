@@ -1,7 +1,7 @@
 """What every stage's run shares once its Trainer is built: the Trainer's arguments, and the
 train -> evaluate -> save -> report tail that writes ``result.json`` and returns the objective.
 
-:mod:`ftrun.train` (sft) and every recipe in :mod:`ftrun.stages` use it; it imports neither.
+Every recipe in :mod:`ftrun.stages` (sft included) uses it; it imports none of them.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def start_phases() -> Phases:
     """A new clock for the run that starts now (the one train_and_report charges too)."""
     global _phases
     _phases = Phases()
+    return _phases
+
+
+def current_phases() -> Phases:
+    """The clock :func:`start_phases` started last (the recipes' steps mark it)."""
     return _phases
 
 
@@ -205,7 +210,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
                      extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
     """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
 
-    The tail of :func:`ftrun.train.run` and of every stage recipe; ``extra_metrics`` turns the
+    The tail of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
     from ftrun.divergence import Diverged, DivergenceCallback
@@ -244,7 +249,8 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         if "eval_loss" in metrics:
             metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-        train_losses = [h["loss"] for h in history if "loss" in h]
+        train_losses = ([h["loss"] for h in history if "loss" in h]  # the run's mean if no step was logged
+                        or [h["train_loss"] for h in history if "train_loss" in h])
         summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(),
                    "global_step": trainer.state.global_step}
         if best_step(trainer) is not None:  # the model saved below is that checkpoint's

@@ -30,21 +30,23 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ftrun.config import ConfigError
-from ftrun.data.collate import PackedCollator, make_collator, pack_dataset
+from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text
 from ftrun.data.encode import IGNORE_INDEX, EncodeReport, encode_dataset, encode_messages, encode_rows
-from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips
+from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips, source_kind
 from ftrun.data.registry import resolve_sources
 from ftrun.data.templates import TEMPLATE_NAMES, Template, resolve_template
 
 __all__ = [
     "IGNORE_INDEX", "EncodeReport", "build_datasets", "encode_rows", "encode_messages", "read_alpaca",
-    "make_collator", "PackedCollator", "resolve_template", "load_conversations", "to_messages", "TEMPLATE_NAMES",
+    "make_collator", "PackedCollator", "resolve_template", "load_conversations", "load_examples", "to_messages",
+    "TEMPLATE_NAMES",
 ]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when preprocessing changes its output
+CACHE_VERSION = 2  # bump when preprocessing changes its output
 MIX_SEED = 0
+SPLIT_SEED = 0  # val_size's held-out rows: the same for every run
 
 
 # ---------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def read_alpaca(path: str) -> List[dict]:
     file_digest(p)
     ds = load_file(p)
     src = Source(name=p.stem, files=[p], format="alpaca")
-    _, cols, _ = resolve_columns(src, p, list(ds.column_names))
+    _, _, cols, _ = resolve_columns(src, p, list(ds.column_names))
     locate = Locator(p)
     rows = []
     for i, row in enumerate(ds):
@@ -83,23 +85,33 @@ def read_alpaca(path: str) -> List[dict]:
     return rows
 
 
-def split(ds, val_size: float):
-    """Hold out the last ``val_size`` share (<1) or count (>=1) of rows for evaluation."""
+def split(ds, val_size: float, seed: int = SPLIT_SEED):
+    """(train, eval or None): a seeded random ``val_size`` share (< 1) or count (>= 1) of the rows held out.
+
+    The seed is fixed, so every run (and every trial of a sweep) evaluates on the
+    same rows; the rows left for training keep their order.
+    """
+    import random
+
     n = len(ds)
     n_eval = int(round(n * val_size)) if val_size < 1 else int(val_size)
     if val_size > 0 and n_eval == 0:
         n_eval = 1
     if n_eval >= n:
-        raise ConfigError(f"data.val_size={val_size:g}: leaves no training rows out of {n}")
+        raise ConfigError(f"data.val_size={val_size:g}: holds out {n_eval} of the {n} rows and leaves none to "
+                          f"train on; give a share in [0, 1) (e.g. data.val_size=0.1) or a count below {n}")
     if not n_eval:
         return ds, None
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
     if isinstance(ds, list):
-        return ds[: n - n_eval], ds[n - n_eval:]
-    return ds.select(range(n - n_eval)), ds.select(range(n - n_eval, n))
+        return [ds[i] for i in kept], [ds[i] for i in held]
+    return ds.select(kept), ds.select(held)
 
 
 # ---------------------------------------------------------------------------
-# conversations
+# examples of the stage's kind
 
 
 def _num_proc(data_cfg, n_rows: int) -> Optional[int]:
@@ -109,28 +121,67 @@ def _num_proc(data_cfg, n_rows: int) -> Optional[int]:
     return min(8, os.cpu_count() or 1) if n_rows >= 50_000 else None
 
 
-def builtin_conversations(data_cfg):
-    """The built-in task's train and eval conversations as datasets of ``messages``."""
-    from datasets import Dataset
-
-    from ftrun import tasks
-
-    make = tasks.BUILTIN.get(data_cfg.builtin)
-    if make is None:
-        raise ConfigError(f"data.builtin={data_cfg.builtin}: choose one of {', '.join(tasks.BUILTIN)}")
-    out = []
-    for n, seed in ((data_cfg.num_train, tasks.TRAIN_SEED), (data_cfg.num_eval, tasks.EVAL_SEED)):
-        rows = make(n, seed) if n else []
-        out.append(Dataset.from_dict({"messages": [to_messages(r) for r in rows]}) if rows else None)
-    return out[0], out[1]
+def is_builtin(data_cfg) -> bool:
+    return data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources"))
 
 
-def load_conversations(data_cfg, sources=None):
-    """(train, eval or None, skips, per-source sizes) as datasets of ``messages``."""
+def to_form(ds, kind: str, form: str):
+    """A dataset of ``kind`` in the form a stage trains on: pairs -> KTO answers (each pair a good and
+    a bad one), supervised or pairwise -> ppo's prompts, pairs or KTO answers -> conversations (for
+    data_stats); anything else as it is."""
+    if ds is None or kind == form:
+        return ds
+    from datasets import Features
+
+    from ftrun.data.kinds import FEATURES
+
+    if (kind, form) == ("pairwise", "kto"):
+        def unpair(batch):
+            out = {"prompt": [], "completion": [], "label": []}
+            for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
+                out["prompt"] += [prompt, prompt]
+                out["completion"] += [chosen, rejected]
+                out["label"] += [True, False]
+            return out
+
+        fn = unpair
+    elif (kind, form) == ("supervised", "prompt"):
+        def fn(batch):
+            return {"prompt": [m[:-1] for m in batch["messages"]]}
+    elif (kind, form) == ("pairwise", "supervised"):  # data_stats: what TRL tokenizes, both answers
+        def fn(batch):
+            out = {"messages": [], "tools": []}
+            for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
+                for answer in (chosen, rejected):
+                    out["messages"].append(prompt + [{"role": "assistant", "content": answer}])
+                    out["tools"].append("")
+            return out
+    elif (kind, form) == ("kto", "supervised"):
+        def fn(batch):
+            return {"messages": [p + [{"role": "assistant", "content": c}]
+                                 for p, c in zip(batch["prompt"], batch["completion"])],
+                    "tools": [""] * len(batch["prompt"])}
+    elif (kind, form) == ("pairwise", "prompt"):
+        def fn(batch):
+            return {"prompt": batch["prompt"]}
+    else:
+        raise ConfigError(f"{kind} data cannot be turned into {form} rows")  # check_kind refuses these first
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, features=Features(FEATURES[form]),
+                  load_from_cache_file=False, desc=None)
+
+
+def load_examples(data_cfg, stage: str = "sft", sources=None):
+    """(train, eval or None, skips, per-source sizes): ``stage``'s examples in its form
+    (:data:`ftrun.data.kinds.STAGE_FORM`), mixed, split by ``val_size`` and capped by ``max_samples``."""
     from datasets import concatenate_datasets, interleave_datasets
 
-    if data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources")):
-        train, evals = builtin_conversations(data_cfg)
+    from ftrun.data.builtin import builtin_examples
+    from ftrun.data.kinds import STAGE_FORM, check_kind
+
+    form = STAGE_FORM[stage]
+    if is_builtin(data_cfg):
+        kind = {"pt": "text", "sft": "supervised"}.get(stage, "pairwise")
+        train, evals = (to_form(ds, kind, form) for ds in builtin_examples(data_cfg, kind))
         if data_cfg.max_samples is not None and data_cfg.max_samples < len(train):
             train = train.select(range(data_cfg.max_samples))
         return train, evals, [], {data_cfg.builtin: len(train)}
@@ -138,8 +189,9 @@ def load_conversations(data_cfg, sources=None):
     strict = bool(data_cfg.get("strict", False))
     parts, skips, sizes = [], [], {}
     for src in sources:
+        check_kind(stage, src.name, source_kind(src), src.origin)
         ds, s = read_source(src, strict=strict, num_proc=_num_proc(data_cfg, 0))
-        parts.append(ds)
+        parts.append(to_form(ds, src.kind, form))
         skips += s
         sizes[src.name] = len(ds)
     report_skips(skips, sum(sizes.values()) + len(skips))
@@ -159,6 +211,37 @@ def load_conversations(data_cfg, sources=None):
     if data_cfg.max_samples is not None and data_cfg.max_samples < len(train):
         train = train.select(range(data_cfg.max_samples))
     return train, evals, skips, sizes
+
+
+def check_stage_data(cfg) -> None:
+    """Before anything loads: every dataset's kind fits the stage, and an ``eval_*`` objective has an eval split.
+
+    Reads the datasets' entries and the first file of each (for its columns); no tokenizer, no model.
+    """
+    from ftrun.config import STAGE_OBJECTIVES, has_eval
+    from ftrun.data.kinds import check_kind
+
+    stage, d = str(cfg.stage.name), cfg.data
+    if str(cfg.objective).startswith("eval_") and not has_eval(cfg):
+        builtin = is_builtin(d)
+        fix = "data.num_eval=200" if builtin else "data.val_size=0.1"
+        held = f"data.num_eval={d.num_eval}" if builtin else f"data.val_size={d.val_size:g}"
+        if cfg.objective in ("eval_loss", "eval_perplexity"):  # trainer.py falls back to the train loss
+            log.warning("objective=%s: %s holds out no eval split, so the run returns its final train loss; "
+                        "set %s for a held-out loss", cfg.objective, held, fix)
+        else:
+            others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
+            raise ConfigError(f"objective={cfg.objective}: needs an eval split, and {held} holds none out; "
+                              f"set {fix}" + (f" (or objective={others[0]})" if others else ""))
+    if d.path is None and not (d.names or d.sources):
+        return  # the built-in task has a variant for every stage
+    for src in resolve_sources(d):
+        check_kind(stage, src.name, source_kind(src), src.origin)
+
+
+def load_conversations(data_cfg, sources=None):
+    """(train, eval or None, skips, per-source sizes) as datasets of ``messages`` (sft's examples)."""
+    return load_examples(data_cfg, "sft", sources)
 
 
 # ---------------------------------------------------------------------------
@@ -184,14 +267,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_cfg, sources, tokenizer, template: Template) -> str:
+def cache_key(data_cfg, sources, tokenizer, template: Template, stage: str = "sft") -> str:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
     for k in ("name", "overwrite_cache", "num_proc", "cache_dir"):
         cfg.pop(k, None)
     files = [[src.key(), [file_digest(f) for f in src.files]] for src in sources]
-    material = [CACHE_VERSION, cfg, files, tokenizer_fingerprint(tokenizer), template.key()]
+    material = [CACHE_VERSION, stage, cfg, files, tokenizer_fingerprint(tokenizer), template.key()]
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -230,17 +313,27 @@ def _save_cached(path: Path, train, evals, report: EncodeReport) -> None:
 # the entry point
 
 
-def build_datasets(data_cfg, tokenizer, template: Optional[str] = None):
-    """Tokenized train and eval datasets and the train report; errors before any model is loaded."""
+def build_datasets(data_cfg, tokenizer, template: Optional[str] = None, stage: str = "sft"):
+    """``stage``'s train and eval datasets and the train report; errors before any model is loaded.
+
+    * sft: tokenized conversations (input_ids, attention_mask, labels), packed with ``data.packing``;
+    * pt: raw text tokenized, EOS after each document, packed into ``cutoff_len`` blocks;
+    * rm, dpo: TRL's conversational pairs (``prompt``, ``chosen``, ``rejected`` as turns);
+    * kto: TRL's unpaired rows (``prompt``, ``completion``, ``label``);
+    * ppo: prompts.
+
+    TRL renders and tokenizes the preference rows with the tokenizer's chat
+    template, which :func:`resolve_template` has set to ``model.template``'s.
+    """
     import datasets
 
     template_name = template or getattr(tokenizer, "_ftrun_template", None) or "auto"
     tpl = resolve_template(tokenizer, template_name)
-    builtin = data_cfg.get("path") is None and not (data_cfg.get("names") or data_cfg.get("sources"))
+    builtin = is_builtin(data_cfg)
     sources = None if builtin else resolve_sources(data_cfg)
     cache_path = None
     if not builtin:
-        cache_path = _cache_dir(data_cfg) / cache_key(data_cfg, sources, tokenizer, tpl)
+        cache_path = _cache_dir(data_cfg) / cache_key(data_cfg, sources, tokenizer, tpl, stage)
         if cache_path.is_dir() and not data_cfg.get("overwrite_cache", False):
             try:
                 train, evals, report = _load_cached(cache_path)
@@ -252,30 +345,17 @@ def build_datasets(data_cfg, tokenizer, template: Optional[str] = None):
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        train_c, eval_c, skips, _ = load_conversations(data_cfg, sources)
-        opts = dict(cutoff_len=data_cfg.cutoff_len, train_on_prompt=data_cfg.train_on_prompt,
-                    mask_history=bool(data_cfg.get("mask_history", False)),
-                    drop_long=bool(data_cfg.get("drop_long", False)))
-        nproc = _num_proc(data_cfg, len(train_c))
-        train, report = encode_dataset(train_c, tokenizer, tpl, num_proc=nproc, **opts)
+        train_c, eval_c, skips, _ = load_examples(data_cfg, stage, sources)
+        if stage == "sft":
+            train, evals, report = _encode_supervised(data_cfg, tokenizer, tpl, train_c, eval_c)
+        elif stage == "pt":
+            train, report = pack_text(train_c, tokenizer, data_cfg.cutoff_len)
+            evals = pack_text(eval_c, tokenizer, data_cfg.cutoff_len)[0] if eval_c is not None and len(eval_c) else None
+        else:
+            train, evals = to_trl(train_c), to_trl(eval_c) if eval_c is not None and len(eval_c) else None
+            report = EncodeReport(samples=len(train))
         report.skipped = len(skips)
         report.skip_examples = [str(s) for s in skips[:20]]
-        if report.samples == 0:
-            raise ConfigError(f"cutoff_len={data_cfg.cutoff_len}: every training sample is longer "
-                              "(data.drop_long=true dropped them all); raise cutoff_len")
-        if report.shortest_prompt is not None and report.shortest_prompt >= data_cfg.cutoff_len:
-            raise ConfigError(
-                f"cutoff_len={data_cfg.cutoff_len}: shorter than every prompt (the shortest has "
-                f"{report.shortest_prompt} tokens), so no answer would be seen; raise cutoff_len"
-            )
-        evals = None
-        if eval_c is not None and len(eval_c):
-            evals, _ = encode_dataset(eval_c, tokenizer, tpl, num_proc=_num_proc(data_cfg, len(eval_c)), **opts)
-            if len(evals) == 0:
-                evals = None
-        if data_cfg.get("packing", False):
-            train = pack_dataset(train, data_cfg.cutoff_len, neat=bool(data_cfg.get("neat_packing", True)))
-            report.packed_rows = len(train)
         if cache_path is not None:
             _save_cached(cache_path, train, evals, report)
     finally:
@@ -291,10 +371,47 @@ def build_datasets(data_cfg, tokenizer, template: Optional[str] = None):
     return train, evals, report
 
 
+def _encode_supervised(data_cfg, tokenizer, tpl, train_c, eval_c):
+    opts = dict(cutoff_len=data_cfg.cutoff_len, train_on_prompt=data_cfg.train_on_prompt,
+                mask_history=bool(data_cfg.get("mask_history", False)),
+                drop_long=bool(data_cfg.get("drop_long", False)))
+    train, report = encode_dataset(train_c, tokenizer, tpl, num_proc=_num_proc(data_cfg, len(train_c)), **opts)
+    if report.samples == 0:
+        raise ConfigError(f"cutoff_len={data_cfg.cutoff_len}: every training sample is longer "
+                          "(data.drop_long=true dropped them all); raise cutoff_len")
+    if report.shortest_prompt is not None and report.shortest_prompt >= data_cfg.cutoff_len:
+        raise ConfigError(
+            f"cutoff_len={data_cfg.cutoff_len}: shorter than every prompt (the shortest has "
+            f"{report.shortest_prompt} tokens), so no answer would be seen; raise cutoff_len"
+        )
+    evals = None
+    if eval_c is not None and len(eval_c):
+        evals, _ = encode_dataset(eval_c, tokenizer, tpl, num_proc=_num_proc(data_cfg, len(eval_c)), **opts)
+        if len(evals) == 0:
+            evals = None
+    if data_cfg.get("packing", False):
+        train = pack_dataset(train, data_cfg.cutoff_len, neat=bool(data_cfg.get("neat_packing", True)))
+        report.packed_rows = len(train)
+    return train, evals, report
+
+
+def to_trl(ds):
+    """Pairs, KTO rows or prompts in TRL's conversational format: answers become assistant turns."""
+    from datasets import Features, List as DList, Value
+
+    turn = {"role": Value("string"), "content": Value("string")}
+    answers = [c for c in ("chosen", "rejected", "completion") if c in ds.column_names]
+    if not answers:
+        return ds
+
+    def fn(batch):
+        return {c: [[{"role": "assistant", "content": a}] for a in batch[c]] for c in answers}
+
+    features = Features({**{k: v for k, v in ds.features.items()}, **{c: DList(turn) for c in answers}})
+    return ds.map(fn, batched=True, features=features, load_from_cache_file=False, desc=None)
+
+
 def load_rows(data_cfg) -> Tuple[List[dict], List[dict]]:
     """Train and eval conversations of ``data_cfg`` as lists of ``{"messages": [...]}`` rows."""
     train, evals, _, _ = load_conversations(data_cfg)
     return list(train), list(evals) if evals is not None else []
-
-
-

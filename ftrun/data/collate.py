@@ -77,6 +77,32 @@ def pack_dataset(ds, cutoff_len: int, neat: bool = True):
     return Dataset.from_generator(rows, features=features, keep_in_memory=True) if bins else ds
 
 
+def pack_text(docs, tokenizer, block_size: int):
+    """Raw-text documents (a dataset with ``text``) -> (blocks of ``block_size`` tokens, report), for pt.
+
+    Documents are joined with EOS, then cut; the last partial block is dropped
+    unless it is the only one. Attention spans document boundaries within a
+    block (as in pre-training); EOS marks them. Labels are the inputs.
+    """
+    from datasets import Dataset, Features, List as DList, Value
+
+    from ftrun.data.encode import EncodeReport
+
+    texts = docs.with_format("arrow")["text"].to_pylist()
+    ids: List[int] = []
+    for piece in tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []:
+        ids += list(piece) + [tokenizer.eos_token_id]
+    blocks = [ids[i:i + block_size] for i in range(0, len(ids), block_size)]
+    if len(blocks) > 1 and len(blocks[-1]) < block_size:
+        blocks.pop()
+    features = Features({"input_ids": DList(Value("int32")), "attention_mask": DList(Value("int8")),
+                         "labels": DList(Value("int32"))})
+    ds = Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": blocks},
+                           features=features)
+    report = EncodeReport(samples=len(texts), tokens=sum(len(b) for b in blocks), packed_rows=len(blocks))
+    return ds, report
+
+
 class PackedCollator:
     """Batches packed rows (see the module doc); pads unpacked ones with DataCollatorForSeq2Seq."""
 

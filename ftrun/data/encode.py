@@ -123,9 +123,9 @@ def truncate(ids, labels, last_answer: int, cutoff_len: int) -> Tuple[List[int],
 
 
 def encode_messages(messages, tokenizer, template: Template, cutoff_len: Optional[int],
-                    train_on_prompt: bool = False, mask_history: bool = False):
+                    train_on_prompt: bool = False, mask_history: bool = False, tools: str = ""):
     """One conversation -> (features, info) where info has prompt/response lengths and truncation."""
-    segments = template.segments(messages, mask_history=mask_history)
+    segments = template.segments(messages, mask_history=mask_history, tools=tools)
     ids, labels, last_answer, n_response = tokenize_segments(segments, tokenizer, template, train_on_prompt,
                                                              mask_history)
     info = {"prompt_len": last_answer, "response_len": n_response, "total_len": len(ids), "dropped": 0}
@@ -137,10 +137,11 @@ def encode_messages(messages, tokenizer, template: Template, cutoff_len: Optiona
 def _encode_batch(batch, tokenizer, template, cutoff_len, train_on_prompt, mask_history, drop_long):
     out = {k: [] for k in ("input_ids", "attention_mask", "labels", "_prompt_len", "_response_len",
                            "_total_len", "_dropped", "_keep")}
-    for messages in batch["messages"]:
+    tools = batch.get("tools") or [""] * len(batch["messages"])
+    for messages, row_tools in zip(batch["messages"], tools):
         try:
             feat, info = encode_messages(messages, tokenizer, template, None if drop_long else cutoff_len,
-                                         train_on_prompt, mask_history)
+                                         train_on_prompt, mask_history, row_tools or "")
         except SystemNotSupported as e:
             raise ConfigError(f"model.template={template.name}: {e}, but the data has one; remove the system "
                               "prompts or choose a template with one") from None

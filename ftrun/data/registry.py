@@ -6,7 +6,9 @@
   ``path``, ``format``, ``columns``, ``tags``, ``max_samples``), or, with
   ``data.registry=path/to/dataset_info.json``, the entries of that file as
   LLaMA-Factory reads them (``file_name`` relative to the file's folder,
-  ``formatting``, ``columns``, ``tags``, ``num_samples``).
+  ``formatting``, ``ranking``, ``columns``, ``tags``, ``num_samples``,
+  ``split``, ``folder``, ``subset``); hub and multimodal entries are refused
+  with the reason.
 * ``data.sources=[{name: a, max_samples: 1000}, {path: b.jsonl, format: sharegpt}]``:
   the same with per-dataset settings.
 
@@ -26,8 +28,7 @@ from ftrun.data.formats import FORMATS, Source, list_files
 
 CONF_DATA_DIR = _conf_dir() / "data"
 SOURCE_KEYS = ("name", "path", "format", "columns", "tags", "max_samples")
-HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # multimodal: refused by name
 
 
 def _plain(node: Any) -> Any:
@@ -102,7 +103,15 @@ def load_registry(path: str) -> Dict[str, Any]:
 
 
 def registry_source(path: str, info: Dict[str, Any], name: str) -> Source:
-    """A ``dataset_info.json`` entry as a :class:`Source`, or a clear refusal."""
+    """A ``dataset_info.json`` entry as a :class:`Source`, or a clear refusal.
+
+    LLaMA-Factory's keys: ``file_name`` (a file or a folder, relative to the
+    registry's folder), ``folder`` (a sub-folder it lives in), ``subset`` (a
+    sub-folder of a folder dataset, as on the hub), ``split`` (``train``, or the
+    files of a folder whose names carry the split, e.g. ``test.jsonl``),
+    ``formatting``, ``ranking``, ``columns``, ``tags`` and ``num_samples``.
+    ``script_url`` works when it names a folder of data files on disk.
+    """
     what = f"data.registry={path}: entry '{name}'"
     if name not in info:
         raise ConfigError(f"{what} does not exist (entries: {', '.join(sorted(info)) or 'none'})")
@@ -112,33 +121,58 @@ def registry_source(path: str, info: Dict[str, Any], name: str) -> Source:
     columns = dict(e.get("columns") or {})
     media = [c for c in MEDIA_COLUMNS if c in columns]
     if media:
-        raise ConfigError(f"{what} has {'/'.join(media)} columns; multimodal data is not supported "
-                          "(ftrun trains text-only models)")
-    if e.get("ranking") or any(c in columns for c in ("chosen", "rejected", "kto_tag")):
-        raise ConfigError(f"{what} is a preference (ranking/KTO) dataset; this release trains stage=sft only")
-    if "tools" in columns:
-        raise ConfigError(f"{what} has a tools column; tool-use data is not supported")
+        raise ConfigError(f"{what} has {'/'.join(media)} columns: multimodal data is not supported "
+                          "(ftrun trains text-only models); choose a text dataset")
+    base = Path(path).expanduser().resolve().parent
+    hub = [k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url") if e.get(k)]
+    script = e.get("script_url")
+    if hub:  # LLaMA-Factory reads these from the hub even when file_name is given
+        raise ConfigError(f"{what} is a hub dataset ({hub[0]}={e[hub[0]]}) and runs read local files only "
+                          "(no network at run time): download it next to the registry and give the entry a "
+                          "file_name instead")
+    if script and not e.get("file_name"):
+        if not (base / script).is_dir():
+            raise ConfigError(f"{what}: script_url={script} is not a folder next to the registry, and dataset "
+                              "scripts are fetched from the network, which runs do not use: put the data files "
+                              "there or give the entry a file_name")
+        e = {**e, "file_name": script}
     if not e.get("file_name"):
-        hub = [k for k in HUB_KEYS if e.get(k)]
-        if hub:
-            raise ConfigError(f"{what} is a hub dataset ({hub[0]}={e[hub[0]]}); ftrun reads local files only: "
-                              "download it and give the entry a file_name")
+        if e.get("cloud_file_name"):
+            raise ConfigError(f"{what} is in cloud storage (cloud_file_name={e['cloud_file_name']}); runs read "
+                              "local files only: copy it next to the registry and give the entry a file_name")
         raise ConfigError(f"{what} has no file_name")
     formatting = e.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise ConfigError(f"{what}: formatting '{formatting}' is not supported; use alpaca or sharegpt")
-    base = Path(path).expanduser().resolve().parent
     file_path = Path(e["file_name"]).expanduser()
     if not file_path.is_absolute():
-        file_path = base / file_path
+        file_path = base / (e.get("folder") or "") / file_path
+    if e.get("subset"):
+        if not (file_path / str(e["subset"])).is_dir():
+            raise ConfigError(f"{what}: subset '{e['subset']}' is not a sub-folder of {file_path}; "
+                              "a local dataset's subsets are its sub-folders")
+        file_path = file_path / str(e["subset"])
     try:
         files = list_files(str(file_path), what=f"data.registry entry '{name}' file_name")
     except ConfigError as err:
         raise ConfigError(f"{what}: {err}") from None
-    tags = dict(e.get("tags") or {})
-    max_samples = e.get("num_samples")
-    return Source(name=name, files=files, format=formatting, columns=columns, tags=tags,
-                  max_samples=int(max_samples) if max_samples else None, origin=what)
+    split = str(e.get("split") or "train")
+    if file_path.is_dir():
+        named = [f for f in files if split in f.stem.lower().replace("-", "_").split("_")
+                 or f.parent != file_path and f.parent.name == split]
+        if named:
+            files = named
+        elif split != "train":
+            raise ConfigError(f"{what}: split '{split}' matches no file in {file_path} (files are matched by "
+                              f"name, e.g. {split}.jsonl); remove split to read them all")
+    elif split != "train":
+        raise ConfigError(f"{what}: split '{split}' of the single file {file_path.name}; a local file is one "
+                          "train split: remove split, or point file_name at a folder with a file per split")
+    num_samples = e.get("num_samples")
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ConfigError(f"{what}: num_samples={num_samples!r} must be a whole number >= 1")
+    return Source(name=name, files=files, format=formatting, columns=columns, tags=dict(e.get("tags") or {}),
+                  num_samples=num_samples, ranking=bool(e.get("ranking", False)), origin=what)
 
 
 def preset_source(name: str, conf_dir: Optional[Path] = None) -> Source:

@@ -24,6 +24,10 @@ part is trained on, and an answer without one gets an empty one in front; with
 untrained, as LLaMA-Factory's ReasoningTemplate does. A tokenizer's own chat
 template gets ``enable_thinking`` as a variable (Qwen3's reads it).
 
+Tool calls (a ``tools`` column, function-call and observation turns) are
+rendered as :mod:`ftrun.data.tools` describes: through the tokenizer's own
+template when it takes ``tools``, else in a documented plain format.
+
 Every assistant turn ends with the template's stop token (EOS by default); a
 system prompt on a template that has no place for one is an error, not dropped.
 """
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ftrun.config import ConfigError
+from ftrun.data.tools import has_tools, hf_messages, hf_tools, plain_messages, template_takes_tools
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +117,8 @@ class Template:
     supports_system: bool = True
     stop_token_id: Optional[int] = None
 
-    def segments(self, messages: List[Dict[str, str]], mask_history: bool = False) -> List[Segment]:
+    def segments(self, messages: List[Dict[str, str]], mask_history: bool = False, tools: str = "") -> List[Segment]:
+        """(text, trained) pieces; ``tools`` (JSON) and tool turns are rendered as :mod:`ftrun.data.tools` says."""
         raise NotImplementedError
 
     def check_system(self, messages) -> None:
@@ -148,7 +154,9 @@ class BuiltinTemplate(Template):
                         tokenizer.eos_token)
             self.stop = ""
 
-    def segments(self, messages, mask_history=False):
+    def segments(self, messages, mask_history=False, tools=""):
+        if has_tools(messages, tools):
+            messages = plain_messages(messages, tools)
         self.check_system(messages)
         system = self.default_system
         turns = messages
@@ -230,8 +238,9 @@ class TokenizerTemplate(Template):
     def key(self) -> str:
         return "tokenizer:" + ("" if self.thinking else "no-thinking:") + (self.tokenizer.chat_template or "")
 
-    def _render(self, messages, generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+    def _render(self, messages, generation_prompt: bool, tools=None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=generation_prompt,
                                                   enable_thinking=self.thinking)
 
     def _split_answer(self, answer: str) -> Tuple[str, str]:
@@ -242,13 +251,19 @@ class TokenizerTemplate(Template):
                 return answer[: j + len(self.eos)], answer[j + len(self.eos):]
         return answer, ""
 
-    def segments(self, messages, mask_history=False):
+    def segments(self, messages, mask_history=False, tools=""):
+        hf_tool_list = None
+        if has_tools(messages, tools):
+            if template_takes_tools(self.tokenizer.chat_template):
+                messages, hf_tool_list = hf_messages(messages), hf_tools(tools)
+            else:
+                messages = plain_messages(messages, tools)
         self.check_system(messages)
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if mask_history:
             answers = answers[-1:]
         try:
-            return self._segments(messages, answers)
+            return self._segments(messages, answers, hf_tool_list)
         except _NotPrefix:
             if len(answers) > 1:
                 if not self._warned:
@@ -256,19 +271,19 @@ class TokenizerTemplate(Template):
                                 "exist; training on the last assistant turn of multi-turn samples only")
                     self._warned = True
                 try:
-                    return self._segments(messages, answers[-1:])
+                    return self._segments(messages, answers[-1:], hf_tool_list)
                 except _NotPrefix:
                     pass
             raise ConfigError("model.template=auto: the tokenizer's chat template does not render a conversation "
                               "as its prompt (with add_generation_prompt) followed by the answer, so the answer "
                               "cannot be masked exactly; choose a built-in model.template") from None
 
-    def _segments(self, messages, answers) -> List[Segment]:
+    def _segments(self, messages, answers, tools=None) -> List[Segment]:
         segs: List[Segment] = []
         done = ""
         for idx in answers:
-            prompt = self._render(messages[:idx], True)
-            full = self._render(messages[: idx + 1], False)
+            prompt = self._render(messages[:idx], True, tools)
+            full = self._render(messages[: idx + 1], False, tools)
             if not prompt.startswith(done) or not full.startswith(prompt):
                 raise _NotPrefix()
             answer, _rest = self._split_answer(full[len(prompt):])

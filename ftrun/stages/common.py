@@ -1,5 +1,6 @@
-"""What every stage recipe shares: the starting model, runs named by path or MLflow id and
-the MLflow callbacks. The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
+"""What every stage recipe shares: its data (:func:`prepare_data`), the starting model, runs
+named by path or MLflow id, the tracker (:func:`start_tracking`) and the MLflow callbacks.
+The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
 """
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Optional
 
 from ftrun.config import ConfigError
 from ftrun.contract import MODEL_DIR, TAG_RUN_DIR
@@ -16,6 +18,78 @@ from ftrun.contract import MODEL_DIR, TAG_RUN_DIR
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+# ---------------------------------------------------------------------------
+# data: the same for every stage, before any model loads
+
+
+@dataclass
+class StageData:
+    """A stage's tokenizer and data (:func:`ftrun.data.build_datasets` says what each stage gets)."""
+
+    tokenizer: Any
+    train: Any
+    eval: Optional[Any]
+    report: Any
+
+
+def prepare_data(cfg) -> StageData:
+    """Seed, then the tokenizer and ``cfg.stage.name``'s data through :mod:`ftrun.data`.
+
+    Runs before any model loads, so bad data fails first. The tokenizer is the
+    starting model's: ``stage.init_run``'s saved one (with the chat template that
+    run trained with), else the base model's; ``model.template`` applies either way.
+    A warm sweep worker builds each data config once.
+    """
+    from transformers import set_seed
+
+    from ftrun import keep
+    from ftrun.config import to_container
+    from ftrun.data import build_datasets
+    from ftrun.model import load_tokenizer
+    from ftrun.trainer import current_phases
+
+    phases = current_phases()
+    set_seed(cfg.seed)
+    log.info("Seed %d", cfg.seed)
+    model_cfg = cfg.model
+    if cfg.stage.init_run is not None:
+        model_cfg = copy.deepcopy(cfg.model)
+        model_cfg.path, model_cfg.tiny = str(run_model_dir(cfg.stage.init_run, "stage.init_run")), None
+    phases.mark("setup")  # checks and imports (in a fresh process most of it is importing)
+    log.info("Loading tokenizer for model '%s'", cfg.model.name)
+    tokenizer = load_tokenizer(model_cfg)
+    log.info("Building %s data '%s' (cutoff_len=%d)", cfg.stage.name, cfg.data.name, cfg.data.cutoff_len)
+    train, evals, report = keep.shared(
+        "tokenized data", {"data": to_container(cfg.data), "model": to_container(model_cfg),
+                           "stage": str(cfg.stage.name)},
+        lambda: build_datasets(cfg.data, tokenizer, stage=str(cfg.stage.name)))
+    log.info("Data: %d train / %d eval rows", len(train), len(evals) if evals is not None else 0)
+    phases.mark("data")
+    return StageData(tokenizer, train, evals, report)
+
+
+def start_tracking(cfg, run_dir: Path, overrides):
+    """The run's tracker (MLflow, or one that records nothing with tracking.enabled=false)."""
+    from ftrun.tracking import make_tracker
+    from ftrun.trainer import current_phases
+
+    phases = current_phases()
+    phases.mark("model")
+    tracker = make_tracker(cfg, run_dir, overrides)
+    phases.mark("tracking")
+    return tracker
+
+
+def log_start(tracker, model, data: StageData) -> None:
+    """The trainable parameter count (of the model the trainer trains) and the data report, at step 0."""
+    from ftrun.model import count_parameters
+
+    trainable, total = count_parameters(model)
+    log.info("Trainable parameters: %s / %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    tracker.log_metrics({"trainable_params": trainable, "total_params": total,
+                         **data.report.as_metrics("data_train")}, step=0)
 
 
 # ---------------------------------------------------------------------------
@@ -174,15 +248,3 @@ class StageMetricsCallback(_callback_base()):
             and not k.endswith(("_runtime", "_per_second", "preparation_time"))
         }
         self.tracker.log_metrics(metrics, step=state.global_step)
-
-
-# ---------------------------------------------------------------------------
-# what a recipe logs before training
-
-
-def log_trainable(tracker, model, data_metrics: Dict[str, float]) -> None:
-    from ftrun.model import count_parameters
-
-    trainable, total = count_parameters(model)
-    log.info("Trainable parameters: %s / %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    tracker.log_metrics({"trainable_params": trainable, "total_params": total, **data_metrics}, step=0)

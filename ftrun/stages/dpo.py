@@ -1,6 +1,6 @@
 """stage=dpo: direct preference optimization with TRL's DPOTrainer.
 
-seed -> pairs -> policy (+ LoRA config) -> DPOTrainer -> train -> report.
+data (pairs) -> policy (+ LoRA config) -> DPOTrainer -> train -> evaluate -> save -> report.
 The reference is the starting model (the base, or ``stage.init_run``'s
 model): with lora/qlora the policy's adapter disabled, otherwise a frozen copy.
 Returns eval reward accuracy: the share of eval pairs whose implicit reward
@@ -16,44 +16,36 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, run_dir: Path, overrides=None) -> float:
-    from datasets import Dataset
-    from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from ftrun.model import load_tokenizer
-    from ftrun.stages.common import load_policy, log_trainable, stage_callbacks, start_from_run
-    from ftrun.stages.data import load_pairs, to_trl
-    from ftrun.tracking import make_tracker
+    from ftrun.stages.common import load_policy, log_start, prepare_data, stage_callbacks, start_from_run, start_tracking
     from ftrun.trainer import train_and_report, training_arguments
 
-    set_seed(cfg.seed)
-    log.info("Reading preference pairs '%s'", cfg.data.name)
-    train_pairs, eval_pairs = load_pairs(cfg.data)  # bad data fails here, before any model loads
-    log.info("Data: %d train / %d eval pairs", len(train_pairs), len(eval_pairs))
+    data = prepare_data(cfg)  # bad data fails here, before any model loads
+    tokenizer = data.tokenizer
     cfg = start_from_run(cfg, run_dir)
-    tokenizer = load_tokenizer(cfg.model)
 
     log.info("Loading policy '%s' (method %s)", cfg.model.name, cfg.method.name)
     model, peft_config = load_policy(cfg)
     st = cfg.stage
     args = training_arguments(
-        cfg, run_dir, has_eval=bool(eval_pairs), cls=DPOConfig,
+        cfg, run_dir, has_eval=data.eval is not None, cls=DPOConfig,
         beta=st.beta, label_smoothing=st.label_smoothing, **dpo_loss_arguments(st),
         max_length=cfg.data.cutoff_len, gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
-    tracker = make_tracker(cfg, run_dir, overrides)
+    tracker = start_tracking(cfg, run_dir, overrides)
     log.info("Building DPOTrainer (beta=%g, loss_type=%s)", st.beta, ",".join(st.loss_type))
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # lora/qlora: the adapter disabled; full/freeze: a frozen copy of the start
         args=args,
-        train_dataset=Dataset.from_list([to_trl(p) for p in train_pairs]),
-        eval_dataset=Dataset.from_list([to_trl(p) for p in eval_pairs]) if eval_pairs else None,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=stage_callbacks(cfg, tracker),
     )
-    log_trainable(tracker, trainer.model, {"data_train_samples": len(train_pairs)})
+    log_start(tracker, trainer.model, data)
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)
 
 

@@ -6,8 +6,9 @@ batch with ``stage.ppo.num_iterations``) and a KL penalty to the reference
 (``stage.beta``), and replaces PPO's value network with the other completions of
 the same prompt as the baseline (``stage.ppo.num_generations`` per prompt).
 
-seed -> prompts -> policy from ``stage.init_run`` (+ LoRA config) -> reward model
-from ``stage.reward_run`` -> GRPOTrainer (sample, score, update) -> report.
+data (prompts of supervised or pairwise rows) -> policy from ``stage.init_run``
+(+ LoRA config) -> reward model from ``stage.reward_run`` -> GRPOTrainer (sample,
+score, update) -> train -> save -> report.
 With lora/qlora the reference is the policy with its adapter disabled.
 Logs reward (mean score of the sampled completions), kl and policy_loss each
 logging step; returns ``reward_mean``, the mean reward over the last quarter of
@@ -23,23 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, run_dir: Path, overrides=None) -> float:
-    from datasets import Dataset
-    from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from ftrun.model import load_tokenizer
-    from ftrun.stages.common import (load_policy, load_reward_model, log_trainable, stage_callbacks,
-                                     start_from_run)
-    from ftrun.stages.data import load_prompts
-    from ftrun.tracking import make_tracker
+    from ftrun.stages.common import (load_policy, load_reward_model, log_start, prepare_data, stage_callbacks,
+                                     start_from_run, start_tracking)
     from ftrun.trainer import train_and_report, training_arguments
 
-    set_seed(cfg.seed)
-    log.info("Reading prompts '%s'", cfg.data.name)
-    train_prompts, _ = load_prompts(cfg.data)  # bad data fails here, before any model loads
-    log.info("Data: %d train prompts", len(train_prompts))
+    data = prepare_data(cfg)  # bad data fails here, before any model loads
+    tokenizer = data.tokenizer
     cfg = start_from_run(cfg, run_dir)
-    tokenizer = load_tokenizer(cfg.model)
     tokenizer.padding_side = "left"  # generation continues at the right end of each prompt
 
     log.info("Loading reward model from %s", cfg.stage.reward_run)
@@ -55,20 +48,20 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
     args.include_num_input_tokens_seen = "no"  # rollouts are generated inside the step; there is no input batch to count
-    tracker = make_tracker(cfg, run_dir, overrides)
+    tracker = start_tracking(cfg, run_dir, overrides)
     log.info("Building GRPOTrainer (beta=%g, %d completions per prompt, clip %.2f)",
              st.beta, p.num_generations, p.epsilon)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward_model],
         args=args,
-        train_dataset=Dataset.from_list(train_prompts),
+        train_dataset=data.train,
         processing_class=tokenizer,
         reward_processing_classes=[reward_tokenizer],
         peft_config=peft_config,
         callbacks=[PolicyLoss(st.beta), *stage_callbacks(cfg, tracker)],
     )
-    log_trainable(tracker, trainer.model, {"data_train_samples": len(train_prompts)})
+    log_start(tracker, trainer.model, data)
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir, extra_metrics=reward_summary)
 
 

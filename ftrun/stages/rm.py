@@ -1,6 +1,6 @@
 """stage=rm: a reward model trained on preference pairs with TRL's RewardTrainer.
 
-seed -> pairs -> base with a one-output score head -> method -> RewardTrainer -> train -> report.
+data (pairs) -> base with a one-output score head -> method -> RewardTrainer -> train -> evaluate -> save -> report.
 The loss is -log sigmoid(score(chosen) - score(rejected)) (Bradley-Terry);
 returns eval pairwise accuracy, the share of eval pairs scored in the right order.
 The saved model (adapter + score head, or full weights) is what ``stage=ppo``
@@ -16,22 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, run_dir: Path, overrides=None) -> float:
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from ftrun.model import apply_method, load_model, load_tokenizer
-    from ftrun.stages.common import log_trainable, stage_callbacks, start_from_run
-    from ftrun.stages.data import load_pairs, to_trl
-    from ftrun.tracking import make_tracker
+    from ftrun.model import apply_method, load_model
+    from ftrun.stages.common import log_start, prepare_data, stage_callbacks, start_from_run, start_tracking
     from ftrun.trainer import train_and_report, training_arguments
 
-    set_seed(cfg.seed)
-    log.info("Reading preference pairs '%s'", cfg.data.name)
-    train_pairs, eval_pairs = load_pairs(cfg.data)  # bad data fails here, before any model loads
-    log.info("Data: %d train / %d eval pairs", len(train_pairs), len(eval_pairs))
+    data = prepare_data(cfg)  # bad data fails here, before any model loads
+    tokenizer = data.tokenizer
     cfg = start_from_run(cfg, run_dir)
-    tokenizer = load_tokenizer(cfg.model)
 
     log.info("Loading '%s' with a reward head (method %s)", cfg.model.name, cfg.method.name)
     model = load_model(cfg, AutoModelForSequenceClassification, num_labels=1)
@@ -40,16 +34,16 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     if cfg.method.name in ("freeze", "llama_pro"):
         model.score.requires_grad_(True)  # the new head must learn whatever layers train
     args = training_arguments(
-        cfg, run_dir, has_eval=bool(eval_pairs), cls=RewardConfig,
+        cfg, run_dir, has_eval=data.eval is not None, cls=RewardConfig,
         max_length=cfg.data.cutoff_len, gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
-    tracker = make_tracker(cfg, run_dir, overrides)
+    tracker = start_tracking(cfg, run_dir, overrides)
     log.info("Building RewardTrainer")
     trainer = RewardTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list([to_trl(p) for p in train_pairs]),
-        eval_dataset=Dataset.from_list([to_trl(p) for p in eval_pairs]) if eval_pairs else None,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
         callbacks=stage_callbacks(cfg, tracker),
     )
@@ -58,5 +52,5 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         for name, p in trainer.model.named_parameters():
             if p.requires_grad and "score" in name:
                 p.data = p.data.to(dtype)
-    log_trainable(tracker, trainer.model, {"data_train_samples": len(train_pairs)})
+    log_start(tracker, trainer.model, data)
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir)

@@ -150,7 +150,6 @@ BAD = {
     "stage.loss_type": ["stage=dpo", "stage.loss_type=[bradley]"],
     "stage.label_smoothing": ["stage=dpo", "stage.label_smoothing=0.7"],
     "stage.init_run": ["stage.init_run=/no/such/run"], "stage.reward_run": ["stage.reward_run=/no/such/run"],
-    "stage.text_column": ["stage.text_column="],
     "stage.ppo.num_generations": ["stage.ppo.num_generations=1"],
     "stage.ppo.max_new_tokens": ["stage.ppo.max_new_tokens=0"], "stage.ppo.temperature": ["stage.ppo.temperature=0"],
     "stage.ppo.epsilon": ["stage.ppo.epsilon=0"], "stage.ppo.num_iterations": ["stage.ppo.num_iterations=0"],

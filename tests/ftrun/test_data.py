@@ -196,9 +196,9 @@ def test_dataset_info_registry(tok, tmp_path):
     reg.write_text(json.dumps(info))
     train, _, report = build(tok, tmp_path, "data.path=null", f"data.registry={reg}", "data.names=[alp,sg,renamed]")
     assert report.samples == 4 + 3 + 2
-    for name, why in [("pics", "entry 'pics' has images columns; multimodal"),
+    for name, why in [("pics", "entry 'pics' has images columns: multimodal"),
                       ("hub", "entry 'hub' is a hub dataset \\(hf_hub_url=tatsu-lab/alpaca\\)"),
-                      ("dpo", "entry 'dpo' is a preference"),
+                      ("dpo", "entry 'dpo' holds preference pairs \\(pairwise\\), which stage=rm"),
                       ("nope", "entry 'nope' does not exist \\(entries: alp, dpo, hub, pics, renamed, sg\\)")]:
         with pytest.raises(ConfigError, match=why):
             build(tok, tmp_path, "data.path=null", f"data.registry={reg}", f"data.names=[{name}]")

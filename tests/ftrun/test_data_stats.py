@@ -70,3 +70,14 @@ def test_stats_command_counts_truncation_exactly(tiny_dir, tmp_path, capsys):
 def test_stats_command_reports_config_errors(tmp_path, caplog):
     assert main(["--out", str(tmp_path), "data=alpaca", f"data.path={tmp_path / 'none.jsonl'}"]) == 2
     assert "no such file" in caplog.text
+
+
+def test_stats_of_preference_data_count_each_answer(tiny_dir, tmp_path, capsys):
+    from conftest import ROOT
+
+    reg = ROOT / "tests" / "data" / "llamafactory" / "dataset_info.json"
+    common = ["--out", str(tmp_path / "out"), "data=llamafactory", f"data.registry={reg}"]
+    assert main([*common, "stage=dpo", "data.names=[dpo_en_demo]"]) == 0
+    assert "dpo_en_demo: 24 samples" in capsys.readouterr().out  # 12 pairs: a chosen and a rejected answer each
+    assert main([*common, "stage=sft", "data.names=[dpo_en_demo]"]) == 2  # the kind does not fit the stage
+    assert main([*common, "stage=pt", "data.names=[c4_demo]"]) == 2

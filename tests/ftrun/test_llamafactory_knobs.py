@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+import ftrun.stages.sft
 import ftrun.train
 from ftrun.config import ConfigError, canonical_overrides, resolved, validate, validate_device
 from ftrun.model import apply_method, count_parameters, load_model, load_tokenizer
@@ -53,13 +54,13 @@ def trainable(model):
 def run_capturing(monkeypatch, tmp_path, overrides):
     """A real tiny run of ``overrides``; returns the Trainer it built (after training) and result.json."""
     built = []
-    make = ftrun.train.build_trainer
+    make = ftrun.stages.sft.build_trainer
 
     def capture(*args, **kwargs):
         built.append(make(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(ftrun.train, "build_trainer", capture)
+    monkeypatch.setattr(ftrun.stages.sft, "build_trainer", capture)
     ftrun.train.run(compose_cfg([*overrides, *QUIET], fast=True), tmp_path)
     return built[0], json.loads((tmp_path / "result.json").read_text())
 
@@ -128,7 +129,7 @@ def check_resize_vocab(tmp_path, monkeypatch):
 
 def check_llama_pro(tmp_path, monkeypatch):
     from ftrun.data import build_datasets
-    from ftrun.train import build_trainer
+    from ftrun.stages.sft import build_trainer
 
     plain = base_model()
     cfg, model, tok = build(["method=llama_pro", "method.expand_layers=2"])

@@ -9,7 +9,7 @@ from conftest import compose_cfg
 
 from ftrun.data import build_datasets
 from ftrun.model import apply_method, count_parameters, load_model, load_tokenizer
-from ftrun.train import build_trainer
+from ftrun.stages.sft import build_trainer
 
 
 def _train(overrides, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-import ftrun.train
+import ftrun.stages.sft
 from ftrun.train import run
 
 LR = 1e-3
@@ -27,7 +27,7 @@ QUIET = ["train.eval_steps=0", "tracking.enabled=false", "train.logging_steps=1"
 def run_capturing(monkeypatch, tmp_path, overrides, callbacks=()):
     """Run ``compose_cfg(overrides, fast=True)`` and return (the Trainer it trained, result.json)."""
     built = []
-    build = ftrun.train.build_trainer
+    build = ftrun.stages.sft.build_trainer
 
     def capture(*args, **kwargs):
         trainer = build(*args, **kwargs)
@@ -36,7 +36,7 @@ def run_capturing(monkeypatch, tmp_path, overrides, callbacks=()):
         built.append(trainer)
         return trainer
 
-    monkeypatch.setattr(ftrun.train, "build_trainer", capture)
+    monkeypatch.setattr(ftrun.stages.sft, "build_trainer", capture)
     run(compose_cfg(list(overrides), fast=True), tmp_path)
     return built[0], json.loads((tmp_path / "result.json").read_text())
 

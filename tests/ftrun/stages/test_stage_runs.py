@@ -107,7 +107,8 @@ def test_bad_pairs_fail_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
     bad = tmp_path / "prefs.jsonl"
     bad.write_text('{"instruction": "q", "chosen": "a", "rejected": "b"}\n{"instruction": "q", "chosen": "a"}\n')
     for stage in ("rm", "dpo", "kto"):
-        cfg = compose_cfg([*FAST_STAGE, f"stage={stage}", "data=alpaca", f"data.path={bad}"], fast=True)
+        cfg = compose_cfg([*FAST_STAGE, f"stage={stage}", "data=alpaca", f"data.path={bad}", "data.strict=true"],
+                          fast=True)
         with pytest.raises(ConfigError, match=f"data.path={bad}: line 2 has no 'rejected' answer"):
             run(cfg, tmp_path / stage)
 
