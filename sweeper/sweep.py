@@ -139,6 +139,7 @@ class Sweep:
         self.entry_args = list(entry_args)
         self.objectives = list(conf.get("objectives") or [job_cfg.objective])
         self.directions = directions(self.objectives, conf.get("direction"))
+        _check_eval_split(self.objectives, space, job_cfg)
         self.multi = len(self.objectives) > 1
         self.grid = is_grid(conf.get("sampler", "tpe"))
         self.study_name = conf.get("study_name") or self._derive_name()
@@ -854,6 +855,22 @@ def slot_memory_bytes(limit_gb: Optional[float], slot: Slot) -> Optional[float]:
     total = {i.strip(): float(m) * 2**20 for i, m in (line.split(",") for line in out.strip().splitlines())}
     sizes = [total[g] for g in slot.gpus if g in total]
     return min(sizes) if sizes else None
+
+
+def _check_eval_split(objectives: Sequence[str], space: SearchSpace, job_cfg) -> None:
+    """An eval_* objective needs held-out rows: refused before any trial rather than in every one."""
+    if not any(str(o).startswith("eval_") for o in objectives) or any(n.startswith("data.") for n in space.distributions):
+        return
+    try:
+        from ftrun.config import has_eval
+
+        held = has_eval(job_cfg)
+    except Exception:  # noqa: BLE001 - not an ftrun config (a custom command): the trials decide
+        return
+    if not held:
+        raise SweepConfigError(f"objective={objectives[0]}: the sweep's data holds out no eval split, so trials "
+                               "could only compare train losses; set data.val_size=0.1 (data.num_eval=200 for the "
+                               "built-in task)")
 
 
 def enqueue_grid(study, space: SearchSpace) -> int:

@@ -226,13 +226,17 @@ def check_stage_data(cfg) -> None:
         builtin = is_builtin(d)
         fix = "data.num_eval=200" if builtin else "data.val_size=0.1"
         held = f"data.num_eval={d.num_eval}" if builtin else f"data.val_size={d.val_size:g}"
-        if cfg.objective in ("eval_loss", "eval_perplexity"):  # trainer.py falls back to the train loss
+        from ftrun.contract import OPTUNA_STORAGE_ENV
+
+        in_sweep = bool(os.environ.get(OPTUNA_STORAGE_ENV))  # a trial: comparing train losses would pick overfitting
+        if cfg.objective in ("eval_loss", "eval_perplexity") and not in_sweep:  # trainer.py falls back to train loss
             log.warning("objective=%s: %s holds out no eval split, so the run returns its final train loss; "
                         "set %s for a held-out loss", cfg.objective, held, fix)
         else:
             others = [o for o in STAGE_OBJECTIVES[stage] if not o.startswith("eval_")]
-            raise ConfigError(f"objective={cfg.objective}: needs an eval split, and {held} holds none out; "
-                              f"set {fix}" + (f" (or objective={others[0]})" if others else ""))
+            raise ConfigError(f"objective={cfg.objective}: needs an eval split{' in a sweep' if in_sweep else ''}, "
+                              f"and {held} holds none out; set {fix}"
+                              + (f" (or objective={others[0]})" if others else ""))
     if d.path is None and not (d.names or d.sources):
         return  # the built-in task has a variant for every stage
     for src in resolve_sources(d):

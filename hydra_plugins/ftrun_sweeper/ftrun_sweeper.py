@@ -8,6 +8,8 @@ plain runs never import optuna).
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -37,13 +39,20 @@ class FtrunSweeper(Sweeper):
         from sweeper.space import parse_search_space
         from sweeper.sweep import run_sweep
 
+        from ftrun.config import ConfigError
+        from sweeper.study import SweepConfigError
+
         assert self.config is not None and self.hydra_context is not None
-        params = dict(self.conf.get("search_space") or {})
-        params.update(self.conf.get("params") or {})
-        space = parse_search_space(params, arguments, self.conf.get("conditions"))
-        fixed = canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()])  # lr= -> optimizer.lr=
-        job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
-        return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
+        try:
+            params = dict(self.conf.get("search_space") or {})
+            params.update(self.conf.get("params") or {})
+            space = parse_search_space(params, arguments, self.conf.get("conditions"))
+            fixed = canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()])  # lr= -> optimizer.lr=
+            job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+            return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
+        except (SweepConfigError, ConfigError) as e:  # a setting to fix: its message, exit 2, no traceback
+            logging.getLogger("sweeper").error("%s", e)
+            sys.exit(2)
 
 
 def _entry_args(config: DictConfig) -> List[str]:

@@ -52,3 +52,28 @@ def test_a_configuration_that_cannot_fit_the_memory_limit_is_pruned_before_launc
     assert not list((db.parent / "trial_0000").glob("**/result.json"))  # never ran
     assert small.state.name == "COMPLETE"
     assert "skipped before launch" in (db.parent / "summary.md").read_text()
+
+
+def test_a_sweep_on_an_eval_objective_without_an_eval_split_is_refused_before_any_trial(tmp_path):
+    out = ftrun_multirun(["data.num_eval=0", "lr=tag(log,interval(1e-5,1e-2))", "hydra.sweeper.n_trials=2",
+                          "tracking.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweeps'}"])
+    said = out.stdout + out.stderr
+    assert out.returncode == 2
+    assert "objective=eval_loss" in said and "data.num_eval=200" in said, said[-3000:]
+    assert "Traceback" not in said
+    assert not list((tmp_path / "sweeps").glob("*/trial_*"))
+
+
+def test_a_trial_without_an_eval_split_is_refused_where_a_plain_run_falls_back_to_the_train_loss(monkeypatch):
+    import pytest
+    from conftest import compose_cfg
+
+    from ftrun.config import ConfigError
+    from ftrun.contract import OPTUNA_STORAGE_ENV
+    from ftrun.data import check_stage_data
+
+    cfg = compose_cfg(["data.num_eval=0"])
+    check_stage_data(cfg)  # a plain run: warns and returns its final train loss
+    monkeypatch.setenv(OPTUNA_STORAGE_ENV, "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="needs an eval split in a sweep.*data.num_eval=200"):
+        check_stage_data(cfg)
