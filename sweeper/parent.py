@@ -13,7 +13,7 @@ from typing import Optional
 from ftrun.contract import (ATTR_MLFLOW_PARENT_RUN_ID, ATTR_OVERRIDES, ATTR_SURPLUS, PARENT_ID_FILE, RUN_ID_FILE,
                             TAG_FAIL_REASON, TAG_OBJECTIVES, TAG_OOM_RETRY, TAG_PARENT, TAG_PRUNED, TAG_RETRY_OF,
                             TAG_RUN_DIR, TAG_STORAGE, TAG_STUDY_NAME, TAG_SWEEP, TAG_TRIAL)
-from sweeper.study import pruner_key, safe_url, sampler_name
+from sweeper.study import pruner_key, safe_url, sampler_name, set_study_attr
 
 log = logging.getLogger("ftrun.sweeper")
 
@@ -52,7 +52,6 @@ class ParentRun:
             "sweep_dir": str(sweep.sweep_dir)})
         run_id = run.info.run_id
         id_file.write_text(run_id)
-        from sweeper.sweep import set_study_attr
 
         set_study_attr(sweep.study, ATTR_MLFLOW_PARENT_RUN_ID, run_id)
         params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}

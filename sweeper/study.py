@@ -258,3 +258,14 @@ def _plain(kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 def _show(kwargs: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def set_study_attr(study, key: str, value: Any) -> None:
+    """``study.set_user_attr``, safe when sweepers on several hosts set the same new key at once (Optuna
+    inserts a study attribute without an upsert: the second insert fails, and a second try updates)."""
+    try:
+        study.set_user_attr(key, value)
+    except Exception as e:
+        if "IntegrityError" not in type(e).__name__ and "unique" not in str(e).lower():
+            raise
+        study.set_user_attr(key, value)

@@ -55,6 +55,7 @@ from sweeper.study import (
     require_driver,
     safe_url,
     sampler_name,
+    set_study_attr,
     storage_url,
 )
 from sweeper.trial import trial_env
@@ -912,17 +913,6 @@ def _n_trials(storage, study_name: str) -> int:
     except KeyError:
         return 0
     return len(storage.get_all_trials(study_id, deepcopy=False))
-
-
-def set_study_attr(study, key: str, value: Any) -> None:
-    """``study.set_user_attr``, safe when sweepers on several hosts set the same new key at once (Optuna
-    inserts a study attribute without an upsert: the second insert fails, and a second try updates)."""
-    try:
-        study.set_user_attr(key, value)
-    except Exception as e:
-        if "IntegrityError" not in type(e).__name__ and "unique" not in str(e).lower():
-            raise
-        study.set_user_attr(key, value)
 
 
 def _positive(value: Any, key: str) -> Optional[float]:

@@ -153,8 +153,10 @@ def build(board) -> TrainForm:
 def tracking_uri(board, overrides):
     import os
 
+    from ftrun.contract import MLFLOW_URI_ENV
+
     cfg = form.compose(overrides)
-    return cfg.tracking.uri or board.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return cfg.tracking.uri or board.tracking_uri or os.environ.get(MLFLOW_URI_ENV)
 
 
 def progress_html(view: jobs.RunView, total, epochs) -> str:

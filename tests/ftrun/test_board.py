@@ -120,7 +120,8 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     from mlflow.tracking import MlflowClient
 
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
-    assert len(MlflowClient().get_metric_history(run_id, "train_loss")) == 6
+    # the store the board's run wrote to (an earlier in-process test may have moved mlflow's global default)
+    assert len(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(run_id, "train_loss")) == 6
     curve = page.locator("#train-curve")
     expect(curve.locator("canvas, svg").first).to_be_visible()
     expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"Done: eval_loss"))
