@@ -26,6 +26,16 @@ class Board:
     jobs: Dict[str, Any] = field(default_factory=dict)
     labelled: List[Tuple[Any, str, str]] = field(default_factory=list)
 
+    def __post_init__(self):
+        import os
+
+        from ftrun.contract import MLFLOW_URI_ENV
+
+        # the runs the board starts read MLFLOW_TRACKING_URI; the board reads the same store, not whatever
+        # mlflow's process-wide default happens to be
+        if self.tracking_uri is None:
+            self.tracking_uri = os.environ.get(MLFLOW_URI_ENV)
+
     def label(self, key: str) -> str:
         return label(key, self.lang)
 
