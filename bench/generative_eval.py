@@ -69,7 +69,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "generative_eval.json").write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv),
                                                           "runs": runs}, indent=2))
-    lines = [f"# Best checkpoint by generated answers (`python bench/generative_eval.py`)", "",
+    lines = ["# Best checkpoint by generated answers (`python bench/generative_eval.py`)", "",
              f"Machine: {machine}. The built-in task (tiny Llama, LoRA, letters, 375 steps), an evaluation every "
              f"{a.eval_steps} steps generating for {a.samples} held-out prompts (greedy, 24 new tokens).", "",
              "| lr | best by ROUGE-L | its ROUGE-L | last step's ROUGE-L | best by generated exact match | "

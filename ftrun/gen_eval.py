@@ -14,7 +14,7 @@ step by step, seen by the sweep's pruner and by ``load_best_model_at_end``.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from ftrun.data.encode import IGNORE_INDEX
 
@@ -110,7 +110,3 @@ class EvalMetrics:
         scores.pop("samples", None)
         return scores
 
-
-def best_step(state) -> Optional[int]:
-    """The step whose checkpoint ``load_best_model_at_end`` loaded, if it did."""
-    return getattr(state, "best_global_step", None) or None

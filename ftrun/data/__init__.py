@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ftrun.config import ConfigError
 from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from ftrun.config import ConfigError
 from ftrun.contract import MODEL_DIR, TAG_RUN_DIR
