@@ -22,6 +22,22 @@ def _env() -> dict:
     return env
 
 
+def _see_this_environment(python: Path) -> None:
+    """Let a new venv import torch, transformers ... from the environment running the tests, and ftrun only from
+    its wheel. ``venv --system-site-packages`` would not do it: it exposes the base interpreter's site-packages, not
+    those of the venv the tests run in (as on a fresh machine set up the README's way). A ``.pth`` line adds a
+    directory to sys.path *after* the venv's own site-packages, and the ``.pth`` files inside that directory (such
+    as an editable install's finder for the source tree) are not run, so the wheel's ftrun is the one imported."""
+    import site
+    import sysconfig
+
+    dirs = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                               *site.getsitepackages()]))
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    Path(own, "_ftrun_test_parent_env.pth").write_text("\n".join(d for d in dirs if Path(d).is_dir()) + "\n")
+
+
 def test_wheel_installs_and_runs_from_an_empty_directory(tiny_dir, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -35,10 +51,9 @@ def test_wheel_installs_and_runs_from_an_empty_directory(tiny_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, env=_env(), timeout=300)
     (wheel,) = (tmp_path / "dist").glob("ftrun-*.whl")
-    # --system-site-packages: torch, transformers ... come from this machine; ftrun only from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")],
-                   check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=300)
     bin_dir = tmp_path / "venv" / "bin"
+    _see_this_environment(bin_dir / "python")
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
                    check=True, env=_env(), timeout=300)
 

@@ -404,7 +404,30 @@ def test_liger_and_flash_attention_are_refused_on_cpu_with_the_fix(tmp_path):
         validate_device(resolved(compose_cfg(["model.attn_implementation=flash_attention_2"])))
 
 
-def test_hqq_is_refused_while_transformers_cannot_load_it():
+def _hqq_installed(monkeypatch, installed: bool) -> None:
+    """Make ``find_spec("hqq")`` answer as if the hqq package were (not) installed, whatever this machine has."""
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "hqq":
+            return importlib.machinery.ModuleSpec("hqq", None) if installed else None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_hqq_without_its_package_names_the_install(monkeypatch):
+    cfg = resolved(compose_cfg(["method=qlora", "quantization_method=hqq"]))
+    validate(cfg)
+    _hqq_installed(monkeypatch, False)
+    with pytest.raises(ConfigError, match=r"method.quant_method=hqq: needs the hqq package \(pip install hqq\)"):
+        validate_device(cfg)
+
+
+def test_hqq_is_refused_while_transformers_cannot_load_it(monkeypatch):
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizer_hqq import HqqHfQuantizer
 
@@ -412,6 +435,7 @@ def test_hqq_is_refused_while_transformers_cannot_load_it():
     validate(cfg)
     if HqqHfQuantizer.get_quantize_ops is not HfQuantizer.get_quantize_ops:
         pytest.skip("this transformers loads HQQ models: the refusal is gone")
+    _hqq_installed(monkeypatch, True)  # the refusal is transformers', whether or not hqq is installed here
     with pytest.raises(ConfigError, match="method.quant_method=bnb"):
         validate_device(cfg)
 
