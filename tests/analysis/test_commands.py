@@ -72,7 +72,7 @@ def test_compare_sort_filter_and_formats(sweep, capsys):
     out = run_cli(sweep, capsys, "compare", "--sweep", sweep.parent_run_id, "--format", "csv", "--sort", "lr",
                   "--desc", "--status", "finished", "--status", "pruned")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [float(r["lr"]) for r in rows] == [8e-3, 3e-3, 1e-3, 1.2e-4]
+    assert [float(r["lr"]) for r in rows] == [8e-3, 6e-3, 3e-3, 1.2e-4]
     out = run_cli(sweep, capsys, "compare", "--experiment", sweep_study.EXPERIMENT, "--tag", "optuna.trial=2",
                   "--format", "markdown")
     lines = out.splitlines()
