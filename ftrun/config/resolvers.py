@@ -23,6 +23,7 @@ def format_lr(lr: float) -> str:
 
 
 def run_name(*, _root_: DictConfig) -> str:
+    """The default run name: ``[stage-]method-data-lr<lr>[-r<rank>]``, e.g. ``lora-letters-lr1e-3-r16``."""
     method = _root_.method.name
     parts = [method, _root_.data.name, f"lr{format_lr(float(_root_.optimizer.lr))}"]
     if _root_.stage.name != "sft":
