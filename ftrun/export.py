@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from ftrun.config import ConfigError
+from ftrun.config import ConfigError, read_config_json
 
 log = logging.getLogger("ftrun.export")
 
@@ -259,11 +259,8 @@ def _checkpoint_dtype(run):
 
     from ftrun import runs
 
-    cfg_file = Path(runs.base_model_path(run)) / "config.json"
-    name = None
-    if cfg_file.is_file():
-        c = json.loads(cfg_file.read_text())
-        name = c.get("dtype") or c.get("torch_dtype")
+    c = read_config_json(runs.base_model_path(run)) or {}
+    name = c.get("dtype") or c.get("torch_dtype")
     return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else torch.float32
 
 

@@ -11,13 +11,12 @@ here: no library does it.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Tuple
 
 from ftrun import keep
-from ftrun.config import ConfigError
+from ftrun.config import ConfigError, read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -319,18 +318,18 @@ def model_config_dict(model_cfg) -> dict:
     if model_cfg.path is None:  # the built-in tiny model: its cached config, else its architecture
         from ftrun.tiny import tiny_path
 
-        f = tiny_path(model_cfg.tiny) / "config.json"
-        if f.is_file():
-            return json.loads(f.read_text())
+        cached = read_config_json(tiny_path(model_cfg.tiny))
+        if cached is not None:
+            return cached
         t = model_cfg.tiny
         return {"model_type": "llama", "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
                 "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
                 "num_key_value_heads": t.num_key_value_heads, "vocab_size": t.vocab_size,
                 "max_position_embeddings": t.max_position_embeddings, "tie_word_embeddings": False,
                 "dtype": "float32"}
-    p = Path(str(model_cfg.path)).expanduser()
-    if (p / "config.json").is_file():
-        return json.loads((p / "config.json").read_text())
+    local = read_config_json(model_cfg.path)
+    if local is not None:
+        return local
     try:  # a hub id: only what is in the local cache (nothing is downloaded for an estimate)
         from transformers import AutoConfig
 

@@ -213,7 +213,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     The tail of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
-    from ftrun.divergence import Diverged, DivergenceCallback
+    from ftrun.divergence import DivergenceCallback
 
     checkpoint = checkpoint_to_resume(cfg, run_dir)
     trainer.add_callback(DivergenceCallback())  # every stage: a NaN loss or gradient stops the run
@@ -223,23 +223,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
             log.info("Resuming from %s", checkpoint)
         phases = _phases
         phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
-        start = time.perf_counter()
-        try:
-            if checkpoint and _at_last_step(checkpoint):
-                _load_final_checkpoint(trainer, checkpoint)
-            else:
-                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except Diverged as e:
-            _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
-            raise
-        except Exception as e:  # noqa: BLE001 - only a full disk is handled here; the rest re-raised as is
-            if not _disk_full(e, run_dir):
-                raise
-            kept = last_checkpoint(run_dir)
-            raise ConfigError(f"disk full under {run_dir} at step {trainer.state.global_step} ({e}); "
-                              f"{'the last complete checkpoint is ' + str(kept) if kept else 'no checkpoint was kept'}"
-                              ". Free space (or lower train.save_total_limit), then rerun with resume=auto") from None
-        train_time = time.perf_counter() - start
+        train_time = _train(cfg, trainer, tracker, run_dir, checkpoint)
         phases.mark("train")
         history = trainer.state.log_history
         # evaluations inside the loop count as evaluation, not training
@@ -289,6 +273,30 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _train(cfg, trainer, tracker, run_dir: Path, checkpoint: Optional[Path]) -> float:
+    """``trainer.train()`` (resuming from ``checkpoint``), or just its weights when it is the last step's;
+    the seconds it took. A diverged run is reported before it ends; a full disk ends with what to free."""
+    from ftrun.divergence import Diverged
+
+    start = time.perf_counter()
+    try:
+        if checkpoint and _at_last_step(checkpoint):
+            _load_final_checkpoint(trainer, checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Diverged as e:
+        _report_divergence(cfg, trainer, tracker, run_dir, e, time.perf_counter() - start)
+        raise
+    except Exception as e:  # noqa: BLE001 - only a full disk is handled here; the rest re-raised as is
+        if not _disk_full(e, run_dir):
+            raise
+        kept = last_checkpoint(run_dir)
+        raise ConfigError(f"disk full under {run_dir} at step {trainer.state.global_step} ({e}); "
+                          f"{'the last complete checkpoint is ' + str(kept) if kept else 'no checkpoint was kept'}"
+                          ". Free space (or lower train.save_total_limit), then rerun with resume=auto") from None
+    return time.perf_counter() - start
 
 
 def _at_last_step(checkpoint: Path) -> bool:

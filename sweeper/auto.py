@@ -7,10 +7,10 @@ counts the model's parameters from its config (no weights are loaded).
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from ftrun.config import read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,8 @@ def _arch(model_cfg) -> Optional[Mapping[str, Any]]:
     if tiny is not None:
         return {**dict(tiny), "tie_word_embeddings": False}
     path = _get(model_cfg, "path")
-    if path and (Path(str(path)).expanduser() / "config.json").is_file():
-        config = json.loads((Path(str(path)).expanduser() / "config.json").read_text())
-        return config.get("text_config", config)
-    return None
+    config = read_config_json(path) if path else None
+    return None if config is None else config.get("text_config", config)
 
 
 def _get(cfg, key: str):

@@ -32,7 +32,8 @@ from typing import Dict, List, Optional, Tuple
 from ftrun.config import ConfigError
 from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text
 from ftrun.data.encode import IGNORE_INDEX, EncodeReport, encode_dataset, encode_messages, encode_rows
-from ftrun.data.formats import Skip, alpaca_messages, file_digest, load_file, read_source, report_skips, source_kind
+from ftrun.data.files import Locator, file_digest, load_file
+from ftrun.data.formats import Skip, alpaca_messages, read_source, report_skips, source_kind
 from ftrun.data.registry import resolve_sources
 from ftrun.data.templates import TEMPLATE_NAMES, Template, resolve_template
 
@@ -63,7 +64,7 @@ def to_messages(row: dict) -> List[Dict[str, str]]:
 
 def read_alpaca(path: str) -> List[dict]:
     """Rows of an Alpaca JSON list or JSONL file; any bad record is an error naming file and line."""
-    from ftrun.data.formats import ALPACA_COLUMNS, Locator, resolve_columns, Source
+    from ftrun.data.formats import ALPACA_COLUMNS, resolve_columns, Source
 
     p = Path(path).expanduser()
     if not p.is_file():

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional
 
 from ftrun.compose import conf_dir as _conf_dir
 from ftrun.config import ConfigError
-from ftrun.data.formats import FORMATS, Source, list_files
+from ftrun.data.files import list_files
+from ftrun.data.formats import FORMATS, Source
 
 CONF_DATA_DIR = _conf_dir() / "data"
 SOURCE_KEYS = ("name", "path", "format", "columns", "tags", "max_samples")

@@ -247,6 +247,23 @@ def test_rank_is_checked_against_a_local_models_config_without_loading_it(tmp_pa
     validate(compose_cfg([*base, "rank=64", "cutoff_len=256"]))
 
 
+def test_one_config_json_reader_serves_the_checks_the_model_and_sweep_auto(tmp_path):
+    from ftrun.config import model_arch, read_config_json
+    from ftrun.model import model_config_dict
+    from sweeper.auto import count_parameters
+
+    (tmp_path / "config.json").write_text('{"model_type": "llava", "text_config": {"hidden_size": 64, '
+                                          '"num_hidden_layers": 2, "vocab_size": 100}}')
+    cfg = compose_cfg([f"model.path={tmp_path}", "model.tiny=null"])
+    assert read_config_json(tmp_path)["model_type"] == "llava"
+    assert model_config_dict(cfg.model) == read_config_json(tmp_path)
+    assert model_arch(cfg.model) == {"hidden_size": 64, "num_hidden_layers": 2}  # a multimodal model's text part
+    assert count_parameters(cfg.model) > 64 * 100
+    (tmp_path / "config.json").write_text("{not json")
+    assert read_config_json(tmp_path) is None and read_config_json(tmp_path / "nowhere") is None
+    assert model_arch(cfg.model) == {} and count_parameters(cfg.model) is None
+
+
 def test_all_problems_reported_at_once():
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(["optimizer.lr=-5", "data.val_size=1.5", "rank=100000"]))
@@ -319,7 +336,7 @@ def test_cfg_job_does_not_import_torch():
 
 
 def test_the_template_choice_matches_the_templates_ftrun_has():
-    # config.py cannot import the data layer (composing must stay light), so the names are listed twice
+    # ftrun.config cannot import the data layer (composing must stay light), so the names are listed twice
     from ftrun.config import TEMPLATES
     from ftrun.data.templates import TEMPLATE_NAMES
 
