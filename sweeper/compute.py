@@ -4,9 +4,11 @@ One account, read by the sweep's budget, ``summary.md`` / ``summary.json``, the 
 (``python -m analysis sweep``) and the board's sweep tab, so they cannot disagree.
 
 A trial's seconds are the sweeper's own measure, the ``duration_s`` user attribute (from the
-moment the trial is handed to its process to its end); a trial without one (written by another
-tool) counts Optuna's start-to-end time. A configuration answered from the study without training
-(``repeated``) and a trial asked for past n_trials and never run (``not run``) cost nothing.
+moment the trial is handed to its process to its end). A trial the sweeper launched but could not
+time (recorded after its sweeper died) counts 0, not the hours until it was found; a trial of a
+study another tool wrote counts Optuna's start-to-end time. A configuration answered from the study
+without training (``repeated``) and a trial asked for past n_trials and never run (``not run``)
+cost nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
-from ftrun.contract import ATTR_SURPLUS
+from ftrun.contract import ATTR_SURPLUS, ATTR_TRIAL_DIR
 
 GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
 KINDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -37,6 +39,8 @@ def trial_seconds(t) -> float:
         return 0.0
     if t.user_attrs.get("duration_s") is not None:
         return float(t.user_attrs["duration_s"])
+    if ATTR_TRIAL_DIR in t.user_attrs:  # launched by the sweeper, which died before it could time it
+        return 0.0
     return t.duration.total_seconds() if t.duration is not None else 0.0
 
 

@@ -76,3 +76,24 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
 
 def _params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={(f'{v:.3g}' if isinstance(v, float) else v)}" for k, v in params.items())
+
+
+def write_summary(study, s, stopped: Optional[str], budget_note: Optional[str]) -> dict:
+    """Write ``summary.md`` and ``summary.json`` into the sweep directory of ``s`` (:class:`sweeper.settings.Settings`);
+    returns :func:`build_summary`'s dict with ``path`` (summary.md) added."""
+    import json
+
+    from sweeper.study import safe_url
+
+    summary = build_summary(study, s.objectives, s.command, s.entry_args, space=s.space)
+    path = s.sweep_dir / "summary.md"
+    header = [f"# Sweep {s.study_name}", "", f"storage: `{safe_url(s.storage_url)}`", ""]
+    if stopped:
+        header += [f"**Stopped early:** {stopped}", ""]
+    if budget_note:
+        header += [f"Stopped starting trials when the compute budget was spent ({budget_note}).", ""]
+    path.write_text("\n".join(header + summary["lines"]) + "\n")
+    (s.sweep_dir / "summary.json").write_text(json.dumps(
+        {k: v for k, v in summary.items() if k != "lines"} | {"study_name": s.study_name,
+                                                               "storage": safe_url(s.storage_url)}, indent=2))
+    return {**summary, "path": path}
