@@ -88,6 +88,7 @@ class Settings:
         return bool(self.conf.get("mlflow", True)) and bool(select(self.job_cfg, "tracking.enabled", True))
 
     def tracking_uri(self) -> Optional[str]:
+        """tracking.uri, else MLFLOW_TRACKING_URI (None: MLflow's default)."""
         return select(self.job_cfg, "tracking.uri") or os.environ.get(MLFLOW_URI_ENV)
 
 
