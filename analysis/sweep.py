@@ -4,7 +4,8 @@ Figures come from Optuna's own matplotlib visualizations (optimization history,
 intermediate values, parallel coordinates, parameter importances, slices, the
 Pareto front when there are several objectives, timeline); importances from
 ``optuna.importance``; the trials' loss curves from their MLflow runs. The report adds the trial counts by state, the compute
-each state used and an estimate of what the pruner saved, the diagnostics, and
+each state used and an estimate of what the pruner saved (the study's one compute account,
+:mod:`sweeper.compute`, the same as the sweep's ``summary.md``), the diagnostics, and
 a table of trials linked to their MLflow runs. It is also logged as artifacts
 (``sweep_report/``) of the sweep's parent MLflow run when there is one.
 """
@@ -13,56 +14,16 @@ from __future__ import annotations
 
 import html
 import logging
-import statistics
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from analysis import store
 from analysis.diagnostics import Flag, diagnose_run, range_edges
 from ftrun import contract as C
+from sweeper.compute import Compute, compute_account, compute_text, trial_kind, trial_seconds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Compute:
-    """Trials and seconds by state, and the pruner's estimated saving."""
-
-    counts: Dict[str, int] = field(default_factory=dict)
-    seconds: Dict[str, float] = field(default_factory=dict)
-    saved_s: float = 0.0
-
-    @property
-    def used_s(self) -> float:
-        return sum(self.seconds.values())
-
-
-def compute_used(study) -> Compute:
-    """Wall seconds per trial state; saving = what each pruned trial would have cost to finish.
-
-    A pruned trial would have taken about as long as the median complete trial,
-    so the pruner saved ``median complete duration - pruned duration`` per pruned trial.
-    """
-    out = Compute()
-    complete = []
-    for t in study.trials:
-        state = STATE_NAMES.get(t.state.name, t.state.name.lower())
-        out.counts[state] = out.counts.get(state, 0) + 1
-        dur = t.duration.total_seconds() if t.duration is not None else 0.0
-        out.seconds[state] = out.seconds.get(state, 0.0) + dur
-        if state == "complete":
-            complete.append(dur)
-    if complete:
-        full = statistics.median(complete)
-        out.saved_s = sum(max(0.0, full - t.duration.total_seconds())
-                          for t in study.trials if t.state.name == "PRUNED" and t.duration is not None)
-    return out
-
-
-STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-               "WAITING": "waiting"}
 
 
 def objective_names(study, runs: Optional[Dict[int, store.RunRecord]] = None, parent=None) -> List[str]:
@@ -164,8 +125,6 @@ def importances(study, names: Optional[List[str]] = None) -> Tuple[Dict[str, Dic
 
 def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
     """Write ``out_dir/index.html`` and its PNGs; log them to the parent MLflow run if any."""
-    import optuna
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = store.study_parent_run(c, study) if c is not None else None
@@ -173,14 +132,12 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
     store.load_histories(c, runs.values()) if runs else None
 
     names = objective_names(study, runs, parent)
-    comp = compute_used(study)
     drawn, notes = figures(study, out_dir, names)
     if runs:  # the trials' own loss curves, from their MLflow runs
         from analysis.curves import plot as plot_curves
 
         plot_curves([runs[n] for n in sorted(runs)], out_dir / "curves.png", title=f"{study.study_name}: trials")
         drawn.append(("Loss and learning-rate curves of the trials", "curves.png"))
-    imps, imp_note = importances(study, names)
     flags: List[Flag] = list(range_edges(study))
     per_trial: Dict[int, List[Flag]] = {}
     for number, rec in sorted(runs.items()):
@@ -194,8 +151,28 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
              f"<p>{len(study.trials)} trials; objective: {e(dirs)}"
              + (f"; MLflow parent run <code>{e(parent.info.run_id)}</code>" if parent is not None else "")
              + "</p>"]
-    # best ------------------------------------------------------------------
-    parts.append("<h2>Best</h2>")
+    parts += _best_section(study, names)
+    parts += _compute_section(compute_account(study.trials))
+    parts += _diagnostics_section(flags, bool(runs))
+    parts += _importances_section(*importances(study, names))
+    parts += _figures_section(drawn, notes)
+    parts += _trials_section(study, names, runs, per_trial)
+    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>Sweep report: {e(study.study_name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(parts) + "\n</body>\n</html>\n")
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    if log_to_mlflow and parent is not None:
+        c.log_artifacts(parent.info.run_id, str(out_dir), artifact_path="sweep_report")
+        log.info("logged the report to MLflow run %s under sweep_report/", parent.info.run_id)
+    return index
+
+
+def _best_section(study, names: List[str]) -> List[str]:
+    import optuna
+
+    e = html.escape
+    parts = ["<h2>Best</h2>"]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         parts.append("<p>No complete trials yet.</p>")
@@ -208,61 +185,65 @@ def report(study, out_dir: Path, c=None, log_to_mlflow: bool = True) -> Path:
         parts.append(_table(["trial", *names, "params"],
                             [[t.number, *(f"{v:.6g}" for v in t.values), _fmt_params(t.params)]
                              for t in study.best_trials]))
-    # compute ------------------------------------------------------------------
-    parts.append("<h2>Trials and compute</h2>")
+    return parts
+
+
+def _compute_section(comp: Compute) -> List[str]:
+    """The study's compute account (:mod:`sweeper.compute`, as in summary.md)."""
+    parts = ["<h2>Trials and compute</h2>", f"<p>{html.escape(compute_text(comp, {}))}</p>"]
     rows = [[s, comp.counts[s], f"{comp.seconds.get(s, 0.0):.1f}"] for s in sorted(comp.counts)]
     rows.append(["total", sum(comp.counts.values()), f"{comp.used_s:.1f}"])
-    parts.append(_table(["state", "trials", "wall seconds"], rows))
+    parts.append(_table(["state", "trials", "trial-seconds"], rows))
     if comp.counts.get("pruned"):
         share = comp.saved_s / (comp.used_s + comp.saved_s) if comp.used_s + comp.saved_s > 0 else 0.0
         parts.append(f"<p>Pruning stopped {comp.counts['pruned']} trials early and saved about "
                      f"{comp.saved_s:.1f} s ({100 * share:.0f}% of what the sweep would have taken without it; "
                      "each pruned trial counted as costing the median complete trial).</p>")
-    # diagnostics -------------------------------------------------------------
-    parts.append("<h2>Diagnostics</h2>")
+    return parts
+
+
+def _diagnostics_section(flags: List[Flag], have_runs: bool) -> List[str]:
+    e = html.escape
     if flags:
-        parts.append("<ul>" + "".join(f"<li><b>{e(f.kind)}</b> {e(f.subject)}: {e(f.evidence)}. "
-                                      f"<i>Try: {e(f.advice)}</i></li>" for f in flags) + "</ul>")
-    else:
-        parts.append("<p>No flags: no overfitting, divergence, under-training or best values at a range edge"
-                     + ("" if runs else " (per-trial checks need the trials' MLflow runs; none were found)")
-                     + ".</p>")
-    # importances -----------------------------------------------------------------
-    parts.append("<h2>Parameter importances</h2>")
-    if imps:
-        for nm, imp in imps.items():
-            parts.append(f"<p>{e(nm)}:</p>" + _table(["param", "importance"],
-                                                     [[k, f"{v:.3f}"] for k, v in imp.items()]))
-    else:
-        parts.append(f"<p>Not computed ({e(imp_note or '')}).</p>")
-    # figures -----------------------------------------------------------------
-    parts.append("<h2>Figures</h2>")
+        return ["<h2>Diagnostics</h2>", "<ul>" + "".join(f"<li><b>{e(f.kind)}</b> {e(f.subject)}: {e(f.evidence)}. "
+                                                         f"<i>Try: {e(f.advice)}</i></li>" for f in flags) + "</ul>"]
+    return ["<h2>Diagnostics</h2>",
+            "<p>No flags: no overfitting, divergence, under-training or best values at a range edge"
+            + ("" if have_runs else " (per-trial checks need the trials' MLflow runs; none were found)") + ".</p>"]
+
+
+def _importances_section(imps: Dict[str, Dict[str, float]], note: Optional[str]) -> List[str]:
+    e = html.escape
+    parts = ["<h2>Parameter importances</h2>"]
+    if not imps:
+        return parts + [f"<p>Not computed ({e(note or '')}).</p>"]
+    for nm, imp in imps.items():
+        parts.append(f"<p>{e(nm)}:</p>" + _table(["param", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
+    return parts
+
+
+def _figures_section(drawn: List[Tuple[str, str]], notes: List[str]) -> List[str]:
+    e = html.escape
+    parts = ["<h2>Figures</h2>"]
     for title, name in drawn:
         parts.append(f'<figure><img src="{e(name)}" alt="{e(title)}"><figcaption>{e(title)}</figcaption></figure>')
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
-    # trials ------------------------------------------------------------------
-    parts.append("<h2>Trials</h2>")
+    return parts
+
+
+def _trials_section(study, names: List[str], runs: Dict[int, store.RunRecord],
+                    per_trial: Dict[int, List[Flag]]) -> List[str]:
     head = ["trial", "state", *names, "seconds", "params", "MLflow run", "flags", "note"]
     rows = []
     for t in study.trials:
         values = t.values or [None] * len(names)
         rec = runs.get(t.number)
-        rows.append([t.number, STATE_NAMES.get(t.state.name, t.state.name.lower()), *("" if v is None else f"{v:.6g}" for v in values),
-                     f"{t.duration.total_seconds():.1f}" if t.duration else "", _fmt_params(t.params),
-                     rec.run_id if rec else "", ", ".join(f.kind for f in per_trial.get(t.number, [])),
-                     str(t.user_attrs.get(C.ATTR_FAIL_REASON) or (rec.tags.get(C.TAG_FAIL_REASON) if rec else "") or "")[:300]])
-    parts.append(_table(head, rows))
-
-    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>Sweep report: {e(study.study_name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    if log_to_mlflow and parent is not None:
-        c.log_artifacts(parent.info.run_id, str(out_dir), artifact_path="sweep_report")
-        log.info("logged the report to MLflow run %s under sweep_report/", parent.info.run_id)
-    return index
+        note = t.user_attrs.get(C.ATTR_FAIL_REASON) or (rec.tags.get(C.TAG_FAIL_REASON) if rec else "") or ""
+        rows.append([t.number, trial_kind(t), *("" if v is None else f"{v:.6g}" for v in values),
+                     f"{trial_seconds(t):.1f}", _fmt_params(t.params), rec.run_id if rec else "",
+                     ", ".join(f.kind for f in per_trial.get(t.number, [])), str(note)[:300]])
+    return ["<h2>Trials</h2>", _table(head, rows)]
 
 
 def main(args) -> int:

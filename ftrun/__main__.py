@@ -5,12 +5,12 @@ objective so a ``-m`` sweep can optimize it. Short spellings (``lr=``) are
 rewritten to their home keys (``optimizer.lr=``) before Hydra reads the command
 line. A user mistake (``ConfigError``) ends with its message and exit status 2,
 not a traceback; a run that diverged (NaN loss or gradient, :mod:`ftrun.divergence`)
-with its message and exit status 3.
+with its message and exit status 3 (the map is :mod:`ftrun.exit_status`, shared with
+the sweep's warm workers).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -20,8 +20,6 @@ from omegaconf import DictConfig
 from ftrun.compose import CONF_PATH, CONFIG_NAME
 from ftrun.config import ConfigError, canonical_overrides, register_configs
 
-log = logging.getLogger("ftrun")
-
 register_configs()
 
 
@@ -29,17 +27,15 @@ register_configs()
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from ftrun.divergence import EXIT_DIVERGED, Diverged
+    from ftrun.divergence import Diverged
+    from ftrun.exit_status import exit_status
     from ftrun.train import run
 
     hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-    except Diverged:  # already logged, with result.json and the MLflow run marked
-        sys.exit(EXIT_DIVERGED)
+    except (ConfigError, Diverged) as e:  # a message, not a traceback (ftrun.exit_status: 2 and 3)
+        sys.exit(exit_status(e))
 
 
 def main() -> None:

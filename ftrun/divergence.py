@@ -8,7 +8,7 @@ used to finish its 300 steps of NaN gradients with exit status 0.
 non-finite value raises :class:`Diverged`, so the weights are never updated with
 NaN. :func:`ftrun.train.train_and_report` turns it into ``status: diverged`` in
 ``result.json`` and a FAILED MLflow run tagged with the reason; ``python -m
-ftrun`` exits with :data:`EXIT_DIVERGED`.
+ftrun`` (and a warm sweep worker) exits with :data:`ftrun.exit_status.EXIT_DIVERGED`.
 
 Under ``precision=fp16`` the gradient scaler skips steps whose gradients
 overflowed and lowers its scale; that is its job, not a divergence, so only
@@ -21,7 +21,6 @@ import math
 from typing import Optional
 
 STATUS = "diverged"
-EXIT_DIVERGED = 3
 FP16_PATIENCE = 8  # consecutive overflowing steps the fp16 grad scaler may skip before we call it a divergence
 
 

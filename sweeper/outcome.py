@@ -1,13 +1,72 @@
-"""How a trial ended, read from what its process left: ``result.json``, the tail of its log, its exit status."""
+"""How a trial ended, read from what its process left: ``result.json``, the tail of its log, its exit status.
+
+:func:`classify` is the one rule from those to the trial's state, used for a trial that ends
+under its sweeper (:meth:`sweeper.sweep.Sweep._finish`) and for one recorded after its sweeper
+died (:func:`sweeper.stale_trials.recover`).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from ftrun.contract import RESULT_FILE
+from ftrun.contract import ATTR_FAIL_REASON, ATTR_PRUNED, RESULT_FILE
+
+
+@dataclass
+class Outcome:
+    """A trial's end as the study records it."""
+
+    state: str
+    """COMPLETE, PRUNED or FAIL (an ``optuna.trial.TrialState`` name)."""
+    values: Optional[List[float]] = None
+    """The objectives' values (COMPLETE only)."""
+    reason: Optional[str] = None
+    """Why it failed or was pruned, when the trial itself did not say."""
+    pruned: bool = False
+    """result.json says the pruner stopped it."""
+    diverged: bool = False
+    """It stopped on a NaN loss or gradient."""
+
+    def attrs(self) -> Dict[str, Any]:
+        """The user attributes that record this outcome on the trial."""
+        out: Dict[str, Any] = {}
+        if self.reason:
+            out[ATTR_FAIL_REASON] = self.reason[:1000]
+        if self.pruned:
+            out[ATTR_PRUNED] = True
+        if self.diverged:
+            out["diverged"] = True
+        return out
+
+
+def classify(result: Optional[dict], objectives: Sequence[str], multi: bool, rc: Optional[int] = 0,
+             tail: str = "") -> Outcome:
+    """The trial's outcome from its ``result.json`` (None: none of this attempt), its exit status
+    (``rc``; 0 for a trial found finished after its sweeper died) and the tail of its log."""
+    if result is not None and not isinstance(result, dict):
+        return Outcome("FAIL", reason=f"result.json holds a {type(result).__name__}, not a mapping")
+    if diverged(result):  # NaN loss or gradient: a result of the sampled point, not a broken setup
+        # PRUNED counts toward n_trials and tells the sampler to look elsewhere (multi-objective: FAIL)
+        return Outcome("FAIL" if multi else "PRUNED", reason=f"diverged: {result.get('reason')}",
+                       pruned=bool(result.get("pruned")), diverged=True)
+    if rc != 0 or result is None:
+        return Outcome("FAIL", reason="finished without result.json" if rc == 0 else error_reason(tail, rc))
+    pruned = bool(result.get("pruned"))
+    if pruned and not multi:
+        return Outcome("PRUNED", pruned=True)
+    try:
+        values = [float(result[o]) for o in objectives]
+    except (KeyError, TypeError, ValueError):
+        return Outcome("FAIL", reason=f"result.json has no {' / '.join(objectives)} (keys: {', '.join(result)})",
+                       pruned=pruned)
+    if not all(math.isfinite(v) for v in values):
+        return Outcome("FAIL", reason=f"objective is not finite: {values}", pruned=pruned)
+    return Outcome("COMPLETE", values=values, pruned=pruned)
 
 
 def read_result(trial_dir: Path, since: float = 0.0) -> Optional[dict]:

@@ -25,17 +25,19 @@ class ParentRun:
         self.client, self.run_id, self.uri, self.experiment_id = client, run_id, uri, experiment_id
 
     @classmethod
-    def open(cls, sweep) -> "ParentRun":
+    def open(cls, s, study, founder: bool) -> "ParentRun":
+        """The sweep's run (``s``: :class:`sweeper.settings.Settings`): the one the study names, else a new one
+        (``founder``: this sweeper created the study)."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        uri = sweep.tracking_uri() or mlflow.get_tracking_uri()
+        uri = s.tracking_uri() or mlflow.get_tracking_uri()
         client = MlflowClient(tracking_uri=uri)
-        name = sweep.experiment
+        name = s.experiment
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else client.create_experiment(name)
-        id_file = sweep.sweep_dir / PARENT_ID_FILE
-        run_id = _shared_run_id(sweep) or (id_file.read_text().strip() if id_file.is_file() else None)
+        id_file = s.sweep_dir / PARENT_ID_FILE
+        run_id = _shared_run_id(study, founder) or (id_file.read_text().strip() if id_file.is_file() else None)
         if run_id:
             try:
                 client.get_run(run_id)
@@ -45,21 +47,21 @@ class ParentRun:
                 return cls(client, run_id, uri, exp_id)
             except Exception:
                 run_id = None
-        run = client.create_run(exp_id, run_name=sweep.study_name, tags={
-            TAG_SWEEP: "true", TAG_STUDY_NAME: sweep.study_name, TAG_STORAGE: safe_url(sweep.storage_url),
-            "sampler": sampler_name(sweep.conf.get("sampler", "tpe")), "pruner": pruner_key(sweep.pruner_spec),
-            TAG_OBJECTIVES: ",".join(sweep.objectives), "directions": ",".join(sweep.directions),
-            "sweep_dir": str(sweep.sweep_dir)})
+        run = client.create_run(exp_id, run_name=s.study_name, tags={
+            TAG_SWEEP: "true", TAG_STUDY_NAME: s.study_name, TAG_STORAGE: safe_url(s.storage_url),
+            "sampler": sampler_name(s.conf.get("sampler", "tpe")), "pruner": pruner_key(s.pruner_spec),
+            TAG_OBJECTIVES: ",".join(s.objectives), "directions": ",".join(s.directions),
+            "sweep_dir": str(s.sweep_dir)})
         run_id = run.info.run_id
         id_file.write_text(run_id)
 
-        set_study_attr(sweep.study, ATTR_MLFLOW_PARENT_RUN_ID, run_id)
-        params = {f"space.{k}": v[:6000] for k, v in sweep.space.describe().items()}
+        set_study_attr(study, ATTR_MLFLOW_PARENT_RUN_ID, run_id)
+        params = {f"space.{k}": v[:6000] for k, v in s.space.describe().items()}
         # a '+key=value' / '~key' override is a valid Hydra override but not a valid MLflow param name
-        params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in sweep.space.fixed.items()})
-        params.update({"n_trials": str(sweep.n_trials), "n_jobs": str(sweep.conf.get("n_jobs", 1)),
-                       "sampler_spec": json.dumps(sweep.conf.get("sampler"), default=str),
-                       "pruner_spec": json.dumps(sweep.pruner_spec, default=str)})
+        params.update({f"fixed.{k.lstrip('+~')}": str(v)[:6000] for k, v in s.space.fixed.items()})
+        params.update({"n_trials": str(s.n_trials), "n_jobs": str(s.conf.get("n_jobs", 1)),
+                       "sampler_spec": json.dumps(s.conf.get("sampler"), default=str),
+                       "pruner_spec": json.dumps(s.pruner_spec, default=str)})
         from mlflow.entities import Param
 
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -148,14 +150,14 @@ class ParentRun:
             log.warning("MLflow: could not close the sweep run: %s", e)
 
 
-def _shared_run_id(sweep, wait_s: float = 60.0) -> Optional[str]:
+def _shared_run_id(study, founder: bool, wait_s: float = 60.0) -> Optional[str]:
     """The parent run that the study names (set by the sweeper that created the study), so that sweepers
     on several hosts log under one run. A sweeper that joined a study another one has just created
     waits (up to ``wait_s``) for that one to record its run rather than starting a second parent."""
     deadline = time.time() + wait_s
     while True:
-        run_id = sweep.study.user_attrs.get(ATTR_MLFLOW_PARENT_RUN_ID)
+        run_id = study.user_attrs.get(ATTR_MLFLOW_PARENT_RUN_ID)
         # trials but no run: the study ran without tracking, nothing to wait for
-        if run_id or sweep.founder or time.time() >= deadline or sweep.study.get_trials(deepcopy=False):
+        if run_id or founder or time.time() >= deadline or study.get_trials(deepcopy=False):
             return run_id
         time.sleep(0.5)  # the founder is between creating the study and creating its run

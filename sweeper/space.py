@@ -135,6 +135,20 @@ class SearchSpace:
 # parsing
 
 
+def sweep_space(conf: Mapping[str, Any], arguments: Sequence[str] = (),
+                prior: Optional[Mapping[str, Any]] = None) -> SearchSpace:
+    """The sweep's space from ``hydra.sweeper`` (``conf``) and the command line: ``search_space`` (the
+    old dict form), then ``prior`` (sweep=auto's priors), then ``params``, then ``arguments``; a
+    later source wins for a name. The one place the sweeper and its Hydra plugin read a space from."""
+    if conf.get("custom_search_space"):
+        raise SearchSpaceError("hydra.sweeper.custom_search_space: not supported by the ftrun sweeper; "
+                               "express dependent parameters with hydra.sweeper.conditions")
+    params = dict(conf.get("search_space") or {})
+    params.update(prior or {})
+    params.update(conf.get("params") or {})
+    return parse_search_space(params, arguments, conf.get("conditions"))
+
+
 def parse_search_space(params: Optional[Mapping[str, Any]] = None, arguments: Sequence[str] = (),
                        conditions: Optional[Mapping[str, Any]] = None) -> SearchSpace:
     """``hydra.sweeper.params`` plus the command-line overrides -> :class:`SearchSpace`.

@@ -1,4 +1,5 @@
-"""Optuna objects from the sweeper's config: sampler, pruner, storage, directions.
+"""Optuna objects from the sweeper's config: sampler, pruner, storage, directions; the study itself,
+opened with them, and its first trials queued.
 
 Each of ``sampler`` and ``pruner`` is given as a name (``tpe``, ``median``), as a
 mapping with ``name`` and the constructor's keyword arguments
@@ -15,10 +16,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import random
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ftrun.contract import ATTR_OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -269,3 +274,93 @@ def set_study_attr(study, key: str, value: Any) -> None:
         if "IntegrityError" not in type(e).__name__ and "unique" not in str(e).lower():
             raise
         study.set_user_attr(key, value)
+
+
+# ---------------------------------------------------------------------------
+# the study itself
+
+
+def open_study(s) -> Tuple[Any, bool]:
+    """Open (or create) the study of ``s`` (:class:`sweeper.settings.Settings`); returns (study, founder), founder
+    being whether this sweeper created it (and so creates the sweep's MLflow parent run)."""
+    import optuna
+
+    storage = open_storage(s.storage_url, s.heartbeat_s, s.stale_after_s)
+    seed = s.conf.get("seed")
+    if s.grid:
+        # every grid point is enqueued (see enqueue_grid); optuna's GridSampler itself cannot serve
+        # ask-and-tell (it calls study.stop()), partial enqueues or conditional parameters
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        if seed is not None and s.shared:  # sweepers on other hosts that start together must not draw the same
+            seed = int(seed) + zlib.crc32(f"{s.host}:{os.getpid()}".encode()) % 100_000  # startup points
+        # a resumed study must not replay the startup points the same seed drew in the first run
+        done = _n_trials(storage, s.study_name)
+        sampler = build_sampler(s.conf.get("sampler", "tpe"), seed=None if seed is None else int(seed) + done)
+    founder = False
+    if not isinstance(storage, str):
+        # creating the study is atomic in the storage: exactly one of several sweepers started
+        # together founds it, and that one creates the sweep's MLflow parent run for all of them
+        from optuna.study import StudyDirection
+
+        try:
+            storage.create_new_study([StudyDirection[d.upper()] for d in s.directions], s.study_name)
+            founder = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    study = optuna.create_study(study_name=s.study_name, storage=storage, sampler=sampler,
+                                pruner=build_pruner(s.pruner_spec), directions=s.directions, load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != s.directions:
+        raise SweepConfigError(f"study {s.study_name} in {safe_url(s.storage_url)} optimizes {have}, "
+                               f"this sweep {s.directions}; give another hydra.sweeper.study_name")
+    values = {"search_space": s.space.describe(), "fixed": s.space.fixed, ATTR_OBJECTIVES: s.objectives,
+              "sweep_dir": str(s.sweep_dir)}
+    if "created" not in study.user_attrs:
+        values["created"] = time.time()
+    for key, value in values.items():
+        if study.user_attrs.get(key) != value:
+            set_study_attr(study, key, value)
+    return study, founder
+
+
+def enqueue_first(study, s) -> None:
+    """Queue ``hydra.sweeper.enqueue`` (each point's active, searched parameters) and, for ``sampler: grid``,
+    every grid point; points the study has seen are skipped."""
+    for i, point in enumerate(s.conf.get("enqueue") or []):
+        params = _active(s, dict(point), f"hydra.sweeper.enqueue[{i}]")
+        if params:
+            study.enqueue_trial(params, skip_if_exists=True)
+    if s.grid:
+        enqueue_grid(study, s.space)
+
+
+def enqueue_grid(study, space) -> int:
+    """``sampler: grid``: enqueue every point of the grid (upper bounds of ranges included,
+    conditional parameters only where active) that the study has not seen; returns the grid size."""
+    points = space.grid_points()
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    return len(points)
+
+
+def _active(s, point: Dict[str, Any], where: str) -> Dict[str, Any]:
+    space = s.space
+    unknown = [k for k in point if k not in space.distributions]
+    if unknown:
+        log.info("%s: %s not searched in this sweep; ignored", where, ", ".join(unknown))
+    values = {**s.base_values, **space.fixed}
+    out = {}
+    for name in space.order():
+        if name in point and space.active(name, {**values, **out}):
+            out[name] = point[name]
+    return out
+
+
+def _n_trials(storage, study_name: str) -> int:
+    """Trials the study already has (0 for a new study)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))

@@ -4,9 +4,10 @@ against the grid of the same space, and a table of every trial (``summary.md`` /
 from __future__ import annotations
 
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_SURPLUS, TAG_RETRY_OF
+from sweeper.compute import compute_account, compute_text, grid_cost, trial_seconds
 from sweeper.space import SearchSpace
 
 
@@ -42,8 +43,9 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         cmd = ["python", "-m", "ftrun", *entry_args, *b.user_attrs.get(ATTR_OVERRIDES, [])]
         rerun = cmd
         lines += ["", "Rerun the best trial:", "", f"    {shlex.join(cmd)}", ""]
-    compute = compute_spent(trials, space)
-    lines += ["## Compute", "", compute["text"], ""]
+    compute = compute_account(trials)
+    grid = grid_cost(compute, space)
+    lines += ["## Compute", "", compute_text(compute, grid), ""]
     lines += ["## All trials", "",
               "| trial | state | " + " | ".join(objectives) + " | params | time (s) | note |",
               "|---|---|" + "---|" * len(objectives) + "---|---|---|"]
@@ -62,61 +64,36 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
         if t.user_attrs.get(TAG_RETRY_OF) is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
-        dur = t.user_attrs.get("duration_s")
+        dur = trial_seconds(t)
         lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
                      + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
-    return {"counts": counts, "compute": {k: v for k, v in compute.items() if k != "text"},
+    spent = {"trial_seconds": compute.used_s, "trials": compute.trained, "saved_s": compute.saved_s,
+             **{k: v for k, v in grid.items() if k != "finite"}}
+    return {"counts": counts, "compute": spent,
             "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],
             "best_params": [dict(t.params) for t in best], "rerun": rerun, "lines": lines}
 
 
-GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
-
-
-def compute_spent(trials, space: Optional[SearchSpace]) -> Dict[str, Any]:
-    """Trial-seconds this study spent, and what the grid over the same space would have cost at the
-    mean time of a trial that ran to the end."""
-    trained = [t for t in trials if "duplicate_of" not in t.user_attrs and ATTR_SURPLUS not in t.user_attrs
-               and t.state.is_finished()]
-    spent = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in trained)
-    full = [float(t.user_attrs["duration_s"]) for t in trained
-            if t.state.name == "COMPLETE" and t.user_attrs.get("duration_s")]
-    out: Dict[str, Any] = {"trial_seconds": spent, "trials": len(trained)}
-    text = f"Spent {spent:.0f} trial-seconds on {len(trained)} trials"
-    if full and space is not None and space.distributions:
-        per = sum(full) / len(full)
-        if space.finite():
-            size, how = space.grid_size(), "the grid of this space"
-        else:
-            size = _coarse_grid_size(space)
-            how = f"a coarse grid ({GRID_POINTS_PER_INTERVAL} values per continuous parameter)"
-        grid = size * per
-        out.update(grid_configurations=size, grid_trial_seconds=grid, mean_complete_trial_s=per,
-                   share_of_grid=spent / grid if grid else None)
-        text += (f"; {how} has {size} configurations, which at the mean complete trial's {per:.0f} s would cost "
-                 f"about {grid:.0f} trial-seconds: this sweep used {100 * spent / grid:.0f}% of that.")
-    else:
-        text += "."
-    out["text"] = text
-    return out
-
-
-def _coarse_grid_size(space: SearchSpace) -> int:
-    size = 1
-    for _, values in _grid_or_coarse(space):
-        size *= max(1, len(values))
-    return size
-
-
-def _grid_or_coarse(space: SearchSpace):
-    from optuna.distributions import FloatDistribution
-
-    from sweeper.space import grid_values
-
-    for name, d in space.distributions.items():
-        continuous = isinstance(d, FloatDistribution) and d.step is None
-        yield name, range(GRID_POINTS_PER_INTERVAL) if continuous else grid_values(name, d)
-
-
 def _params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={(f'{v:.3g}' if isinstance(v, float) else v)}" for k, v in params.items())
+
+
+def write_summary(study, s, stopped: Optional[str], budget_note: Optional[str]) -> dict:
+    """Write ``summary.md`` and ``summary.json`` into the sweep directory of ``s`` (:class:`sweeper.settings.Settings`);
+    returns :func:`build_summary`'s dict with ``path`` (summary.md) added."""
+    import json
+
+    from sweeper.study import safe_url
+
+    summary = build_summary(study, s.objectives, s.command, s.entry_args, space=s.space)
+    path = s.sweep_dir / "summary.md"
+    header = [f"# Sweep {s.study_name}", "", f"storage: `{safe_url(s.storage_url)}`", ""]
+    if stopped:
+        header += [f"**Stopped early:** {stopped}", ""]
+    if budget_note:
+        header += [f"Stopped starting trials when the compute budget was spent ({budget_note}).", ""]
+    path.write_text("\n".join(header + summary["lines"]) + "\n")
+    (s.sweep_dir / "summary.json").write_text(json.dumps(
+        {k: v for k, v in summary.items() if k != "lines"} | {"study_name": s.study_name,
+                                                               "storage": safe_url(s.storage_url)}, indent=2))
+    return {**summary, "path": path}

@@ -196,10 +196,11 @@ def _import_libraries() -> None:
 def run_trial(request: Dict[str, Any]):
     """Compose the trial's config from its overrides and run it, as ``python -m ftrun`` would.
 
-    Returns (exit status, info): 0 done, 2 a configuration error (logged like
-    ftrun's ``ConfigError``), 1 any other exception (its traceback is in the log).
+    Returns (exit status, info), the status from the map ``python -m ftrun`` uses
+    (:mod:`ftrun.exit_status`): 0 done, 2 a configuration error (its message logged), 3 a
+    diverged run, 1 any other exception (its traceback in the log).
     """
-    import traceback
+    from ftrun.exit_status import EXIT_OK, exit_status
 
     started = time.perf_counter()
     log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -207,25 +208,17 @@ def run_trial(request: Dict[str, Any]):
     env_before = {k: os.environ.get(k) for k in request.get("env", {})}
     os.environ.update(request.get("env", {}))
     _reset_process_state()
-    rc, info = 1, {}
+    info: Dict[str, Any] = {}
     try:
-        from ftrun.config import ConfigError
-
         try:
             cfg, run_dir, overrides = compose_trial(request["args"])
             info["compose_s"] = time.perf_counter() - started
             from ftrun.train import run
 
             run(cfg, run_dir, overrides=overrides)
-            rc = 0
-        except ConfigError as e:
-            logging.getLogger("ftrun").error("%s", e)
-            rc = 2
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-        except BaseException:  # noqa: BLE001 - the worker outlives the trial; the log keeps the traceback
-            traceback.print_exc()
-            rc = 1
+            rc = EXIT_OK
+        except BaseException as e:  # noqa: BLE001 - the worker outlives the trial
+            rc = exit_status(e)
         logging.getLogger(__name__).info("Trial finished in the worker after %.2f s", time.perf_counter() - started)
     finally:
         info["worker_s"] = time.perf_counter() - started

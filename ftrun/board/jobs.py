@@ -186,6 +186,7 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
     """(rows of the trial table, a line on the best trial so far, the sweep's summary.md)."""
     import optuna
 
+    from sweeper.compute import compute_account, compute_text, trial_seconds
     from sweeper.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -200,7 +201,7 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
         rows.append([t.number, t.state.name, ", ".join(f"{v:.4f}" for v in values),
                      "" if pruned_at is None else pruned_at,
                      " ".join(f"{k}={_short(v)}" for k, v in t.params.items()),
-                     round(t.duration.total_seconds(), 1) if t.duration else "", link])
+                     round(trial_seconds(t), 1) if t.state.is_finished() else "", link])
     best = ""
     if len(study.directions) == 1:
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -210,6 +211,7 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
     parent = study.user_attrs.get(C.ATTR_MLFLOW_PARENT_RUN_ID)
     if parent:
         best += f" · sweep's MLflow run: {run_link(mlflow_ui, parent, tracking_uri)}"
+    best += (" · " if best else "") + compute_text(compute_account(study.trials), {})  # as summary.md counts it
     sweep_dir = study.user_attrs.get("sweep_dir")
     summary = Path(sweep_dir) / "summary.md" if sweep_dir else None
     return rows, best, summary if summary and summary.is_file() else None

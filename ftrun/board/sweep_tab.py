@@ -33,33 +33,15 @@ def build(board, train) -> None:
     import gradio as gr
 
     from ftrun.compose import conf_dir
-    from sweeper.config import FtrunSweeperConf
 
     board.add(gr.Markdown(board.label("sweep.intro")), "sweep.intro", "value")
     presets = [""] + sorted(p.stem for p in (conf_dir() / "sweep").glob("*.yaml"))
     preset = board.add(gr.Dropdown(presets, value="", label=board.label("sweep.preset"), elem_id="sweep-preset",
                                    info="sweep=<preset> (ftrun/conf/sweep/); auto: a space from published priors"),
                        "sweep.preset")
-    ranges: Dict[str, Any] = {}
-    keys = list(SEARCHABLE)
-    for i in range(0, len(keys), 4):
-        with gr.Row():
-            for k in keys[i:i + 4]:
-                ranges[k] = board.add(gr.Textbox(label=board.label(k), placeholder=SEARCHABLE[k],
-                                                 info=form.field(k).help, elem_id=f"sweep-{k.replace('.', '-')}"), k)
-    docs, d = sweeper_docs(), FtrunSweeperConf()
-    with gr.Row():
-        n_trials = board.add(gr.Number(value=d.n_trials, precision=0, label=board.label("hydra.sweeper.n_trials"),
-                                       info=docs["n_trials"], elem_id="sweep-n_trials"), "hydra.sweeper.n_trials")
-        n_jobs = board.add(gr.Number(value=d.n_jobs, precision=0, label=board.label("hydra.sweeper.n_jobs"),
-                                     info=docs["n_jobs"], elem_id="sweep-n_jobs"), "hydra.sweeper.n_jobs")
-        budget = board.add(gr.Textbox(value="", placeholder="null", label=board.label("hydra.sweeper.budget_trial_s"),
-                                      info=docs["budget_trial_s"], elem_id="sweep-budget"), "hydra.sweeper.budget_trial_s")
-        from sweeper.study import PRUNERS
-
-        pruner = board.add(gr.Dropdown(list(PRUNERS), value=d.pruner, label=board.label("hydra.sweeper.pruner"),
-                                       info=docs["pruner"], elem_id="sweep-pruner"), "hydra.sweeper.pruner")
-    inputs = [preset, *ranges.values(), n_trials, n_jobs, budget, pruner, *train.inputs]
+    ranges = _range_boxes(board)
+    settings = _settings_row(board)
+    inputs = [preset, *ranges.values(), *settings, *train.inputs]
     cmd = board.add(gr.Code(label=board.label("command"), language="shell", interactive=False,
                             elem_id="sweep-command"), "command")
     with gr.Row():
@@ -73,64 +55,109 @@ def build(board, train) -> None:
     log = board.add(gr.Textbox(label=board.label("log"), lines=12, max_lines=12, autoscroll=True,
                                elem_id="sweep-log", interactive=False), "log")
 
-    def command_of(vals) -> tuple:
-        p, rest = vals[0], vals[1:]
-        rng = dict(zip(keys, rest[:len(keys)]))
-        nt, nj, bud, prn = rest[len(keys):len(keys) + 4]
-        values, more = train.values(rest[len(keys) + 4:])
-        searched = [f"{k}={v.strip()}" for k, v in rng.items() if v and v.strip()]
-        fixed = form.to_overrides(values, more, skip=[k for k, v in rng.items() if v and v.strip()])
-        if p:
-            fixed.append(f"sweep={p}")
-        settings = [f"hydra.sweeper.n_trials={int(nt)}"]
-        if nj and int(nj) != d.n_jobs:
-            settings.append(f"hydra.sweeper.n_jobs={int(nj)}")
-        if bud and bud.strip():
-            settings.append(f"hydra.sweeper.budget_trial_s={bud.strip()}")
-        if prn and prn != d.pruner:
-            settings.append(f"hydra.sweeper.pruner={prn}")
-        return fixed, searched, settings
-
     def show(*vals):
         try:
-            fixed, searched, settings = command_of(vals)
+            fixed, searched, settings = _command_of(vals, train)
         except Exception as e:  # noqa: BLE001 - a half-typed value
             return f"# {e}"
         return form.command(form.run_argv([*fixed, *searched, *settings], multirun=True))
 
-    gr.on([c.change for c in inputs[:len(keys) + 5]], show, inputs, cmd, trigger_mode="always_last",
+    gr.on([c.change for c in inputs[:len(SEARCHABLE) + 5]], show, inputs, cmd, trigger_mode="always_last",
           concurrency_limit=1, concurrency_id="sweep-form", show_progress="hidden")
 
     def launch(*vals):
-        try:
-            fixed, searched, settings = command_of(vals)
-        except Exception as e:  # noqa: BLE001 - ConfigError from the extra box
-            yield {status: f"**refused**\n```\n{e}\n```"}
-            return
-        argv = form.run_argv([*fixed, *searched, *settings], multirun=True)
-        message = form.check_sweep(fixed, searched, settings)
-        if message:
-            yield {cmd: form.command(argv), status: f"**refused** (as `ftrun -m` would):\n```\n{message}\n```"}
-            return
-        board.jobs["sweep"] = job = jobs.Job(argv)
-        uri = board.tracking_uri
-        rows: List[list] = []
-        while True:
-            ended = job.wait(jobs.POLL_S)
-            study = job.study()
-            out = {cmd: form.command(argv), log: job.log(), status: "running" + (f": study `{study[0]}`" if study else "")}
-            if study:
-                rows, best_line, summary = jobs.read_trials(*study, mlflow_ui=board.mlflow_ui, tracking_uri=uri)
-                out[table] = rows
-                out[best] = best_line + (f" · report: `{summary}`" if summary else "")
-            if ended:
-                done = sum(1 for r in rows if r[1] in ("COMPLETE", "PRUNED"))
-                out[status] = (f"**finished**: {done} trials in study `{study[0] if study else '?'}`"
-                               if job.returncode == 0 else
-                               f"**failed** (exit status {job.returncode}):\n```\n{job.failure()}\n```")
-            yield out
-            if ended:
-                return
+        yield from _launch(board, train, vals, cmd, status, best, table, log)
 
     start.click(launch, inputs, [cmd, status, best, table, log])
     stop.click(lambda: board.jobs.get("sweep") and board.jobs["sweep"].stop(), None, None)
+
+
+def _range_boxes(board) -> Dict[str, Any]:
+    """One box per searchable knob, four to a row."""
+    import gradio as gr
+
+    ranges: Dict[str, Any] = {}
+    keys = list(SEARCHABLE)
+    for i in range(0, len(keys), 4):
+        with gr.Row():
+            for k in keys[i:i + 4]:
+                ranges[k] = board.add(gr.Textbox(label=board.label(k), placeholder=SEARCHABLE[k],
+                                                 info=form.field(k).help, elem_id=f"sweep-{k.replace('.', '-')}"), k)
+    return ranges
+
+
+def _settings_row(board) -> List[Any]:
+    """The hydra.sweeper settings on the page (SETTINGS), with the schema's defaults and help."""
+    import gradio as gr
+
+    from sweeper.config import FtrunSweeperConf
+    from sweeper.study import PRUNERS
+
+    docs, d = sweeper_docs(), FtrunSweeperConf()
+    with gr.Row():
+        n_trials = board.add(gr.Number(value=d.n_trials, precision=0, label=board.label("hydra.sweeper.n_trials"),
+                                       info=docs["n_trials"], elem_id="sweep-n_trials"), "hydra.sweeper.n_trials")
+        n_jobs = board.add(gr.Number(value=d.n_jobs, precision=0, label=board.label("hydra.sweeper.n_jobs"),
+                                     info=docs["n_jobs"], elem_id="sweep-n_jobs"), "hydra.sweeper.n_jobs")
+        budget = board.add(gr.Textbox(value="", placeholder="null", label=board.label("hydra.sweeper.budget_trial_s"),
+                                      info=docs["budget_trial_s"], elem_id="sweep-budget"), "hydra.sweeper.budget_trial_s")
+        pruner = board.add(gr.Dropdown(list(PRUNERS), value=d.pruner, label=board.label("hydra.sweeper.pruner"),
+                                       info=docs["pruner"], elem_id="sweep-pruner"), "hydra.sweeper.pruner")
+    return [n_trials, n_jobs, budget, pruner]
+
+
+def _command_of(vals, train) -> tuple:
+    """(fixed overrides, searched overrides, hydra.sweeper settings) from the page's values."""
+    from sweeper.config import FtrunSweeperConf
+
+    d = FtrunSweeperConf()
+    keys = list(SEARCHABLE)
+    p, rest = vals[0], vals[1:]
+    rng = dict(zip(keys, rest[:len(keys)]))
+    nt, nj, bud, prn = rest[len(keys):len(keys) + 4]
+    values, more = train.values(rest[len(keys) + 4:])
+    searched = [f"{k}={v.strip()}" for k, v in rng.items() if v and v.strip()]
+    fixed = form.to_overrides(values, more, skip=[k for k, v in rng.items() if v and v.strip()])
+    if p:
+        fixed.append(f"sweep={p}")
+    settings = [f"hydra.sweeper.n_trials={int(nt)}"]
+    if nj and int(nj) != d.n_jobs:
+        settings.append(f"hydra.sweeper.n_jobs={int(nj)}")
+    if bud and bud.strip():
+        settings.append(f"hydra.sweeper.budget_trial_s={bud.strip()}")
+    if prn and prn != d.pruner:
+        settings.append(f"hydra.sweeper.pruner={prn}")
+    return fixed, searched, settings
+
+
+def _launch(board, train, vals, cmd, status, best, table, log):
+    """Start the sweep as ``ftrun -m`` (after the checks it would make) and follow it: updates for the page."""
+    try:
+        fixed, searched, settings = _command_of(vals, train)
+    except Exception as e:  # noqa: BLE001 - ConfigError from the extra box
+        yield {status: f"**refused**\n```\n{e}\n```"}
+        return
+    argv = form.run_argv([*fixed, *searched, *settings], multirun=True)
+    message = form.check_sweep(fixed, searched, settings)
+    if message:
+        yield {cmd: form.command(argv), status: f"**refused** (as `ftrun -m` would):\n```\n{message}\n```"}
+        return
+    board.jobs["sweep"] = job = jobs.Job(argv)
+    rows: List[list] = []
+    while True:
+        ended = job.wait(jobs.POLL_S)
+        study = job.study()
+        out = {cmd: form.command(argv), log: job.log(), status: "running" + (f": study `{study[0]}`" if study else "")}
+        if study:
+            rows, best_line, summary = jobs.read_trials(*study, mlflow_ui=board.mlflow_ui,
+                                                        tracking_uri=board.tracking_uri)
+            out[table] = rows
+            out[best] = best_line + (f" · report: `{summary}`" if summary else "")
+        if ended:
+            done = sum(1 for r in rows if r[1] in ("COMPLETE", "PRUNED"))
+            out[status] = (f"**finished**: {done} trials in study `{study[0] if study else '?'}`"
+                           if job.returncode == 0 else
+                           f"**failed** (exit status {job.returncode}):\n```\n{job.failure()}\n```")
+        yield out
+        if ended:
+            return

@@ -2,8 +2,8 @@
 
 Hydra instantiates a sweeper only when its class is defined in a module under the
 ``hydra_plugins`` namespace package, so this class lives here; everything it does
-is in :mod:`sweeper.sweep`, imported when a sweep actually starts (``--help`` and
-plain runs never import optuna).
+is in :mod:`sweeper.sweep` (the search space too: :func:`sweeper.space.sweep_space`),
+imported when a sweep actually starts (``--help`` and plain runs never import optuna).
 """
 
 from __future__ import annotations
@@ -35,24 +35,24 @@ class FtrunSweeper(Sweeper):
         self.config = config
 
     def sweep(self, arguments: List[str]) -> Any:
-        from ftrun.config import canonical_overrides
-        from sweeper.space import parse_search_space
+        from ftrun.config import ConfigError
+        from ftrun.exit_status import EXIT_CONFIG_ERROR
+        from sweeper.auto import AutoSpaceError
+        from sweeper.space import SearchSpaceError
+        from sweeper.study import SweepConfigError
         from sweeper.sweep import run_sweep
 
-        from ftrun.config import ConfigError
-        from sweeper.study import SweepConfigError
-
         assert self.config is not None and self.hydra_context is not None
+
+        def job_cfg(fixed: List[str]) -> DictConfig:  # the run's config with the sweep's fixed overrides
+            return self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+
         try:
-            params = dict(self.conf.get("search_space") or {})
-            params.update(self.conf.get("params") or {})
-            space = parse_search_space(params, arguments, self.conf.get("conditions"))
-            fixed = canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()])  # lr= -> optimizer.lr=
-            job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
             return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
-        except (SweepConfigError, ConfigError) as e:  # a setting to fix: its message, exit 2, no traceback
+        except (SweepConfigError, SearchSpaceError, AutoSpaceError, ConfigError) as e:
+            # a setting to fix: its message, exit 2, no traceback
             logging.getLogger("sweeper").error("%s", e)
-            sys.exit(2)
+            sys.exit(EXIT_CONFIG_ERROR)
 
 
 def _entry_args(config: DictConfig) -> List[str]:

@@ -15,7 +15,8 @@ import optuna
 import pytest
 from conftest import ROOT, compose_cfg
 
-from ftrun.divergence import EXIT_DIVERGED, Diverged
+from ftrun.divergence import Diverged
+from ftrun.exit_status import EXIT_DIVERGED
 from ftrun.train import RESULT_FILE, run
 
 MAX_STEPS = 30

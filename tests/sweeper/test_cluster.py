@@ -25,6 +25,7 @@ import optuna
 import pytest
 
 from conftest import ROOT
+from sweeper import stale_trials
 from sweeper.study import open_storage
 
 TRIAL = ["data.num_train=48", "data.num_eval=16", "max_steps=8", "batch_size=8", "train.logging_steps=2",
@@ -291,14 +292,15 @@ def test_sweeper_hosts_as_a_slurm_job_array(postgres, slurm, mlflow_server, tmp_
 
 def _sweep(tmp_path, **conf):
     from conftest import compose_cfg
+    from sweeper.settings import read_settings
     from sweeper.space import parse_search_space
     from sweeper.sweep import Sweep
     from sweeper_helpers import FAKE
 
     space = parse_search_space({}, ["lr=tag(log,interval(1e-5,1e-1))"], None)
     conf = {"study_name": "s", "storage": f"sqlite:///{tmp_path / 'shared.db'}", "command": FAKE, **conf}
-    sweep = Sweep(conf, space, compose_cfg(["tracking.enabled=false"]), tmp_path)
-    sweep.study = sweep._open_study()
+    sweep = Sweep(read_settings(conf, space, compose_cfg(["tracking.enabled=false"]), tmp_path))
+    sweep.open()
     return sweep
 
 
@@ -308,34 +310,33 @@ def test_a_trial_past_n_trials_that_other_hosts_started_is_not_run(tmp_path):
     others = [sweep.study.ask() for _ in range(2)]  # another host's two trials, running
     sweep.study.enqueue_trial({"lr": 1e-3})
     # this host saw room for one more a moment ago, and asks: it gets the queued configuration, trial 2
-    assert sweep._ask() is None
+    assert sweep.quota.ask() is None
     t = sweep.study.trials
     assert t[2].state.name == "FAIL" and t[2].user_attrs["surplus"] and "n_trials=2" in t[2].user_attrs["fail_reason"]
     assert t[3].state.name == "WAITING" and t[3].system_attrs["fixed_params"] == {"lr": 1e-3}  # queued again
-    assert sweep._counts()["SURPLUS"] == 1
+    assert sweep.quota.counts()["SURPLUS"] == 1
     # one of the other host's trials fails: there is room again, and the queued configuration runs
     sweep.study.tell(others[0], state=optuna.trial.TrialState.FAIL)
-    mine = sweep._ask()
+    mine = sweep.quota.ask()
     assert mine is not None and mine.number == 3
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks as the other hosts do
 def test_another_hosts_silent_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     sweep = _sweep(tmp_path, n_trials=2, heartbeat_s=1, stale_after_s=1)
-    storage = sweep.study._storage
     dead = sweep.study.ask()  # a trial of a host that then died: one heartbeat, then silence
     for k, v in {"sweeper_host": "elsewhere", "sweeper_pid": 1, "trial_dir": str(tmp_path / "gone")}.items():
         dead.set_user_attr(k, v)
-    storage.record_heartbeat(dead._trial_id)
+    stale_trials.beat(sweep.study, dead)
     alive = sweep.study.ask()  # a live host's trial, beating
     for k, v in {"sweeper_host": "elsewhere-too", "sweeper_pid": 1}.items():
         alive.set_user_attr(k, v)
 
     def dead_is_stale():
-        storage.record_heartbeat(alive._trial_id)
-        return dead._trial_id in storage._get_stale_trial_ids(sweep.study._study_id)
+        stale_trials.beat(sweep.study, alive)
+        return [t.number for t, _ in stale_trials.left_behind(sweep.study, sweep.s.host, 1)] == [dead.number]
     _wait_for(dead_is_stale, "the dead trial's heartbeat going stale", 60)
-    storage.record_heartbeat(alive._trial_id)
+    stale_trials.beat(sweep.study, alive)
     sweep._recover_left_behind()
     t = sweep.study.trials
     assert t[0].state.name == "FAIL" and "no heartbeat" in t[0].user_attrs["fail_reason"]
@@ -345,7 +346,7 @@ def test_another_hosts_silent_trial_is_failed_by_heartbeat_and_retried(tmp_path)
     assert retry.params == t[0].params and retry.user_attrs["retry_of"] == 0
     assert retry.system_attrs["failed_trial"] == 0 and "fail_reason" not in retry.user_attrs
     # a second sweeper finding the same stale trial does not retry it again
-    sweep._recover(sweep.study._storage.get_trial(dead._trial_id), "again")
+    stale_trials.recover(sweep.study, stale_trials.stored_trial(sweep.study, dead), "again", sweep.s)
     assert len(sweep.study.trials) == 3
 
 

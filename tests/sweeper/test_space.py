@@ -11,8 +11,7 @@ from optuna.distributions import IntDistribution as Int
 
 from sweeper.config import FtrunSweeperConf
 from sweeper.space import SearchSpaceError, parse_search_space
-from sweeper.study import build_pruner, build_sampler, directions
-from sweeper.sweep import enqueue_grid
+from sweeper.study import build_pruner, build_sampler, directions, enqueue_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -152,3 +152,26 @@ def test_worker_is_retired_after_max_trials(tmp_path, monkeypatch):
     pids = [t.user_attrs["worker_pid"] for t in study.trials]
     assert pids[0] != pids[1]  # one trial each: the first worker was retired
     assert [t.user_attrs["worker_trial"] for t in study.trials] == [1, 1]
+
+
+def test_a_diverged_warm_trial_ends_with_status_3_and_no_traceback(tmp_path):
+    """The warm worker ends a run through the same exit-status map as ``python -m ftrun`` (ftrun.exit_status)."""
+    from ftrun.exit_status import EXIT_DIVERGED
+    from sweeper.slots import make_slots
+    from sweeper.worker import WarmTrial, Worker
+
+    (slot,) = make_slots(1, gpus_per_trial=0)
+    worker = Worker(slot, tmp_path / "worker.log", env={"TOKENIZERS_PARALLELISM": "false"})
+    log = tmp_path / "trial" / "trial.log"
+    log.parent.mkdir()
+    try:
+        trial = WarmTrial(worker, {"args": [*TRIAL, "lr=1e3", "max_steps=30", "train.eval_steps=0",
+                                            "tracking.enabled=false", f"hydra.run.dir={log.parent}"],
+                                   "env": {}, "log": str(log)})
+        rc = trial.wait(timeout=600)
+    finally:
+        worker.close()
+    text = log.read_text()
+    assert rc == EXIT_DIVERGED, text[-3000:]
+    assert "Traceback" not in text and "diverged: the gradient is nan at step" in text
+    assert json.loads((log.parent / "result.json").read_text())["status"] == "diverged"
