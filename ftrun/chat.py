@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
 from ftrun.config import ConfigError
-from ftrun.predict import GenSettings
+from ftrun.generate import GenSettings
 
 log = logging.getLogger("ftrun.chat")
 
@@ -104,7 +104,7 @@ class Chat:
         import torch
         from transformers import TextIteratorStreamer
 
-        from ftrun.predict import generation_kwargs
+        from ftrun.generate import generation_kwargs
 
         ids = self._input_ids(prompt)
         device = next(self.model.parameters()).device

@@ -176,7 +176,7 @@ def create_app(loaded, model_id: str, defaults: Optional[ServeGen] = None):
     from pydantic import BaseModel, ConfigDict, Field
 
     from ftrun.chat import Chat
-    from ftrun.predict import stop_ids
+    from ftrun.generate import stop_ids
 
     defaults = defaults or ServeGen()
     created = int(time.time())

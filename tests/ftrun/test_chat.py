@@ -13,7 +13,7 @@ from finished_runs import finished_run
 
 from ftrun.chat import Chat, ChatGen, command, unescape
 from ftrun.export import ExportSettings, export
-from ftrun.predict import GenSettings, generate
+from ftrun.generate import GenSettings, generate
 
 PROMPTS = ["把字母倒过来\nk d m a", "第一个字母是什么\nq w e r", "一共有几个字母\na b c d e"]
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "TOKENIZERS_PARALLELISM": "false"}

@@ -20,7 +20,7 @@ from finished_runs import finished_run
 
 from ftrun.config import ConfigError
 from ftrun.export import ExportSettings, export
-from ftrun.predict import GenSettings, generate
+from ftrun.generate import GenSettings, generate
 from ftrun.serve import StopFilter, resolve_source
 
 openai = pytest.importorskip("openai")
