@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ftrun.config import ConfigError
+from ftrun.runs import RunArgs
 
 log = logging.getLogger("ftrun.export")
 
@@ -73,12 +74,8 @@ class ExportSettings:
 
 
 @dataclass
-class ExportArgs:
-    run: Optional[str] = None
-    """The run: a run directory or an MLflow run id."""
+class ExportArgs(RunArgs):
     export: ExportSettings = field(default_factory=ExportSettings)
-    tracking_uri: Optional[str] = None
-    """MLflow tracking URI to find an MLflow run id / log to (default: the run's, else MLFLOW_TRACKING_URI)."""
 
 
 @dataclass

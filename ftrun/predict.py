@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 from ftrun.config import ConfigError
 from ftrun.contract import MLFLOW_URI_ENV
 from ftrun.generate import GenSettings, generate
+from ftrun.runs import LoadArgs
 
 log = logging.getLogger("ftrun.predict")
 
@@ -53,11 +54,7 @@ _TOKEN_RE = re.compile(f"[{CJK}]|[^\\s{CJK}]+")
 
 
 @dataclass
-class PredictArgs:
-    run: Optional[str] = None
-    """The fine-tuned run: a run directory or an MLflow run id."""
-    model: Optional[str] = None
-    """Or a model directory (an export, a base model)."""
+class PredictArgs(LoadArgs):
     data: Optional[str] = None
     """A ftrun/conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
     split: str = "auto"
@@ -69,16 +66,10 @@ class PredictArgs:
     gen: GenSettings = field(default_factory=GenSettings)
     out: Optional[str] = None
     """Where the predictions go (default: <run_dir>/predict, or ./predict for model=)."""
-    device: str = "auto"
-    """cpu, cuda, or auto."""
-    dtype: str = "auto"
-    """auto (as trained), fp32, bf16 or fp16."""
     seed: int = 42
     """Seed for sampling."""
     mlflow: bool = True
     """Log metrics and files to the run's MLflow run (when it has one)."""
-    tracking_uri: Optional[str] = None
-    """MLflow tracking URI (default: MLFLOW_TRACKING_URI / MLflow's default)."""
 
 
 # ---------------------------------------------------------------------------

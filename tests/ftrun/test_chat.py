@@ -29,7 +29,7 @@ def exported(tmp_path_factory, tiny_dir):
 
 @pytest.fixture(scope="module")
 def expected(exported):
-    """Greedy answers to PROMPTS, each asked alone, by predict.generate (no streamer, batch of one)."""
+    """Greedy answers to PROMPTS, each asked alone, by ftrun.generate.generate (no streamer, batch of one)."""
     from ftrun.runs import load
 
     loaded = load(model=str(exported[1]), device="cpu")
