@@ -1,5 +1,6 @@
-"""What every stage recipe shares: its data (:func:`prepare_data`), the starting model, runs
-named by path or MLflow id, the tracker (:func:`start_tracking`) and the MLflow callbacks.
+"""What every stage recipe shares: its data (:func:`prepare_data`), the starting model (a run's
+saved model, found by :func:`ftrun.runs.resolve_run_dir`), the tracker (:func:`start_tracking`)
+and the MLflow callbacks.
 The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
 """
 
@@ -94,7 +95,7 @@ def log_start(tracker, model, data: StageData) -> None:
 
 
 # ---------------------------------------------------------------------------
-# runs given as a directory or an MLflow run id
+# starting from a run's saved model
 
 
 def run_model_dir(ref: str, key: str) -> Path:
