@@ -79,8 +79,8 @@ class EvalMetrics:
         was_training = model.training
         model.eval()
         try:
-            gen = generate_ids(model, tok, [p for p, _ in self.pairs], GenSettings(max_new_tokens=self.cfg.max_new_tokens),
-                               self.cfg.batch_size)
+            greedy = GenSettings(max_new_tokens=self.cfg.max_new_tokens)
+            gen = generate_ids(model, tok, [p for p, _ in self.pairs], greedy, self.cfg.batch_size)
         finally:
             model.train(was_training)
         preds = tok.batch_decode(gen, skip_special_tokens=True)
