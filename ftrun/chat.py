@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
 from ftrun.config import ConfigError
-from ftrun.predict import GenSettings
+from ftrun.generate import GenSettings
+from ftrun.runs import LoadArgs
 
 log = logging.getLogger("ftrun.chat")
 
@@ -43,24 +44,14 @@ class ChatGen(GenSettings):
 
 
 @dataclass
-class ChatArgs:
-    run: Optional[str] = None
-    """A fine-tuned run: a run directory or an MLflow run id."""
-    model: Optional[str] = None
-    """Or a model directory (an export, a base model)."""
+class ChatArgs(LoadArgs):
     system: Optional[str] = None
     """System prompt."""
     history: bool = True
     """Send the earlier turns with each prompt."""
     gen: ChatGen = field(default_factory=ChatGen)
-    device: str = "auto"
-    """cpu, cuda, or auto."""
-    dtype: str = "auto"
-    """auto (as trained), fp32, bf16 or fp16."""
     seed: int = 42
     """Seed for sampling."""
-    tracking_uri: Optional[str] = None
-    """MLflow tracking URI, to find an MLflow run id."""
 
 
 class Chat:
@@ -104,7 +95,7 @@ class Chat:
         import torch
         from transformers import TextIteratorStreamer
 
-        from ftrun.predict import generation_kwargs
+        from ftrun.generate import generation_kwargs
 
         ids = self._input_ids(prompt)
         device = next(self.model.parameters()).device

@@ -31,11 +31,12 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 from ftrun.config import ConfigError, read_config_json
+from ftrun.runs import RunArgs
 
 log = logging.getLogger("ftrun.export")
 
@@ -73,12 +74,8 @@ class ExportSettings:
 
 
 @dataclass
-class ExportArgs:
-    run: Optional[str] = None
-    """The run: a run directory or an MLflow run id."""
+class ExportArgs(RunArgs):
     export: ExportSettings = field(default_factory=ExportSettings)
-    tracking_uri: Optional[str] = None
-    """MLflow tracking URI to find an MLflow run id / log to (default: the run's, else MLFLOW_TRACKING_URI)."""
 
 
 @dataclass
@@ -96,27 +93,24 @@ class ExportResult:
         return sum(s["bytes"] for s in self.shards)
 
 
+@dataclass
+class CheckResult:
+    """What the self-check measured (the fields and order of ftrun_export.json's ``check``)."""
+
+    max_abs_diff: Optional[float] = None
+    tolerance: Optional[float] = None
+    argmax_agreement: Optional[float] = None
+
+
 def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optional[str] = None) -> ExportResult:
     """Export the run ``run_ref`` per ``s``; returns where it went and what the check measured."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils.hub import convert_file_size_to_int
-
     from ftrun import runs
 
     s = s or ExportSettings()
     runs.quiet()
-    try:
-        limit = convert_file_size_to_int(s.max_shard_size)
-    except ValueError:
-        raise ConfigError(f"export.max_shard_size={s.max_shard_size}: give a size such as 500MB, 2GB or 5GiB") from None
+    limit = _shard_limit(s.max_shard_size)
     run = runs.open_run(run_ref, tracking_uri or _cfg_uri(None))
-    dest = Path(s.dir).expanduser() if s.dir else run.run_dir / "export"
-    dest = dest.resolve()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not s.overwrite:
-        raise ConfigError(f"export.dir={dest}: exists and is not empty; pass export.overwrite=true to replace it")
-    if dest == run.model_dir.resolve() or run.model_dir.resolve().is_relative_to(dest):
-        raise ConfigError(f"export.dir={dest}: would replace the run's own model; choose another directory")
+    dest = _destination(run, s)
     device = runs.pick_device(s.device)
     dtype = runs.torch_dtype(s.dtype) or runs.run_dtype(run) or _checkpoint_dtype(run)
     dtype_name = {v: k for k, v in {k: runs.torch_dtype(k) for k in runs.DTYPES}.items()}.get(dtype, str(dtype))
@@ -144,50 +138,17 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        # transformers sizes shards by tensor bytes; keep room for each file's JSON header too, so that
-        # the files themselves stay within the limit
-        header = 1024 + sum(len(k) + 128 for k in model.state_dict())
-        model.save_pretrained(str(tmp), max_shard_size=max(limit - header, limit // 2))
-        tokenizer.save_pretrained(str(tmp))
-        if not (tmp / "generation_config.json").is_file():
-            model.generation_config.save_pretrained(str(tmp))
+        _save(model, tokenizer, tmp, limit)
         del model
-        shards = shard_report(tmp)
-        for sh in shards:
-            if sh["bytes"] > limit:  # only a single tensor larger than the limit can do this
-                notes.append(f"shard {sh['file']} is {sh['bytes']:,} bytes, over max_shard_size={s.max_shard_size}: "
-                             "it holds a tensor larger than that")
-                log.warning("%s", notes[-1])
-
-        diff = tol = agree = None
-        if s.check:
-            exported = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=dtype).to(device).eval()
-            got = [_logits(exported, ids, device) for ids in prompts]
-            del exported
-            diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
-            scale = max(float(a.abs().max()) for a in ref)
-            atol, rtol = TOLERANCES.get(dtype_name, TOLERANCES["fp32"])
-            atol = s.atol if s.atol is not None else atol
-            rtol = s.rtol if s.rtol is not None else rtol
-            tol = atol + rtol * scale
-            agree = float(torch.cat([(a.argmax(-1) == b.argmax(-1)).flatten() for a, b in zip(ref, got)])
-                          .float().mean())
-            log.info("Check on %d prompts (%d tokens): max |logit diff| = %.3g, tolerance %.3g "
-                     "(atol %g + rtol %g x max|logit| %.3g); argmax agrees at %.1f%% of positions",
-                     len(prompts), sum(p.shape[-1] for p in prompts), diff, tol, atol, rtol, scale, 100 * agree)
-            if run.method == "qlora":
-                q = _quantized_diff(run, prompts, got, device)
-                if q is not None:
-                    notes.append(f"qlora: the run's own 4-bit/8-bit model differs from the export by up to {q:.3g} "
-                                 "in logits (quantization error of the trained base; informational, not checked)")
-                    log.info("%s", notes[-1])
-            if not diff <= tol:
-                raise ExportCheckError(f"export check failed: the exported model's logits differ from base+adapter "
-                                       f"by up to {diff:.3g} > tolerance {tol:.3g}; nothing was written to {dest}")
+        notes += _oversized_shards(tmp, limit, s.max_shard_size)
+        check = _self_check(run, s, prompts, ref, tmp, dtype, dtype_name, device, notes) if s.check else None
+        if check is not None and not check.max_abs_diff <= check.tolerance:
+            raise ExportCheckError(f"export check failed: the exported model's logits differ from base+adapter "
+                                   f"by up to {check.max_abs_diff:.3g} > tolerance {check.tolerance:.3g}; "
+                                   f"nothing was written to {dest}")
         info = {"run_dir": str(run.run_dir), "mlflow_run_id": run.mlflow_run_id, "method": run.method,
                 "base_model": runs.base_model_path(run), "dtype": dtype_name, "max_shard_size": s.max_shard_size,
-                "check": {"max_abs_diff": diff, "tolerance": tol, "argmax_agreement": agree,
-                          "prompts": len(prompts)} if s.check else None,
+                "check": {**vars(check), "prompts": len(prompts)} if check else None,
                 "notes": notes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
         _normal_permissions(tmp)
@@ -195,7 +156,7 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    result = ExportResult(dest, dtype_name, shard_report(dest), diff, tol, agree, notes)
+    result = ExportResult(dest, dtype_name, shard_report(dest), *astuple(check or CheckResult()), notes)
     log.info("Exported %s: %d shard(s), %.2f MB of weights, largest shard %.2f MB (limit %s)",
              dest, len(result.shards), result.total_bytes / 1e6, max(sh["bytes"] for sh in result.shards) / 1e6,
              s.max_shard_size)
@@ -205,7 +166,78 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
 
 
 # ---------------------------------------------------------------------------
-# pieces
+# the steps of an export
+
+
+def _shard_limit(max_shard_size: str) -> int:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        return convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise ConfigError(f"export.max_shard_size={max_shard_size}: give a size such as 500MB, 2GB or 5GiB") from None
+
+
+def _destination(run, s: ExportSettings) -> Path:
+    """``export.dir`` (default ``<run_dir>/export``), refused when it holds something or the run's own model."""
+    dest = (Path(s.dir).expanduser() if s.dir else run.run_dir / "export").resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not s.overwrite:
+        raise ConfigError(f"export.dir={dest}: exists and is not empty; pass export.overwrite=true to replace it")
+    if dest == run.model_dir.resolve() or run.model_dir.resolve().is_relative_to(dest):
+        raise ConfigError(f"export.dir={dest}: would replace the run's own model; choose another directory")
+    return dest
+
+
+def _save(model, tokenizer, tmp: Path, limit: int) -> None:
+    """Weights in safetensors shards of at most ``limit`` bytes, the tokenizer and the generation config."""
+    # transformers sizes shards by tensor bytes; keep room for each file's JSON header too, so that
+    # the files themselves stay within the limit
+    header = 1024 + sum(len(k) + 128 for k in model.state_dict())
+    model.save_pretrained(str(tmp), max_shard_size=max(limit - header, limit // 2))
+    tokenizer.save_pretrained(str(tmp))
+    if not (tmp / "generation_config.json").is_file():
+        model.generation_config.save_pretrained(str(tmp))
+
+
+def _oversized_shards(tmp: Path, limit: int, max_shard_size: str) -> List[str]:
+    """A note for each shard over the limit (only a single tensor larger than the limit can do this)."""
+    notes = [f"shard {sh['file']} is {sh['bytes']:,} bytes, over max_shard_size={max_shard_size}: "
+             "it holds a tensor larger than that" for sh in shard_report(tmp) if sh["bytes"] > limit]
+    for n in notes:
+        log.warning("%s", n)
+    return notes
+
+
+def _self_check(run, s: ExportSettings, prompts, ref, tmp: Path, dtype, dtype_name: str, device,
+                notes: List[str]) -> CheckResult:
+    """The exported model, loaded back from ``tmp``, against base+adapter's logits ``ref``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=dtype).to(device).eval()
+    got = [_logits(exported, ids, device) for ids in prompts]
+    del exported
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
+    scale = max(float(a.abs().max()) for a in ref)
+    atol, rtol = TOLERANCES.get(dtype_name, TOLERANCES["fp32"])
+    atol = s.atol if s.atol is not None else atol
+    rtol = s.rtol if s.rtol is not None else rtol
+    tol = atol + rtol * scale
+    agree = float(torch.cat([(a.argmax(-1) == b.argmax(-1)).flatten() for a, b in zip(ref, got)]).float().mean())
+    log.info("Check on %d prompts (%d tokens): max |logit diff| = %.3g, tolerance %.3g "
+             "(atol %g + rtol %g x max|logit| %.3g); argmax agrees at %.1f%% of positions",
+             len(prompts), sum(p.shape[-1] for p in prompts), diff, tol, atol, rtol, scale, 100 * agree)
+    if run.method == "qlora":
+        q = _quantized_diff(run, prompts, got, device)
+        if q is not None:
+            notes.append(f"qlora: the run's own 4-bit/8-bit model differs from the export by up to {q:.3g} "
+                         "in logits (quantization error of the trained base; informational, not checked)")
+            log.info("%s", notes[-1])
+    return CheckResult(diff, tol, agree)
+
+
+# ---------------------------------------------------------------------------
+# helpers
 
 
 def check_prompts(run, tokenizer, n: int):

@@ -14,7 +14,7 @@ step by step, seen by the sweep's pruner and by ``load_best_model_at_end``.
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 from ftrun.data.encode import IGNORE_INDEX
 
@@ -41,27 +41,6 @@ def prompts_and_answers(eval_ds, max_samples: int) -> List[Tuple[List[int], List
         out.append((ids[:start], ids[start:end + 1]))
         if len(out) == max_samples:
             break
-    return out
-
-
-def generate_ids(model, tokenizer, prompts: Sequence[List[int]], max_new_tokens: int, batch_size: int,
-                 stop: Sequence[int]) -> List[List[int]]:
-    """Greedy continuations of token-id prompts, left-padded in batches."""
-    import torch
-
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    out: List[List[int]] = []
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 eos_token_id=list(stop), pad_token_id=pad, use_cache=True)
-        out += [row.tolist() for row in gen[:, width:]]
     return out
 
 
@@ -93,14 +72,15 @@ class EvalMetrics:
         return metrics
 
     def generated(self) -> dict:
-        from ftrun.predict import score, stop_ids
+        from ftrun.generate import GenSettings, generate_ids
+        from ftrun.predict import score
 
         model, tok = self.model, self.tokenizer
         was_training = model.training
         model.eval()
         try:
-            gen = generate_ids(model, tok, [p for p, _ in self.pairs], self.cfg.max_new_tokens,
-                               self.cfg.batch_size, stop_ids(model, tok))
+            greedy = GenSettings(max_new_tokens=self.cfg.max_new_tokens)
+            gen = generate_ids(model, tok, [p for p, _ in self.pairs], greedy, self.cfg.batch_size)
         finally:
             model.train(was_training)
         preds = tok.batch_decode(gen, skip_special_tokens=True)

@@ -22,7 +22,7 @@ Generate answers for a data set with a fine-tuned model and score them:
   logs the metrics and both files to the run's MLflow run (``mlflow=false`` to skip).
 
 For sweeps and scripts: :func:`predict_objective` returns one metric, and
-:func:`generate` / :func:`score` work on a model already in memory.
+:func:`score` works on answers already generated (:func:`ftrun.generate.generate`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from typing import Dict, List, Optional, Sequence
 
 from ftrun.config import ConfigError
 from ftrun.contract import MLFLOW_URI_ENV
+from ftrun.generate import GenSettings, generate
+from ftrun.runs import LoadArgs
 
 log = logging.getLogger("ftrun.predict")
 
@@ -52,23 +54,7 @@ _TOKEN_RE = re.compile(f"[{CJK}]|[^\\s{CJK}]+")
 
 
 @dataclass
-class GenSettings:
-    max_new_tokens: int = 64
-    """Longest answer, in tokens."""
-    temperature: float = 0.0
-    """0 = greedy decoding; > 0 samples at this temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling (with temperature > 0)."""
-    repetition_penalty: float = 1.0
-    """> 1 discourages repeating tokens."""
-
-
-@dataclass
-class PredictArgs:
-    run: Optional[str] = None
-    """The fine-tuned run: a run directory or an MLflow run id."""
-    model: Optional[str] = None
-    """Or a model directory (an export, a base model)."""
+class PredictArgs(LoadArgs):
     data: Optional[str] = None
     """A ftrun/conf/data preset (letters, alpaca), a data file, or null for the run's own data."""
     split: str = "auto"
@@ -80,16 +66,10 @@ class PredictArgs:
     gen: GenSettings = field(default_factory=GenSettings)
     out: Optional[str] = None
     """Where the predictions go (default: <run_dir>/predict, or ./predict for model=)."""
-    device: str = "auto"
-    """cpu, cuda, or auto."""
-    dtype: str = "auto"
-    """auto (as trained), fp32, bf16 or fp16."""
     seed: int = 42
     """Seed for sampling."""
     mlflow: bool = True
     """Log metrics and files to the run's MLflow run (when it has one)."""
-    tracking_uri: Optional[str] = None
-    """MLflow tracking URI (default: MLFLOW_TRACKING_URI / MLflow's default)."""
 
 
 # ---------------------------------------------------------------------------
@@ -147,57 +127,6 @@ def score(predictions: Sequence[str], labels: Sequence[str], prefix: str = "pred
         f"{prefix}rouge_l": 100 * rouge["rougeL"] / n,
         f"{prefix}samples": float(n),
     }
-
-
-# ---------------------------------------------------------------------------
-# generation
-
-
-def stop_ids(model, tokenizer) -> List[int]:
-    """EOS of the tokenizer plus any the model's generation config names (e.g. Llama 3's <|eot_id|>)."""
-    ids = []
-    for v in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        for i in (v if isinstance(v, (list, tuple)) else [v]):
-            if i is not None and i not in ids:
-                ids.append(int(i))
-    return ids
-
-
-def generation_kwargs(gen: GenSettings, model, tokenizer) -> dict:
-    kw = {"max_new_tokens": gen.max_new_tokens, "eos_token_id": stop_ids(model, tokenizer),
-          "pad_token_id": tokenizer.pad_token_id, "repetition_penalty": gen.repetition_penalty}
-    if gen.temperature > 0:
-        kw.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
-    else:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kw
-
-
-def generate(model, tokenizer, conversations: Sequence[List[dict]], gen: Optional[GenSettings] = None,
-             batch_size: int = 16, progress: bool = False) -> List[str]:
-    """The model's answer to each conversation (its messages up to the answer), batched and left-padded."""
-    import torch
-
-    gen = gen or GenSettings()
-    kw = generation_kwargs(gen, model, tokenizer)
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # so every prompt ends where generation starts
-    out: List[str] = []
-    try:
-        for start in range(0, len(conversations), batch_size):
-            texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
-                     for c in conversations[start:start + batch_size]]
-            enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-            with torch.no_grad():
-                ids = model.generate(**enc, **kw)
-            new = ids[:, enc["input_ids"].shape[1]:]
-            out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            if progress:
-                log.info("  generated %d / %d", len(out), len(conversations))
-    finally:
-        tokenizer.padding_side = side
-    return out
 
 
 # ---------------------------------------------------------------------------

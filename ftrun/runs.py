@@ -6,9 +6,11 @@ template) and the run's config (``config_resolved.yaml``, else Hydra's
 ``.hydra/config.yaml``). An MLflow run id is mapped to its run directory
 through the run's ``run_dir`` tag.
 
-:func:`load` is what export, predict and chat share: ``run=`` (a run) or
-``model=`` (any model directory: an export, a base model, a bare adapter) ->
-model in eval mode + tokenizer + where it came from.
+:func:`resolve_run_dir` is the one rule runs are found by (tools and stages alike);
+:class:`RunArgs` / :class:`LoadArgs` are the arguments the tools share; :func:`load`
+is what predict, chat and serve share: ``run=`` (a run) or ``model=`` (any model
+directory: an export, a base model, a bare adapter) -> model in eval mode +
+tokenizer + where it came from.
 
 Nothing here imports torch at module level.
 """
@@ -31,6 +33,28 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 CONFIG_FILES = (RESOLVED_CONFIG, HYDRA_CONFIG)
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class RunArgs:
+    """What every tool around a finished run is told (export, chat, predict, serve extend it)."""
+
+    run: Optional[str] = None
+    """A finished run: its directory (or outputs/<name> for its newest finished run) or its MLflow run id."""
+    tracking_uri: Optional[str] = None
+    """MLflow tracking URI where a run id is found (default: MLFLOW_TRACKING_URI) and export/predict log (the run's)."""
+
+
+@dataclass
+class LoadArgs(RunArgs):
+    """A run or a model directory, and how its model loads (chat, predict, serve)."""
+
+    model: Optional[str] = None
+    """Or a model directory (an export, a base model) instead of run=."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    dtype: str = "auto"
+    """auto (as trained), fp32, bf16 or fp16."""
 
 
 @dataclass
@@ -70,42 +94,48 @@ class Loaded:
 # finding a run
 
 
-def resolve_run_dir(ref: str, tracking_uri: Optional[str] = None) -> Path:
-    """A run directory for ``ref``: a run directory (or its model/), or an MLflow run id."""
+def resolve_run_dir(ref: str, tracking_uri: Optional[str] = None, key: str = "run") -> Path:
+    """The run directory of ``ref``, the one rule every tool and stage finds runs by: a run directory
+    (or its ``model/``), a run name directory (``outputs/<name>``: its newest run that saved a model), or
+    an MLflow run id (its ``run_dir`` tag). ``key`` is the override named in errors."""
     ref = str(ref)
     p = Path(ref).expanduser()
     if p.is_dir():
         if p.name == MODEL_DIR and not _has_config(p) and _has_config(p.parent):
             p = p.parent
         if not (p / MODEL_DIR).is_dir():
-            raise ConfigError(f"run={ref}: {p} holds no model/ directory; is it a finished run? "
-                              "(give outputs/<name>/<timestamp>, or model=PATH for a plain model directory)")
+            finished = sorted(d for d in p.iterdir() if (d / MODEL_DIR).is_dir())
+            if not finished:
+                raise ConfigError(f"{key}={ref}: {p} holds no model/ directory; is it a finished run? (give "
+                                  "outputs/<name>/<timestamp>" + (", or model=PATH for a plain model directory)"
+                                                                  if key == "run" else ")"))
+            p = finished[-1]  # run directories are named by timestamp
         return p.resolve()
     if RUN_ID.match(ref):
-        return _run_dir_from_mlflow(ref, tracking_uri)
-    raise ConfigError(f"run={ref}: no such directory, and not an MLflow run id (32 hex digits)")
+        return _run_dir_from_mlflow(ref, tracking_uri, key)
+    raise ConfigError(f"{key}={ref}: no such directory, and not an MLflow run id (32 hex digits)")
 
 
 def _has_config(p: Path) -> bool:
     return any((p / f).is_file() for f in CONFIG_FILES)
 
 
-def _run_dir_from_mlflow(run_id: str, tracking_uri: Optional[str]) -> Path:
+def _run_dir_from_mlflow(run_id: str, tracking_uri: Optional[str], key: str) -> Path:
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
         info = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException as e:
-        raise ConfigError(f"run={run_id}: no such MLflow run at {mlflow.get_tracking_uri()} "
-                          f"({str(e).splitlines()[0]}); set MLFLOW_TRACKING_URI or tracking_uri=") from None
+    except Exception as e:  # noqa: BLE001 - MlflowException, or a store that cannot be reached
+        raise ConfigError(f"{key}={run_id}: neither a run directory nor an MLflow run id in "
+                          f"{mlflow.get_tracking_uri()} ({str(e).splitlines()[0]}); set MLFLOW_TRACKING_URI"
+                          + (" or tracking_uri=" if key == "run" else "")) from None
     run_dir = info.data.tags.get(TAG_RUN_DIR)
     if not run_dir:
-        raise ConfigError(f"run={run_id}: the MLflow run has no run_dir tag; give its run directory instead")
+        raise ConfigError(f"{key}={run_id}: the MLflow run has no run_dir tag; give its run directory instead")
     if not Path(run_dir).is_dir():
-        raise ConfigError(f"run={run_id}: its run directory {run_dir} (MLflow tag run_dir) no longer exists")
+        raise ConfigError(f"{key}={run_id}: its run directory {run_dir} (MLflow tag run_dir) is not on this machine")
     return Path(run_dir)
 
 

@@ -1,5 +1,6 @@
-"""What every stage recipe shares: its data (:func:`prepare_data`), the starting model, runs
-named by path or MLflow id, the tracker (:func:`start_tracking`) and the MLflow callbacks.
+"""What every stage recipe shares: its data (:func:`prepare_data`), the starting model (a run's
+saved model, found by :func:`ftrun.runs.resolve_run_dir`), the tracker (:func:`start_tracking`)
+and the MLflow callbacks.
 The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftrun.config import ConfigError
-from ftrun.contract import MODEL_DIR, TAG_RUN_DIR
+from ftrun.contract import MODEL_DIR
+from ftrun.runs import resolve_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,37 +95,13 @@ def log_start(tracker, model, data: StageData) -> None:
 
 
 # ---------------------------------------------------------------------------
-# runs given as a directory or an MLflow run id
-
-
-def resolve_run(ref: str, key: str) -> Path:
-    """The run directory of ``ref``: a run directory, a run name directory
-    (``outputs/<name>``: its newest run that saved a model), or an MLflow run id
-    (its ``run_dir`` tag)."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if (path / MODEL_DIR).is_dir():
-            return path
-        finished = sorted(d for d in path.iterdir() if (d / MODEL_DIR).is_dir())
-        if finished:
-            return finished[-1]  # run directories are named by timestamp
-        return path
-    import mlflow
-
-    try:
-        run = mlflow.get_run(ref)
-    except Exception as e:  # MlflowException, or a store that cannot be reached
-        raise ConfigError(f"{key}={ref}: neither a run directory nor an MLflow run id in "
-                          f"{mlflow.get_tracking_uri()} ({str(e).splitlines()[0]})") from None
-    run_dir = run.data.tags.get(TAG_RUN_DIR)
-    if not run_dir or not Path(run_dir).is_dir():
-        raise ConfigError(f"{key}={ref}: the MLflow run's directory ({run_dir}) is not on this machine")
-    return Path(run_dir)
+# starting from a run's saved model
 
 
 def run_model_dir(ref: str, key: str) -> Path:
-    """The ``model/`` a finished run saved (an adapter or full weights)."""
-    model_dir = resolve_run(ref, key) / MODEL_DIR
+    """The ``model/`` a finished run saved (an adapter or full weights); runs are found as
+    :func:`ftrun.runs.resolve_run_dir` finds them."""
+    model_dir = resolve_run_dir(ref, key=key) / MODEL_DIR
     if not (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
         raise ConfigError(f"{key}={ref}: {model_dir} holds no saved model; did that run finish?")
     return model_dir

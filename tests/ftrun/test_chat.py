@@ -13,7 +13,7 @@ from finished_runs import finished_run
 
 from ftrun.chat import Chat, ChatGen, command, unescape
 from ftrun.export import ExportSettings, export
-from ftrun.predict import GenSettings, generate
+from ftrun.generate import GenSettings, generate
 
 PROMPTS = ["把字母倒过来\nk d m a", "第一个字母是什么\nq w e r", "一共有几个字母\na b c d e"]
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "TOKENIZERS_PARALLELISM": "false"}
@@ -29,7 +29,7 @@ def exported(tmp_path_factory, tiny_dir):
 
 @pytest.fixture(scope="module")
 def expected(exported):
-    """Greedy answers to PROMPTS, each asked alone, by predict.generate (no streamer, batch of one)."""
+    """Greedy answers to PROMPTS, each asked alone, by ftrun.generate.generate (no streamer, batch of one)."""
     from ftrun.runs import load
 
     loaded = load(model=str(exported[1]), device="cpu")

@@ -74,7 +74,8 @@ def test_generated_scores_are_logged_at_every_evaluation_and_the_best_checkpoint
 
 
 def test_predict_loads_the_best_checkpoint_by_default(gen_run, tmp_path):
-    from ftrun.predict import GenSettings, PredictArgs, predict
+    from ftrun.generate import GenSettings
+    from ftrun.predict import PredictArgs, predict
 
     run_dir, uri, objective = gen_run
     metrics = predict(PredictArgs(run=str(run_dir), max_samples=12, out=str(tmp_path / "p"), mlflow=False,

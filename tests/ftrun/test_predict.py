@@ -12,7 +12,8 @@ from conftest import ROOT
 from finished_runs import finished_run
 
 from ftrun.config import ConfigError
-from ftrun.predict import PREDICTIONS_FILE, RESULTS_FILE, GenSettings, MixedTokenizer, PredictArgs, main, predict, score
+from ftrun.generate import GenSettings
+from ftrun.predict import PREDICTIONS_FILE, RESULTS_FILE, MixedTokenizer, PredictArgs, main, predict, score
 
 # ---------------------------------------------------------------------------
 # metrics, checked by hand

@@ -1,5 +1,5 @@
 """serve: the official openai client against ``python -m ftrun.serve`` started on loopback, compared with
-greedy answers computed directly (predict.generate), streaming and not, stop, max_tokens, concurrent
+greedy answers computed directly (ftrun.generate.generate), streaming and not, stop, max_tokens, concurrent
 requests, and malformed requests that get a 4xx while the server keeps serving."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from finished_runs import finished_run
 
 from ftrun.config import ConfigError
 from ftrun.export import ExportSettings, export
-from ftrun.predict import GenSettings, generate
-from ftrun.serve import StopFilter, resolve_source
+from ftrun.generate import GenSettings, generate
+from ftrun.serve.__main__ import resolve_source
+from ftrun.serve.generation import StopFilter
 
 openai = pytest.importorskip("openai")
 
@@ -53,7 +54,7 @@ def run_dir(tmp_path_factory, tiny_dir):
 
 @pytest.fixture(scope="module")
 def expected(run_dir):
-    """Greedy answers to PROMPTS, each asked alone, by predict.generate on the run's model."""
+    """Greedy answers to PROMPTS, each asked alone, by ftrun.generate.generate on the run's model."""
     from ftrun.runs import load
 
     loaded = load(run=str(run_dir), device="cpu")

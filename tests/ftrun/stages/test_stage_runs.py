@@ -127,15 +127,15 @@ def test_sft_then_dpo_from_its_mlflow_run_id(tiny_dir, tmp_path, mlflow_uri):
 
 
 def test_run_name_directory_resolves_to_its_newest_finished_run(tmp_path):
-    from ftrun.stages.common import resolve_run
+    from ftrun.runs import resolve_run_dir
 
     for stamp in ("2026-01-01_00-00-00", "2026-01-02_00-00-00", "2026-01-03_00-00-00"):
         (tmp_path / "rm-demo" / stamp).mkdir(parents=True)
     for stamp in ("2026-01-01_00-00-00", "2026-01-02_00-00-00"):  # the newest one has not finished
         (tmp_path / "rm-demo" / stamp / "model").mkdir()
-    assert resolve_run(str(tmp_path / "rm-demo"), "stage.reward_run").name == "2026-01-02_00-00-00"
+    assert resolve_run_dir(str(tmp_path / "rm-demo"), key="stage.reward_run").name == "2026-01-02_00-00-00"
     with pytest.raises(ConfigError, match="stage.reward_run=0123456789abcdef0123456789abcdef: neither a run"):
-        resolve_run("0123456789abcdef0123456789abcdef", "stage.reward_run")
+        resolve_run_dir("0123456789abcdef0123456789abcdef", key="stage.reward_run")
 
 
 @pytest.mark.slow
