@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ftrun.compose import CONF_PATH, CONFIG_NAME
+from ftrun.compose import CONF_PATH, CONFIG_NAME, discard_unstarted_run_dir, exit_2_on_compose_error, task_started
 from ftrun.config import ConfigError, canonical_overrides, register_configs
 
 log = logging.getLogger("ftrun")
@@ -29,6 +29,7 @@ register_configs()
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    task_started()  # composed: a crash from here on is Hydra's to report
     from ftrun.divergence import EXIT_DIVERGED, Diverged
     from ftrun.train import run
 
@@ -37,6 +38,7 @@ def _run(cfg: DictConfig) -> float:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     except ConfigError as e:
         log.error("%s", e)
+        discard_unstarted_run_dir(hc.runtime.output_dir, f"{hc.job.name}.log")  # refused: nothing left behind
         sys.exit(2)
     except Diverged:  # already logged, with result.json and the MLflow run marked
         sys.exit(EXIT_DIVERGED)
@@ -50,7 +52,7 @@ def main() -> None:
         return board(sys.argv[2:])
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
-    _run()
+    exit_2_on_compose_error(_run)  # an unknown key or option, a wrong type: exit 2, as ConfigError
 
 
 if __name__ == "__main__":

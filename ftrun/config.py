@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftrun.contract import RESULT_FILE, TRAINER_STATE
+from ftrun.model_dir import model_dir_problems
 
 
 class ConfigError(ValueError):
@@ -731,9 +732,9 @@ def validate(cfg: DictConfig) -> None:
     md = c.model
     check(bool(md.name), "model.name", md.name, "give a short name")
     check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")
-    if md.path is not None and _looks_local(md.path):
-        check(Path(md.path).expanduser().is_dir(), "model.path", md.path,
-              "no such directory; give a local model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
+    if md.path is not None and _looks_local(md.path):  # a folder, with config.json (ftrun.model_dir)
+        for why in model_dir_problems(md.path, need=("config",)):
+            check(False, "model.path", md.path, why)
     if md.tiny is not None:
         t = md.tiny
         for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

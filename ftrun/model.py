@@ -18,6 +18,7 @@ from typing import Tuple
 
 from ftrun import keep
 from ftrun.config import ConfigError
+from ftrun.model_dir import require_model_files
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def model_path(model_cfg) -> str:
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
+    require_model_files(model_cfg, need=("config", "tokenizer"))  # named, not sentencepiece's complaint
     path = model_path(model_cfg)
 
     def build():

@@ -40,15 +40,18 @@ class FtrunSweeper(Sweeper):
         from sweeper.sweep import run_sweep
 
         from ftrun.config import ConfigError
+        from sweeper.setting_checks import check_settings, check_shared_run
         from sweeper.study import SweepConfigError
 
         assert self.config is not None and self.hydra_context is not None
         try:
+            check_settings(self.conf, arguments)  # every hydra.sweeper setting and sweep expression, before any study
             params = dict(self.conf.get("search_space") or {})
             params.update(self.conf.get("params") or {})
             space = parse_search_space(params, arguments, self.conf.get("conditions"))
             fixed = canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()])  # lr= -> optimizer.lr=
             job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+            check_shared_run(job_cfg, list(space.distributions))  # what every trial would be refused for
             return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
         except (SweepConfigError, ConfigError) as e:  # a setting to fix: its message, exit 2, no traceback
             logging.getLogger("sweeper").error("%s", e)
