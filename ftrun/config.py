@@ -30,6 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftrun.contract import RESULT_FILE, TRAINER_STATE
 from ftrun.model_dir import model_dir_problems
+from ftrun.schema_checks import schema_problems
 
 
 class ConfigError(ValueError):
@@ -591,6 +592,8 @@ STAGE_OBJECTIVES = {
 }
 def format_lr(lr: float) -> str:
     """``1e-4`` -> ``"1e-4"``, ``3.5e-4`` -> ``"3.5e-4"``, ``0.1`` -> ``"1e-1"``."""
+    if not math.isfinite(lr):
+        return str(lr)  # nan, inf: validate names it; the run name must not fail first
     mantissa, exponent = f"{lr:.2e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
@@ -903,6 +906,7 @@ def validate(cfg: DictConfig) -> None:
               "(or train.keep_best=false)")
     check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "give an experiment name")
 
+    problems += schema_problems(c, problems)  # what each key's type rules out: '', [''], a file for a folder
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
