@@ -358,7 +358,8 @@ def run_subprocess(case: Case, work: Path, timeout_s: float = 120) -> Dict[str, 
            "FTRUN_BENCH_LOAD_WATCH": "1"}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
         status, text = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:  # a board that started serving, a run that went on
         status = "still running"
@@ -453,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if case.entry in ("run", "sweep"):
                 rows.append({**dataclasses.asdict(case), "where": "in process", **check_in_process(case)})
         for case in cli_sample(cases, args.cli_sample):
-            timeout = 30 if case.entry in ("board", "serve", "chat") else 180
+            timeout = 45 if case.entry == "board" else 240  # a board that accepted its options serves on
             rows.append({**dataclasses.asdict(case), "where": "subprocess", **run_subprocess(case, work, timeout)})
             print(f"{case.entry:10s} {case.key:32s} {case.kind:22s} -> {rows[-1]['status']} "
                   f"({rows[-1]['seconds']} s){' LOADED ' + ','.join(rows[-1]['loaded']) if rows[-1]['loaded'] else ''}",

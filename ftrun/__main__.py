@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ftrun.compose import CONF_PATH, CONFIG_NAME, discard_unstarted_run_dir, exit_2_on_compose_error, task_started
-from ftrun.config import ConfigError, canonical_overrides, register_configs
+from ftrun.config import ConfigError, canonical_overrides, register_configs, validate
 
 log = logging.getLogger("ftrun")
 
@@ -30,18 +30,26 @@ def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     task_started()  # composed: a crash from here on is Hydra's to report
+    hc = HydraConfig.get()
+    try:  # the config's own mistakes before torch and transformers import (seconds sooner)
+        validate(cfg)
+    except ConfigError as e:
+        _refuse(e, hc)
     from ftrun.divergence import EXIT_DIVERGED, Diverged
     from ftrun.train import run
 
-    hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     except ConfigError as e:
-        log.error("%s", e)
-        discard_unstarted_run_dir(hc.runtime.output_dir, f"{hc.job.name}.log")  # refused: nothing left behind
-        sys.exit(2)
+        _refuse(e, hc)
     except Diverged:  # already logged, with result.json and the MLflow run marked
         sys.exit(EXIT_DIVERGED)
+
+
+def _refuse(e: ConfigError, hc) -> None:
+    log.error("%s", e)
+    discard_unstarted_run_dir(hc.runtime.output_dir, f"{hc.job.name}.log")  # refused: nothing left behind
+    sys.exit(2)
 
 
 def main() -> None:
