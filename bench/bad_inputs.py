@@ -412,23 +412,30 @@ def leftovers(work: Path) -> Dict[str, Any]:
 # the suite
 
 
-ISSUE_CASES = (  # issue 27's three: each must be in the subprocess sample
-    ("run", "model.path", "not a model"),
-    ("sweep", "hydra.sweeper", "reversed interval"),
-    ("sweep", "hydra.sweeper.n_trials", "negative count"),
-)
+def issue_cases(paths: Dict[str, str]) -> List[Case]:
+    """Issue 27's three, as it gives them: a model folder without config.json, a reversed interval in a
+    sweep, ``hydra.sweeper.n_trials=-1``."""
+    return [Case("run", "model.path", "not a model", [f"model.path={paths['tokenizer_only']}"]),
+            Case("sweep", "lr", "reversed interval", ["lr=interval(1e-2,1e-4)"]),
+            Case("sweep", "hydra.sweeper.n_trials", "negative count",
+                 ["hydra.sweeper.n_trials=-1", "lr=tag(log,interval(1e-4,1e-2))"])]
 
 
-def cli_sample(cases: Sequence[Case], per_entry: int) -> List[Case]:
-    """Up to ``per_entry`` cases of each entry point, one per kind of mistake first; issue 27's three always."""
-    picked = [c for c in cases if (c.entry, c.key, c.kind) in ISSUE_CASES]
-    picked = [c for i, c in enumerate(picked) if (c.entry, c.key, c.kind) not in
-              {(p.entry, p.key, p.kind) for p in picked[:i]}]
+# the kinds a sample tries first: those an entry point must refuse while it reads its arguments
+SAMPLE_ORDER = ("unknown key", "wrong type", "unknown choice", "out of range", "negative count", "empty string",
+                "not a model", "nonexistent path", "file for a directory", "directory for a file")
+
+
+def cli_sample(cases: Sequence[Case], per_entry: int, order: Sequence[str] = ()) -> List[Case]:
+    """Up to ``per_entry`` cases of each entry point, one per kind of mistake first (in ``order``, then as
+    they come)."""
+    picked: List[Case] = []
+    rank = {kind: i for i, kind in enumerate(order)}
     for entry in dict.fromkeys(c.entry for c in cases):
-        mine = [c for c in cases if c.entry == entry and c not in picked]
+        mine = sorted((c for c in cases if c.entry == entry), key=lambda c: rank.get(c.kind, len(rank)))
         by_kind = list({c.kind: c for c in reversed(mine)}.values())[::-1]
         rest = [c for c in mine if c not in by_kind]
-        picked += (by_kind + rest)[:max(0, per_entry - sum(p.entry == entry for p in picked))]
+        picked += (by_kind + rest)[:per_entry]
     return picked
 
 
@@ -453,7 +460,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for case in cases:
             if case.entry in ("run", "sweep"):
                 rows.append({**dataclasses.asdict(case), "where": "in process", **check_in_process(case)})
-        for case in cli_sample(cases, args.cli_sample):
+        for case in (issue_cases(paths) + cli_sample(cases, args.cli_sample) if args.cli_sample else []):
             timeout = 45 if case.entry == "board" else 240  # a board that accepted its options serves on
             rows.append({**dataclasses.asdict(case), "where": "subprocess", **run_subprocess(case, work, timeout)})
             print(f"{case.entry:10s} {case.key:32s} {case.kind:22s} -> {rows[-1]['status']} "
@@ -502,10 +509,10 @@ def markdown(rows: List[Dict[str, Any]], left: Dict[str, Any]) -> str:
     lines += ["", "## Left behind", "", f"- run directories: {len(left['run_dirs'])}",
               f"- MLflow runs left RUNNING: {left['mlflow_running']}", f"- studies opened: {len(left['studies'])}, "
               f"trials left RUNNING: {left['orphan_trials']}", "", "## Issue 27's three cases (subprocess)", ""]
-    for r in sub:
-        if (r["entry"], r["key"], r["kind"]) in ISSUE_CASES:
-            first = r["message"].strip().splitlines()[-1] if r["message"].strip() else ""
-            lines.append(f"- `{' '.join(r['args'])}`: exit {r['status']}, traceback {r['traceback']}: {first}")
+    for r in sub[:3]:
+        last = r["message"].strip().splitlines()[-1].strip() if r["message"].strip() else ""
+        lines.append(f"- `{' '.join(r['args'])}`: exit {r['status']}, traceback {r['traceback']}, "
+                     f"{r['seconds']} s: `{last}`")
     failed = [r for r in rows if not refused(r)]
     lines += ["", f"## Cases that do not end well ({len(failed)})", ""]
     lines += [f"- {r['entry']} ({r['where']}) `{' '.join(r['args'])}`: exit {r['status']}, traceback "

@@ -67,21 +67,18 @@ def test_the_fast_path_matches_a_full_compose(cases):
         assert (fast["status"], fast["names_key"]) == (full["status"], full["names_key"]), case.args
 
 
-def test_issue_27s_three_cases_end_in_one_message(tmp_path, cases):
+def test_issue_27s_three_cases_end_in_one_message(tmp_path):
     """A model folder without config.json, a reversed interval and n_trials=-1, as real commands."""
-    picked = [c for c in cases if (c.entry, c.key, c.kind) in bench.ISSUE_CASES]
-    picked = [c for c in picked if c.entry == "sweep" or "tokenizer_only" in c.args[-1]]
-    assert len(picked) == 3
-    rows = _assert_refused_as_subprocesses(picked, tmp_path)
-    assert "no config.json" in rows[0]["message"] and "interval needs start < end" in rows[1]["message"]
-    assert "hydra.sweeper.n_trials=-1: must be >= 1" in rows[2]["message"]
+    rows = _assert_refused_as_subprocesses(bench.issue_cases(bench.make_paths(tmp_path / "paths")), tmp_path)
+    assert "no config.json" in rows[0]["message"] and "lr=interval(1e-2,1e-4): interval needs start < end" in \
+        rows[1]["message"] and "hydra.sweeper.n_trials=-1: must be >= 1" in rows[2]["message"]
 
 
-@pytest.mark.slow
 def test_a_sample_of_every_entry_point_ends_in_one_message(tmp_path, cases):
-    entries = ("run", "sweep", "estimate", "data_stats", "export", "predict", "chat", "serve", "board")
-    sample = bench.cli_sample([c for c in cases if (c.entry, c.key, c.kind) not in bench.ISSUE_CASES], 1)
-    assert {c.entry for c in sample} == set(entries)
+    """One case per entry point, of the kinds it must refuse while reading its arguments."""
+    sample = bench.cli_sample(cases, 1, order=bench.SAMPLE_ORDER)
+    assert {c.entry for c in sample} == {"run", "sweep", "estimate", "data_stats", "export", "predict", "chat",
+                                         "serve", "board"}
     _assert_refused_as_subprocesses(sample, tmp_path)
 
 
