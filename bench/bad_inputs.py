@@ -186,7 +186,6 @@ def sweeper_cases(paths: Dict[str, str]) -> List[Case]:
         "objectives": [("empty list", "[]")],
         "devices": [("empty list", "[]")],
         "command": [("empty list", "[]")],
-        "stale_after_s": [("out of range", "5")],  # shorter than the heartbeat (10 s)
     }
     cases = [Case("sweep", "hydra.sweeper", "reversed interval", ["lr=interval(1e-2,1e-4)"], names=("lr=",))]
     for key, hint, doc, default in schema_keys(FtrunSweeperConf):
