@@ -48,7 +48,8 @@ PATCHES = {
     "transformers.models.auto.tokenization_auto":
         lambda m: _wrap_classmethod(m.AutoTokenizer, "from_pretrained", "tokenizer"),
     "datasets.load": lambda m: _wrap_function(m, "load_dataset", "dataset"),
-    "datasets.arrow_dataset": lambda m: [_wrap_classmethod(m.Dataset, n, "dataset") for n in ("from_list", "from_dict")],
+    "datasets.arrow_dataset":
+        lambda m: [_wrap_classmethod(m.Dataset, n, "dataset") for n in ("from_list", "from_dict")],
 }
 
 

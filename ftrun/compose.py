@@ -106,7 +106,7 @@ def exit_2_on_compose_error(hydra_app) -> None:
 
 
 def task_started() -> None:
-    """The config is composed: from here on a crash is reported by Hydra as usual (see :func:`exit_2_on_compose_error`)."""
+    """The config is composed: from here on Hydra reports a crash as usual (:func:`exit_2_on_compose_error`)."""
     import os
 
     if os.environ.pop(_OURS, None) is not None:

@@ -43,7 +43,7 @@ def test_every_schema_key_and_sweeper_setting_has_cases(cases):
     keys = {k for k, _ in leaf_keys(Config)}
     settings = {f"hydra.sweeper.{k}" for k, _ in leaf_keys(FtrunSweeperConf) if not k.startswith("_")}
     covered = {c.key for c in cases}
-    assert keys - covered == set(), "run keys without bad-input cases: give their type bad values in bench/bad_inputs.py"
+    assert keys - covered == set(), "run keys without cases: give their type bad values in bench/bad_inputs.py"
     assert settings - covered == set(), "sweeper settings without cases: add them to sweeper_cases()"
     kinds = {c.kind for c in cases}
     assert {"wrong type", "out of range", "empty string", "nonexistent path", "directory for a file",
