@@ -37,7 +37,8 @@ def model_path(model_cfg) -> str:
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
-    require_model_files(model_cfg, need=("config", "tokenizer"))  # named, not sentencepiece's complaint
+    require_model_files(model_cfg, need=("tokenizer",))  # named, not sentencepiece's complaint (a run's model/
+    # folder, which stage.init_run reads, may hold an adapter: no config.json of its own)
     path = model_path(model_cfg)
 
     def build():
