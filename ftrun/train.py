@@ -36,11 +36,11 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     run_dir = Path(run_dir)
     check_resume(cfg, run_dir)  # the wrong checkpoint, or an occupied run dir, is refused before anything loads
     check_stage_data(cfg)  # data that does not fit the stage, or no eval split for the objective
+    validate_device(cfg)  # fp16 on a CPU, a missing optional package: refused before the run dir is written
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_resolved_config(cfg, run_dir)
     log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
     quiet_libraries()
-    validate_device(cfg)
     from ftrun.estimate import log_estimate  # issue 16: one line, the estimated peak memory per device
 
     log_estimate(cfg)
