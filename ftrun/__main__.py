@@ -17,8 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ftrun.compose import CONF_PATH, CONFIG_NAME
-from ftrun.config import ConfigError, canonical_overrides, register_configs
+from ftrun.compose import CONF_PATH, CONFIG_NAME, discard_unstarted_run_dir, exit_2_on_compose_error, task_started
+from ftrun.config import ConfigError, canonical_overrides, register_configs, validate
 
 register_configs()
 
@@ -27,15 +27,30 @@ register_configs()
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    task_started()  # composed: a crash from here on is Hydra's to report
+    hc = HydraConfig.get()
+    try:  # the config's own mistakes before torch and transformers import (seconds sooner)
+        validate(cfg)
+    except ConfigError as e:
+        _refuse(e, hc)
     from ftrun.divergence import Diverged
     from ftrun.exit_status import exit_status
     from ftrun.train import run
 
-    hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
-    except (ConfigError, Diverged) as e:  # a message, not a traceback (ftrun.exit_status: 2 and 3)
+    except ConfigError as e:
+        _refuse(e, hc)
+    except Diverged as e:  # already logged, with result.json and the MLflow run marked (ftrun.exit_status: 3)
         sys.exit(exit_status(e))
+
+
+def _refuse(e: ConfigError, hc) -> None:
+    from ftrun.exit_status import exit_status
+
+    status = exit_status(e)  # logs the message
+    discard_unstarted_run_dir(hc.runtime.output_dir, f"{hc.job.name}.log")  # refused: nothing left behind
+    sys.exit(status)
 
 
 def main() -> None:
@@ -46,7 +61,7 @@ def main() -> None:
         return board(sys.argv[2:])
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
-    _run()
+    exit_2_on_compose_error(_run)  # an unknown key or option, a wrong type: exit 2, as ConfigError
 
 
 if __name__ == "__main__":

@@ -212,11 +212,11 @@ def batch(chat: Chat, stdin=None, stdout=None) -> None:
 
 
 def main(argv=None) -> None:
-    from transformers import set_seed
-
     from ftrun import cli, runs
 
-    args = cli.parse(ChatArgs, argv, __doc__, positional="run")
+    args = cli.parse(ChatArgs, argv, __doc__, positional="run")  # a mistake is named before transformers imports
+    from transformers import set_seed
+
     tty = sys.stdin.isatty()
     if not tty:
         logging.getLogger().setLevel(logging.WARNING)  # stdout carries answers only; stderr stays quiet too

@@ -74,3 +74,56 @@ def compose_error(e: BaseException) -> str:
     if cause is not None and str(cause).splitlines() and str(cause).splitlines()[0] not in lines:
         lines.append(str(cause).splitlines()[0])
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_OURS = "FTRUN_COMPOSE_ERRORS"  # marks HYDRA_FULL_ERROR as set here, not by the user (trials inherit both)
+
+
+def exit_2_on_compose_error(hydra_app) -> None:
+    """Call a ``@hydra.main`` app so that a mistake Hydra finds while composing (an unknown key or option,
+    a value of the wrong type, an override it cannot parse) ends like every other user mistake: one
+    message and exit status 2. Hydra itself prints these and exits 1, the status of a crash.
+
+    Hydra re-raises instead of printing when ``HYDRA_FULL_ERROR=1``; it is set here for the composition
+    and dropped again by :func:`task_started`, so a crash inside the run keeps Hydra's own report. A user
+    who sets ``HYDRA_FULL_ERROR=1`` keeps Hydra's full traceback for everything.
+    """
+    import os
+    import sys
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get(_FULL_ERROR) == "1" and _OURS not in os.environ:
+        return hydra_app()
+    os.environ[_FULL_ERROR] = os.environ[_OURS] = "1"
+    try:
+        return hydra_app()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {compose_error(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def task_started() -> None:
+    """The config is composed: from here on Hydra reports a crash as usual (:func:`exit_2_on_compose_error`)."""
+    import os
+
+    if os.environ.pop(_OURS, None) is not None:
+        os.environ.pop(_FULL_ERROR, None)
+
+
+def discard_unstarted_run_dir(run_dir, job_log: str) -> None:
+    """Remove the run directory Hydra made for a run refused before it started: nothing in it but Hydra's
+    ``.hydra/`` and the job's own log ``job_log`` (the message was printed too). A directory holding anything
+    else (a checkpoint to resume, a sweep trial's log) is left alone; so is its name folder unless empty."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.name not in (".hydra", job_log) for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()  # the run name's folder, only when no other run is in it
+    except OSError:
+        pass

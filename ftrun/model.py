@@ -17,6 +17,7 @@ from typing import Tuple
 
 from ftrun import keep
 from ftrun.config import ConfigError, read_config_json
+from ftrun.model_dir import require_model_files
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def model_path(model_cfg) -> str:
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
+    require_model_files(model_cfg, need=("tokenizer",))  # named, not sentencepiece's complaint (a run's model/
+    # folder, which stage.init_run reads, may hold an adapter: no config.json of its own)
     path = model_path(model_cfg)
 
     def build():

@@ -14,6 +14,7 @@ from typing import Optional
 from ftrun.config import ConfigError, resolved, training_differences, validate, validate_device
 from ftrun.contract import RESOLVED_CONFIG, RESULT_FILE  # noqa: F401  (RESULT_FILE: what run() writes last)
 from ftrun.data import check_stage_data
+from ftrun.model_dir import require_model_files
 from ftrun.trainer import (checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match, training_arguments: tests)
                            quiet_libraries, start_phases, training_arguments)
 
@@ -30,15 +31,16 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     """
     start_phases()
     validate(cfg)
+    require_model_files(cfg.model)  # a local model.path holds a tokenizer and weights (ftrun.model_dir)
     cfg = resolved(cfg)  # from here on plain values: the name and objective fixed, choices as strings
     run_dir = Path(run_dir)
     check_resume(cfg, run_dir)  # the wrong checkpoint, or an occupied run dir, is refused before anything loads
     check_stage_data(cfg)  # data that does not fit the stage, or no eval split for the objective
+    validate_device(cfg)  # fp16 on a CPU, a missing optional package: refused before the run dir is written
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_resolved_config(cfg, run_dir)
     log.info("Run '%s' (stage %s) in %s", cfg.name, cfg.stage.name, run_dir)
     quiet_libraries()
-    validate_device(cfg)
     from ftrun.estimate import log_estimate  # issue 16: one line, the estimated peak memory per device
 
     log_estimate(cfg)

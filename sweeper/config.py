@@ -78,7 +78,7 @@ class FtrunSweeperConf:
     """name: {parent: [values]}: sample name only when parent has one of the values."""
     enqueue: List[Any] = field(default_factory=list)
     """Configurations (name: value) to try first, in order; skipped when already in the study."""
-    search_space: Optional[Dict[str, Any]] = None
+    search_space: Dict[str, Any] = field(default_factory=dict)
     """Deprecated dict form of Hydra's Optuna sweeper ({type, low, high, log, step, choices}); merged into params."""
     custom_search_space: Optional[str] = None
     """Hydra Optuna sweeper's Python hook; not supported here (use conditions)."""

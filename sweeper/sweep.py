@@ -101,7 +101,8 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg: Union[
     """
     conf = plain(conf)
     space = sweep_space(conf, arguments)
-    if callable(job_cfg):
+    composed = callable(job_cfg)
+    if composed:
         from ftrun.config import canonical_overrides
 
         job_cfg = job_cfg(canonical_overrides([f"{k}={v}" for k, v in space.fixed.items()]))  # lr= -> optimizer.lr=
@@ -115,6 +116,10 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg: Union[
     if not space.distributions:
         raise SweepConfigError("the sweep has no search space: give sweeps such as 'lr=tag(log,interval(1e-5,1e-1))' "
                                "on the command line, in hydra.sweeper.params, or pick a preset (sweep=lora_search)")
+    if composed:  # a composed run config: what every trial would be refused for, before any study opens
+        from sweeper.setting_checks import check_shared_run
+
+        check_shared_run(job_cfg, list(space.distributions))
     return Sweep(read_settings(conf, space, job_cfg, Path(sweep_root), entry_args)).run()
 
 

@@ -7,6 +7,7 @@ run directory to ``${ftrun_run_dir:...}``: a new timestamped folder, or the run 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ftrun.config.resume import find_resumable_run
 
 def format_lr(lr: float) -> str:
     """``1e-4`` -> ``"1e-4"``, ``3.5e-4`` -> ``"3.5e-4"``, ``0.1`` -> ``"1e-1"``."""
+    if not math.isfinite(lr):
+        return str(lr)  # nan, inf: validate names it; the run name must not fail first
     mantissa, exponent = f"{lr:.2e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"

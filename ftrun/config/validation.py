@@ -21,6 +21,8 @@ from ftrun.config.errors import ConfigError, show_value
 from ftrun.config.model_json import model_arch
 from ftrun.config.objectives import GENERATIVE_OBJECTIVES, OBJECTIVE_DIRECTIONS, STAGE_OBJECTIVES, has_eval, keep_best
 from ftrun.config.short_keys import display_key
+from ftrun.model_dir import model_dir_problems
+from ftrun.schema_checks import schema_problems
 from ftrun.tasks import BUILTIN
 
 # stages whose data can be packed (data.packing=true): sft packs samples, pt always packs raw text
@@ -74,6 +76,7 @@ def validate(cfg: DictConfig) -> None:
     for check_group in (check_run, check_stage, check_model, check_method, check_optimizer, check_scheduler,
                         check_projected_optimizer, check_sharding, check_data, check_train):
         check_group(problems, cfg, arch)
+    problems.lines += schema_problems(cfg, problems.lines)  # what each key's type rules out: '', [''], a file for a folder
     problems.raise_if_any()
 
 
@@ -133,9 +136,9 @@ def check_model(p: Problems, c: DictConfig, arch: Dict[str, int]) -> None:
     md = c.model
     p.check(bool(md.name), "model.name", md.name, "give a short name")
     p.check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")
-    if md.path is not None and _looks_local(md.path):
-        p.check(Path(md.path).expanduser().is_dir(), "model.path", md.path,
-                "no such directory; give a local model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
+    if md.path is not None and _looks_local(md.path):  # a folder, with config.json (ftrun.model_dir)
+        for why in model_dir_problems(md.path, need=("config",)):
+            p.check(False, "model.path", md.path, why)
     if md.tiny is not None:
         t = md.tiny
         for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -42,12 +42,15 @@ class FtrunSweeper(Sweeper):
         from sweeper.study import SweepConfigError
         from sweeper.sweep import run_sweep
 
+        from sweeper.setting_checks import check_settings
+
         assert self.config is not None and self.hydra_context is not None
 
         def job_cfg(fixed: List[str]) -> DictConfig:  # the run's config with the sweep's fixed overrides
             return self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
 
         try:
+            check_settings(self.conf, arguments)  # every hydra.sweeper setting and sweep expression, before any study
             return run_sweep(self.conf, arguments, job_cfg, self.config.hydra.sweep.dir, _entry_args(self.config))
         except (SweepConfigError, SearchSpaceError, AutoSpaceError, ConfigError) as e:
             # a setting to fix: its message, exit 2, no traceback
