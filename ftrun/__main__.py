@@ -48,8 +48,10 @@ def main() -> None:
         from ftrun.board.__main__ import main as board
 
         return board(sys.argv[2:])
+    from ftrun.terminal import verbosity_arguments
+
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
-    sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
+    sys.argv[1:] = canonical_overrides(verbosity_arguments(sys.argv[1:]), keep_sweeps=multirun)
     _run()
 
 

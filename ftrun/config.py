@@ -350,6 +350,9 @@ class TrainConfig:
 
     logging_steps: int = 10
     """Log train loss, lr, grad norm and tokens/s every this many steps."""
+    progress_interval_s: float = 30.0
+    """Without a terminal (a file, CI, SLURM): print the progress line at most every this many seconds
+    (0 = at every logging step); a terminal shows one live line instead."""
     eval_steps: int = 50
     """Evaluate every this many steps (0 = only at the end)."""
     eval_examples: int = 0
@@ -1081,7 +1084,7 @@ RECORDING_KEYS = ("name", "output_root", "resume", "tracking.uri", "tracking.exp
                   "tracking.log_model")
 # keys that change neither the weights nor the data order: a checkpoint resumes across a change of these
 NOT_TRAINING_KEYS = RECORDING_KEYS + (
-    "objective", "train.logging_steps", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
+    "objective", "train.logging_steps", "train.progress_interval_s", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
     "train.eval_batch_size", "train.num_workers", "train.generate.max_samples", "train.generate.max_new_tokens",
     "train.generate.batch_size", "train.keep_best", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
     "data.strict",
