@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Dict, Optional
 
-from ftrun.terminal import FILE_ONLY, display_mode, keep_file_only_lines_off_console, live_display
+from ftrun.terminal import FILE_ONLY, clock, display_mode, keep_file_only_lines_off_console, live_display, number
 
 log = logging.getLogger("ftrun.progress")
 
@@ -33,20 +33,6 @@ def show_progress(trainer, cfg) -> None:
     for cls in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cls)
     trainer.add_callback(RunProgress(str(cfg.name), float(cfg.train.get("progress_interval_s", 30.0))))
-
-
-def clock(seconds: Optional[float]) -> str:
-    """``h:mm:ss`` (``?`` when unknown)."""
-    if seconds is None:
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _num(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _callback_base():
@@ -104,8 +90,8 @@ class RunProgress(_callback_base()):
         else:
             self.latest.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             if self._task is not None:
-                self._progress.update(self._task, loss=_num(logs.get("loss", "-")),
-                                           lr=_num(logs.get("learning_rate", "-")))
+                self._progress.update(self._task, loss=number(logs.get("loss", "-")),
+                                           lr=number(logs.get("learning_rate", "-")))
             due = self.mode == "lines" and (time.monotonic() - self._last_line >= self.interval_s
                                             or state.global_step >= self.total)
             self._line(state, logs, to_console=due)
@@ -154,12 +140,12 @@ class RunProgress(_callback_base()):
         parts = [f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)",
                  f"epoch {state.epoch or 0.0:.2f}"]
         if "loss" in latest:
-            parts.append(f"loss {_num(latest['loss'])}")
+            parts.append(f"loss {number(latest['loss'])}")
         if "learning_rate" in latest:
-            parts.append(f"lr {_num(latest['learning_rate'])}")
+            parts.append(f"lr {number(latest['learning_rate'])}")
         parts += [f"{self._tokens_per_s(state)} tok/s", f"elapsed {clock(time.monotonic() - self._t0)}",
                   f"ETA {clock(self._eta(step))}"]
-        rest = " ".join(f"{k}={_num(v)}" for k, v in logs.items() if k not in _SHOWN)
+        rest = " ".join(f"{k}={number(v)}" for k, v in logs.items() if k not in _SHOWN)
         log.info("%s%s", " · ".join(parts), f" · {rest}" if rest else "", extra={} if to_console else FILE_ONLY)
         if to_console:
             self._last_line = time.monotonic()
@@ -170,7 +156,7 @@ class RunProgress(_callback_base()):
         self.evals.append((state.global_step, values))
         took = f" ({logs['eval_runtime']:.1f} s)" if isinstance(logs.get("eval_runtime"), (int, float)) else ""
         log.info("eval at step %d/%d: %s%s", state.global_step, self.total,
-                 " · ".join(f"{k} {_num(v)}" for k, v in values.items()), took,
+                 " · ".join(f"{k} {number(v)}" for k, v in values.items()), took,
                  extra={} if self.mode != "quiet" else FILE_ONLY)
 
     def summary(self, state) -> str:
@@ -179,11 +165,11 @@ class RunProgress(_callback_base()):
         lines = [f"Trained '{self.name}': {state.global_step}/{self.total} steps, epoch {state.epoch or 0.0:.2f}, "
                  f"in {clock(seconds)} ({self._tokens_per_s(state)} tok/s)"]
         if "loss" in self.latest:
-            lines.append(f"  train loss  last {_num(self.latest['loss'])}"
-                         + (f", mean {_num(self.latest['train_loss'])}" if "train_loss" in self.latest else ""))
+            lines.append(f"  train loss  last {number(self.latest['loss'])}"
+                         + (f", mean {number(self.latest['train_loss'])}" if "train_loss" in self.latest else ""))
         if self.evals:
             first, last = self.evals[0][1], self.evals[-1][1]
             for key in last:
-                lines.append(f"  {key:<18} {_num(first.get(key, float('nan')))} -> {_num(last[key])}"
+                lines.append(f"  {key:<18} {number(first.get(key, float('nan')))} -> {number(last[key])}"
                              f"  ({len(self.evals)} evaluations)")
         return "\n".join(lines)

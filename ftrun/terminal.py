@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 QUIET_FLAGS = ("--quiet", "-q")
 VERBOSE_FLAGS = ("--verbose", "-v")
@@ -25,6 +25,19 @@ VERBOSE_OVERRIDES = ("hydra.verbose=ftrun",)
 FILE_ONLY = {"file_only": True}
 """``log.info(..., extra=FILE_ONLY)``: a line for the run's log file that the terminal does not show
 (a live display shows the same thing in place)."""
+
+
+def clock(seconds: Optional[float]) -> str:
+    """``h:mm:ss`` (``?`` when unknown)."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def number(v) -> str:
+    """A logged value, short: 4 significant digits for floats."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def verbosity_arguments(argv: Sequence[str]) -> List[str]:

@@ -58,6 +58,7 @@ from sweeper.study import (
     set_study_attr,
     storage_url,
 )
+from sweeper.live import SweepView, rows_from_study
 from sweeper.trial import trial_env
 from sweeper.worker import WarmTrial, Worker
 
@@ -269,6 +270,9 @@ class Sweep:
         self.parent = ParentRun.open(self) if self._tracking() else None
         self._recover_left_behind()
         self._enqueue()
+        self.view = SweepView(self.study_name, self.n_trials, self.objectives[0], self.directions[0],  # sweeper.live
+                              self.budget_trial_s, self.budget_wall_s, ["python", "-m", "ftrun", *self.entry_args])
+        self.view.start(rows_from_study(self.study))
         slots = make_slots(int(self.conf.get("n_jobs", 1)), self.conf.get("gpus_per_trial"),
                            self.conf.get("devices"))
         for s in slots:
@@ -328,6 +332,7 @@ class Sweep:
                     last_beat = now
                 self._wait(0.2)
         finally:
+            self.view.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._close_workers()
@@ -504,6 +509,7 @@ class Sweep:
         log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
                  " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+        self.view.trial_started(trial.number, params, overrides)
         return True
 
     def _too_big(self, trial, slot: Slot, args: List[str]) -> bool:
@@ -594,6 +600,7 @@ class Sweep:
         else:
             log.info("Trial %d done in %.0f s: %s", trial.number, duration,
                      ", ".join(f"{o}={v:.4g}" for o, v in zip(self.objectives, values)))
+        self.view.trial_finished(trial.number, state.name, values[0] if values else None, duration, reason)
         if self.parent:
             self.parent.tag_child(r.trial_dir, trial, state.name, reason, overrides=r.overrides,
                                   oom_retry=r.oom_retried)
