@@ -25,6 +25,27 @@ log = logging.getLogger("ftrun")
 register_configs()
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (the board's Stop, a sweep stopping its trial, scancel) or Ctrl-C, raised where the run is."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM and SIGINT raise :class:`Stopped`, so the run's clean-up (its MLflow run's end) happens."""
+    import signal
+    import threading
+
+    def _raise(signum, frame):
+        raise Stopped(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _raise)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=CONFIG_NAME)
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
@@ -33,8 +54,15 @@ def _run(cfg: DictConfig) -> float:
     from ftrun.train import run
 
     hc = HydraConfig.get()
+    stop_on_sigterm()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+    except Stopped as e:  # the MLflow run ends KILLED (its tracker's, or here if it was still setting up)
+        from ftrun.tracking import end_interrupted_run
+
+        end_interrupted_run(f"stopped by signal {e.signum}")
+        log.warning("Stopped by signal %d", e.signum)
+        sys.exit(128 + e.signum)
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(2)

@@ -290,6 +290,9 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
         status = "FINISHED"
         return objective
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ftrun.__main__): the board's Stop, a sweep stopping it
+        status = "KILLED"
+        raise
     finally:
         tracker.finish(status)
 
