@@ -25,36 +25,16 @@ log = logging.getLogger("ftrun")
 register_configs()
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (the board's Stop, a sweep stopping its trial, scancel) or Ctrl-C, raised where the run is."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM and SIGINT raise :class:`Stopped`, so the run's clean-up (its MLflow run's end) happens."""
-    import signal
-    import threading
-
-    def _raise(signum, frame):
-        raise Stopped(signum)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _raise)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=CONFIG_NAME)
 def _run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from ftrun.divergence import EXIT_DIVERGED, Diverged
+    from ftrun.signals import Stopped, stop_on_signals
     from ftrun.train import run
 
     hc = HydraConfig.get()
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     except Stopped as e:  # the MLflow run ends KILLED (its tracker's, or here if it was still setting up)

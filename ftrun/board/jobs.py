@@ -43,6 +43,8 @@ class Job:
         self.proc = subprocess.Popen(self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, errors="replace", env=env, start_new_session=True)
         self.lines: List[str] = []
+        self.stopped = False
+        """Stop was clicked."""
         self.ended = threading.Event()
         threading.Thread(target=self._follow, daemon=True).start()
 
@@ -63,6 +65,7 @@ class Job:
     def stop(self) -> None:
         """SIGTERM to the command's process group (a sweep stops its trials and records them)."""
         if not self.ended.is_set():
+            self.stopped = True
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -90,7 +93,8 @@ class Job:
         lines = self.lines
         first = next((i for i, ln in enumerate(lines) if ERROR_LINE.search(ln)), None)
         shown = lines[first:first + 20] if first is not None else lines[-8:]
-        return "\n".join(shown).strip() or f"exit status {self.returncode}"
+        text = "\n".join(shown).strip() or f"exit status {self.returncode}"
+        return f"stopped (SIGTERM to its process group)\n{text}" if self.stopped else text
 
 
 # ---------------------------------------------------------------------------
