@@ -475,3 +475,7 @@ def quiet_libraries() -> None:
 
     if "TRANSFORMERS_VERBOSITY" not in os.environ:  # ftrun --quiet / --verbose, or the caller, set it
         hf_logging.set_verbosity_warning()
+    from ftrun.terminal import display_mode
+
+    if display_mode() != "live":  # no tqdm bars (loading weights, mapping data) in a log file or CI
+        hf_logging.disable_progress_bar()

@@ -94,7 +94,10 @@ class Job:
         first = next((i for i, ln in enumerate(lines) if ERROR_LINE.search(ln)), None)
         shown = lines[first:first + 20] if first is not None else lines[-8:]
         text = "\n".join(shown).strip() or f"exit status {self.returncode}"
-        return f"stopped (SIGTERM to its process group)\n{text}" if self.stopped else text
+        if self.stopped:  # what the command said last (a sweep: how to resume it), not its traceback
+            last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+            return f"stopped (SIGTERM to its process group): {last}"
+        return text
 
 
 # ---------------------------------------------------------------------------

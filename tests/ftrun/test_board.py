@@ -282,4 +282,4 @@ def test_board_stops_a_run_and_an_auto_sweep_and_helps_in_chinese(board, page, t
     page.click("#tab-train-button")
     expect(page.locator("#train-lr")).to_contain_text(HELP_ZH["lr"])
     expect(page.locator("#train-rank")).to_contain_text(HELP_ZH["rank"])
-    shot(page, "train-zh", tmp_path)
+    shot(page, "train-zh-stopped", tmp_path)
