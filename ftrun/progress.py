@@ -49,17 +49,17 @@ class RunProgress(_callback_base()):
         self.latest: Dict[str, float] = {}
         self.evals: list = []
         self._display = self._progress = self._task = None
-        self._t0 = self._last_line = 0.0
-        self._step0 = 0
+        self._t0 = self._last_line = time.monotonic()
+        self._step0 = self._tokens0 = self.total = 0
 
     # -- the Trainer's events --------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         self.mode = self.mode or display_mode()
-        keep_file_only_lines_off_console()
+        keep_file_only_lines_off_console(live=self.mode == "live")
         self._t0 = self._last_line = time.monotonic()
-        self._step0 = state.global_step
+        self._step0, self._tokens0 = state.global_step, getattr(state, "num_input_tokens_seen", 0) or 0
         self.total = state.max_steps
         if self.mode == "live":
             import atexit
@@ -68,14 +68,14 @@ class RunProgress(_callback_base()):
             self._display = live_display(progress=self._bar())
             self._progress = self._display.__enter__()
             self._task = self._progress.add_task(self.name, total=self.total, completed=state.global_step,
-                                      epoch=0.0, loss="-", lr="-", tps="-")
+                                                 epoch=0.0, loss="-", lr="-", tps="-")
 
     def on_step_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         if self._task is not None:
             self._progress.update(self._task, completed=state.global_step, epoch=state.epoch or 0.0,
-                                       tps=self._tokens_per_s(state))
+                                  tps=self._tokens_per_s(state))
         elif self.mode == "lines" and self.interval_s > 0 and time.monotonic() - self._last_line >= self.interval_s:
             self._line(state, {}, to_console=True)
 
@@ -91,7 +91,7 @@ class RunProgress(_callback_base()):
             self.latest.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             if self._task is not None:
                 self._progress.update(self._task, loss=number(logs.get("loss", "-")),
-                                           lr=number(logs.get("learning_rate", "-")))
+                                      lr=number(logs.get("learning_rate", "-")))
             due = self.mode == "lines" and (time.monotonic() - self._last_line >= self.interval_s
                                             or state.global_step >= self.total)
             self._line(state, logs, to_console=due)
@@ -124,7 +124,7 @@ class RunProgress(_callback_base()):
 
     def _tokens_per_s(self, state) -> str:
         seconds = time.monotonic() - self._t0
-        tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+        tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0  # this session's (a resumed run)
         return f"{tokens / seconds:.0f}" if tokens and seconds > 0 else "-"
 
     def _eta(self, step: int) -> Optional[float]:
@@ -155,7 +155,7 @@ class RunProgress(_callback_base()):
         values = {k: v for k, v in logs.items() if k.startswith("eval_") and k not in _EVAL_QUIET}
         self.evals.append((state.global_step, values))
         took = f" ({logs['eval_runtime']:.1f} s)" if isinstance(logs.get("eval_runtime"), (int, float)) else ""
-        log.info("eval at step %d/%d: %s%s", state.global_step, self.total,
+        log.info("eval at step %d/%d: %s%s", state.global_step, self.total or state.max_steps,
                  " · ".join(f"{k} {number(v)}" for k, v in values.items()), took,
                  extra={} if self.mode != "quiet" else FILE_ONLY)
 

@@ -78,8 +78,12 @@ class _ConsoleFilter(logging.Filter):
 _FILTER = _ConsoleFilter()
 
 
-def keep_file_only_lines_off_console() -> None:
-    """Install the filter on the console handlers (idempotent; Hydra configures them per job)."""
+def keep_file_only_lines_off_console(live: bool = False) -> None:
+    """Install the filter on the console handlers (idempotent; Hydra configures them per job) when a log file
+    gets the lines; without one (a sweep's warm worker, whose console is the trial's ``trial.log``) the console
+    keeps them all, unless a live display shows them in place (``live``)."""
+    if not live and not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+        return
     for h in console_handlers():
         if _FILTER not in h.filters:
             h.addFilter(_FILTER)

@@ -533,6 +533,7 @@ class Sweep:
         trial.set_user_attr("memory_skipped", True)
         self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
         log.info("Trial %d pruned before launch (%s): %s", trial.number, slot.describe(), reason)
+        self.view.trial_finished(trial.number, "PRUNED", None, 0.0, "skipped: too big for the slot")
         return True
 
     def _finish(self, r: Running) -> bool:

@@ -116,6 +116,7 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     expect(page.locator("#train-result textarea")).to_have_value(re.compile(
         rf"^eval_loss = {result['eval_loss']:.4f}, .*6 steps"))
     expect(page.locator("#train-progress-text")).to_contain_text("step 6 (done)")
+    expect(page.locator("#train-progress progress")).to_have_attribute("value", "1.000")  # full at the end
     # the curve holds what MLflow recorded: 6 train losses and 2 evaluations
     from mlflow.tracking import MlflowClient
 
