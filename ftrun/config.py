@@ -873,7 +873,7 @@ def validate(cfg: DictConfig) -> None:
 
     # train and tracking --------------------------------------------------------
     t = c.train
-    for key in ("logging_steps", "eval_steps", "eval_examples", "save_steps", "num_workers"):
+    for key in ("logging_steps", "eval_steps", "eval_examples", "save_steps", "num_workers", "progress_interval_s"):
         at_least(f"train.{key}", t[key], 0)
     at_least("train.eval_batch_size", t.eval_batch_size, 1)
     check(t.save_total_limit is None or t.save_total_limit >= 1, "train.save_total_limit", t.save_total_limit,
@@ -1084,7 +1084,8 @@ RECORDING_KEYS = ("name", "output_root", "resume", "tracking.uri", "tracking.exp
                   "tracking.log_model")
 # keys that change neither the weights nor the data order: a checkpoint resumes across a change of these
 NOT_TRAINING_KEYS = RECORDING_KEYS + (
-    "objective", "train.logging_steps", "train.progress_interval_s", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
+    "objective", "train.logging_steps", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
+    "train.progress_interval_s",
     "train.eval_batch_size", "train.num_workers", "train.generate.max_samples", "train.generate.max_new_tokens",
     "train.generate.batch_size", "train.keep_best", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
     "data.strict",
