@@ -35,10 +35,17 @@ def _run(cfg: DictConfig) -> float:
         _refuse(e, hc)
     from ftrun.divergence import Diverged
     from ftrun.exit_status import exit_status
+    from ftrun.signals import Stopped, stop_on_signals
     from ftrun.train import run
 
+    stop_on_signals()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+    except Stopped as e:  # the MLflow run ends KILLED (its tracker's, or here if it was still setting up)
+        from ftrun.tracking import end_interrupted_run
+
+        end_interrupted_run(f"stopped by signal {e.signum}")
+        sys.exit(exit_status(e))
     except ConfigError as e:
         _refuse(e, hc)
     except Diverged as e:  # already logged, with result.json and the MLflow run marked (ftrun.exit_status: 3)
@@ -59,8 +66,10 @@ def main() -> None:
         from ftrun.board.__main__ import main as board
 
         return board(sys.argv[2:])
+    from ftrun.terminal import verbosity_arguments
+
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
-    sys.argv[1:] = canonical_overrides(sys.argv[1:], keep_sweeps=multirun)
+    sys.argv[1:] = canonical_overrides(verbosity_arguments(sys.argv[1:]), keep_sweeps=multirun)
     exit_2_on_compose_error(_run)  # an unknown key or option, a wrong type: exit 2, as ConfigError
 
 

@@ -31,6 +31,11 @@ def exit_status(error: BaseException) -> int:
         return EXIT_CONFIG_ERROR
     if isinstance(error, Diverged):
         return EXIT_DIVERGED
+    from ftrun.signals import Stopped
+
+    if isinstance(error, Stopped):  # SIGTERM/SIGINT (the board's Stop, scancel): the shell's 128 + signal
+        logging.getLogger("ftrun").warning("Stopped by signal %d", error.signum)
+        return 128 + error.signum
     if isinstance(error, SystemExit):
         return error.code if isinstance(error.code, int) else EXIT_FAILED
     traceback.print_exception(type(error), error, error.__traceback__)

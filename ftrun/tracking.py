@@ -108,6 +108,17 @@ class MlflowTracker(NullTracker):
         self.mlflow.end_run(status=status)
 
 
+def end_interrupted_run(reason: str) -> None:
+    """Record the MLflow run this process left open as KILLED, with ``reason`` (a run stopped before its
+    tracker finished it); nothing when MLflow was never imported or no run is open."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.set_tag(C.TAG_FAIL_REASON, reason)
+        mlflow.end_run(status="KILLED")
+
+
 def make_tracker(cfg, run_dir: Path, overrides: Optional[list] = None):
     """The MLflow tracker, or a do-nothing one when tracking is off or on a non-zero rank."""
     from ftrun.config import is_main_process

@@ -217,6 +217,9 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
 
     checkpoint = checkpoint_to_resume(cfg, run_dir)
     trainer.add_callback(DivergenceCallback())  # every stage: a NaN loss or gradient stops the run
+    from ftrun.progress import show_progress
+
+    show_progress(trainer, cfg)  # one live line (a terminal) or plain lines, in place of raw dicts
     status = "FAILED"
     try:
         if checkpoint:
@@ -271,6 +274,9 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
         status = "FINISHED"
         return objective
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ftrun.__main__): the board's Stop, a sweep stopping it
+        status = "KILLED"
+        raise
     finally:
         tracker.finish(status)
 
@@ -475,4 +481,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_warning()
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:  # ftrun --quiet / --verbose, or the caller, set it
+        hf_logging.set_verbosity_warning()
+    from ftrun.terminal import display_mode
+
+    if display_mode() != "live":  # no tqdm bars (loading weights, mapping data) in a log file or CI
+        hf_logging.disable_progress_bar()

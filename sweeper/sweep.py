@@ -50,6 +50,7 @@ from sweeper.slots import Slot, make_slots, popen, stop, trial_command
 from sweeper.space import sweep_space, to_override
 from sweeper.study import SweepConfigError, enqueue_first, open_study, pruner_key, safe_url, sampler_name
 from sweeper.summary import write_summary
+from sweeper.live import SweepView, rows_from_study
 from sweeper.trial import trial_env
 from sweeper.worker import WarmTrial
 from sweeper.worker_pool import WorkerPool
@@ -159,6 +160,9 @@ class Sweep:
         self.parent = ParentRun.open(s, self.study, self.founder) if s.tracking() else None
         self._recover_left_behind()
         enqueue_first(self.study, s)
+        self.view = SweepView(s.study_name, s.n_trials, s.objectives[0], s.directions[0],  # sweeper.live
+                              s.budget_trial_s, s.budget_wall_s, ["python", "-m", "ftrun", *s.entry_args])
+        self.view.start(rows_from_study(self.study))
         free = make_slots(int(s.conf.get("n_jobs", 1)), s.conf.get("gpus_per_trial"), s.conf.get("devices"))
         for slot in free:
             log.info("Sweep %s", slot.describe())
@@ -166,6 +170,7 @@ class Sweep:
             try:
                 stopped = self._keep_slots_busy(free)
             finally:
+                self.view.close()
                 self.pool.close()
         result = self._summarize(stopped)
         if stopped is not None:
@@ -286,6 +291,7 @@ class Sweep:
         log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
                  " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+        self.view.trial_started(trial.number, trial.params, overrides)
         return True
 
     def _next_trial(self):
@@ -321,6 +327,7 @@ class Sweep:
         trial.set_user_attr("memory_skipped", True)
         self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         log.info("Trial %d pruned before launch (%s): %s", trial.number, slot.describe(), reason)
+        self.view.trial_finished(trial.number, "PRUNED", None, 0.0, "skipped: too big for the slot")
         return True
 
     def _finish(self, r: Running) -> bool:
@@ -348,6 +355,8 @@ class Sweep:
                         r.trial.number, out.state)
             return True
         self._log_outcome(r.trial.number, out, duration)
+        self.view.trial_finished(r.trial.number, out.state, out.values[0] if out.values else None, duration,
+                                 out.reason)
         if self.parent:
             self.parent.tag_child(r.trial_dir, r.trial, out.state, out.reason, overrides=r.overrides,
                                   oom_retry=r.oom_retried)

@@ -161,6 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     import faulthandler
 
     faulthandler.enable()  # a segfault leaves its traceback in the trial's log
+    from ftrun.signals import stop_on_signals
+
+    stop_on_signals()  # a trial stopped by the sweeper ends its MLflow run KILLED, as `python -m ftrun` does
     started = time.perf_counter()
     from ftrun import keep
 
@@ -217,6 +220,11 @@ def run_trial(request: Dict[str, Any]):
 
             run(cfg, run_dir, overrides=overrides)
             rc = EXIT_OK
+        except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops this trial (and the worker)
+            from ftrun.tracking import end_interrupted_run
+
+            end_interrupted_run(f"stopped by {e}")
+            raise
         except BaseException as e:  # noqa: BLE001 - the worker outlives the trial
             rc = exit_status(e)
         logging.getLogger(__name__).info("Trial finished in the worker after %.2f s", time.perf_counter() - started)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ftrun.board.locales import LANGS, label
+from ftrun.board.locales import LANGS, help_text, label
 
 @dataclass
 class Board:
@@ -25,6 +25,8 @@ class Board:
     """MLflow tracking URI (null: MLFLOW_TRACKING_URI, else MLflow's default ./mlflow.db)."""
     jobs: Dict[str, Any] = field(default_factory=dict)
     labelled: List[Tuple[Any, str, str]] = field(default_factory=list)
+    helps: Dict[str, str] = field(default_factory=dict)
+    """The English help of each field with a widget (key -> the schema's docstring)."""
 
     def __post_init__(self):
         import os
@@ -44,10 +46,24 @@ class Board:
         self.labelled.append((component, key, attr))
         return component
 
+    def help(self, key: str, english: str) -> str:
+        """The help (``info``) of the widget ``add(..., key, "info")`` registers next: the schema's docstring,
+        or its Chinese in the Chinese UI."""
+        self.helps[key] = english
+        return help_text(key, self.lang, english)
+
     def relabel(self, lang: str) -> list:
         import gradio as gr
 
-        return [gr.update(**{attr: label(key, lang)}) for _, key, attr in self.labelled]
+        updates: Dict[int, Dict[str, str]] = {}  # one update per component (its label and its help)
+        for comp, key, attr in self.labelled:
+            text = help_text(key, lang, self.helps[key]) if attr == "info" else label(key, lang)
+            updates.setdefault(id(comp), {})[attr] = text
+        return [gr.update(**u) for u in updates.values()]
+
+    def targets(self) -> list:
+        """The relabelled components, each once, in :meth:`relabel`'s order."""
+        return list({id(c): c for c, _, _ in self.labelled}.values())
 
 
 def build(board: Board):
@@ -72,7 +88,7 @@ def build(board: Board):
                 export_tab.build(board)
             with board.add(gr.Tab(board.label("tab.runs"), id="runs", elem_id="tab-runs"), "tab.runs"):
                 runs_tab.build(board)
-        lang.change(board.relabel, lang, [c for c, _, _ in board.labelled])
+        lang.change(board.relabel, lang, board.targets())
     return demo
 
 

@@ -13,7 +13,6 @@ from the files and stores the run writes anyway: the MLflow run's metric history
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -44,6 +43,8 @@ class Job:
         self.proc = subprocess.Popen(self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, errors="replace", env=env, start_new_session=True)
         self.lines: List[str] = []
+        self.stopped = False
+        """Stop was clicked."""
         self.ended = threading.Event()
         threading.Thread(target=self._follow, daemon=True).start()
 
@@ -64,6 +65,7 @@ class Job:
     def stop(self) -> None:
         """SIGTERM to the command's process group (a sweep stops its trials and records them)."""
         if not self.ended.is_set():
+            self.stopped = True
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -91,7 +93,11 @@ class Job:
         lines = self.lines
         first = next((i for i, ln in enumerate(lines) if ERROR_LINE.search(ln)), None)
         shown = lines[first:first + 20] if first is not None else lines[-8:]
-        return "\n".join(shown).strip() or f"exit status {self.returncode}"
+        text = "\n".join(shown).strip() or f"exit status {self.returncode}"
+        if self.stopped:  # what the command said last (a sweep: how to resume it), not its traceback
+            last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+            return f"stopped (SIGTERM to its process group): {last}"
+        return text
 
 
 # ---------------------------------------------------------------------------
@@ -106,6 +112,8 @@ class RunView:
     """(step, series, value) of train_loss and eval_loss."""
     step: int = 0
     epoch: float = 0.0
+    total: Optional[int] = None
+    """The run's own step count, from its progress line."""
     result: Optional[dict] = None
 
 
@@ -115,7 +123,10 @@ def read_run(run_dir: Optional[Path], lines: Sequence[str], tracking_uri: Option
         return view
     view.points = curve(run_dir, tracking_uri)
     view.step = max((p[0] for p in view.points), default=0)
-    view.epoch = last_epoch(lines)
+    progress = last_progress(lines)
+    if progress:
+        view.epoch, view.total = float(progress["epoch"]), int(progress["total"])
+        view.step = max(view.step, int(progress["step"]))
     view.result = read_result(run_dir)
     if view.result and view.result.get("global_step"):
         view.step = int(view.result["global_step"])
@@ -145,15 +156,20 @@ def curve(run_dir: Path, tracking_uri: Optional[str]) -> List[Tuple[int, str, fl
     return points
 
 
-def last_epoch(lines: Sequence[str]) -> float:
-    """The epoch of the Trainer's last logged dict (``{'loss': .., 'epoch': ..}``)."""
+def last_progress(lines: Sequence[str]) -> Optional[re.Match]:
+    """The run's last progress line (:data:`ftrun.contract.PROGRESS_LINE`: step, total, epoch)."""
+    pattern = re.compile(C.PROGRESS_LINE)
     for line in reversed(lines):
-        if line.startswith("{'") and "'epoch'" in line:
-            try:
-                return float(ast.literal_eval(line)["epoch"])
-            except (ValueError, SyntaxError, KeyError, TypeError):
-                continue
-    return 0.0
+        m = pattern.search(line)
+        if m:
+            return m
+    return None
+
+
+def last_epoch(lines: Sequence[str]) -> float:
+    """The epoch of the run's last progress line."""
+    m = last_progress(lines)
+    return float(m["epoch"]) if m else 0.0
 
 
 def read_result(run_dir: Path) -> Optional[dict]:

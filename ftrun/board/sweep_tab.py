@@ -20,6 +20,7 @@ SEARCHABLE = {
 }
 # hydra.sweeper settings on the page: (key, widget kind)
 SETTINGS = ("n_trials", "n_jobs", "budget_trial_s", "pruner")
+PRESET_HELP = "sweep=<preset> (ftrun/conf/sweep/); auto: a space from published priors"
 
 
 def sweeper_docs() -> Dict[str, str]:
@@ -37,8 +38,8 @@ def build(board, train) -> None:
     board.add(gr.Markdown(board.label("sweep.intro")), "sweep.intro", "value")
     presets = [""] + sorted(p.stem for p in (conf_dir() / "sweep").glob("*.yaml"))
     preset = board.add(gr.Dropdown(presets, value="", label=board.label("sweep.preset"), elem_id="sweep-preset",
-                                   info="sweep=<preset> (ftrun/conf/sweep/); auto: a space from published priors"),
-                       "sweep.preset")
+                                   info=board.help("sweep.preset", PRESET_HELP)), "sweep.preset")
+    board.add(preset, "sweep.preset", "info")
     ranges = _range_boxes(board)
     settings = _settings_row(board)
     inputs = [preset, *ranges.values(), *settings, *train.inputs]
@@ -82,7 +83,9 @@ def _range_boxes(board) -> Dict[str, Any]:
         with gr.Row():
             for k in keys[i:i + 4]:
                 ranges[k] = board.add(gr.Textbox(label=board.label(k), placeholder=SEARCHABLE[k],
-                                                 info=form.field(k).help, elem_id=f"sweep-{k.replace('.', '-')}"), k)
+                                                 info=board.help(k, form.field(k).help),
+                                                 elem_id=f"sweep-{k.replace('.', '-')}"), k)
+                board.add(ranges[k], k, "info")
     return ranges
 
 
@@ -94,15 +97,18 @@ def _settings_row(board) -> List[Any]:
     from sweeper.study import PRUNERS
 
     docs, d = sweeper_docs(), FtrunSweeperConf()
+
+    def setting(cls, key, elem, **kw):  # a hydra.sweeper widget: label and help (the schema's) follow the language
+        key = f"hydra.sweeper.{key}"
+        comp = cls(label=board.label(key), info=board.help(key, docs[key.split(".")[-1]]), elem_id=elem, **kw)
+        board.add(comp, key, "info")
+        return board.add(comp, key)
+
     with gr.Row():
-        n_trials = board.add(gr.Number(value=d.n_trials, precision=0, label=board.label("hydra.sweeper.n_trials"),
-                                       info=docs["n_trials"], elem_id="sweep-n_trials"), "hydra.sweeper.n_trials")
-        n_jobs = board.add(gr.Number(value=d.n_jobs, precision=0, label=board.label("hydra.sweeper.n_jobs"),
-                                     info=docs["n_jobs"], elem_id="sweep-n_jobs"), "hydra.sweeper.n_jobs")
-        budget = board.add(gr.Textbox(value="", placeholder="null", label=board.label("hydra.sweeper.budget_trial_s"),
-                                      info=docs["budget_trial_s"], elem_id="sweep-budget"), "hydra.sweeper.budget_trial_s")
-        pruner = board.add(gr.Dropdown(list(PRUNERS), value=d.pruner, label=board.label("hydra.sweeper.pruner"),
-                                       info=docs["pruner"], elem_id="sweep-pruner"), "hydra.sweeper.pruner")
+        n_trials = setting(gr.Number, "n_trials", "sweep-n_trials", value=d.n_trials, precision=0)
+        n_jobs = setting(gr.Number, "n_jobs", "sweep-n_jobs", value=d.n_jobs, precision=0)
+        budget = setting(gr.Textbox, "budget_trial_s", "sweep-budget", value="", placeholder="null")
+        pruner = setting(gr.Dropdown, "pruner", "sweep-pruner", choices=list(PRUNERS), value=d.pruner)
     return [n_trials, n_jobs, budget, pruner]
 
 

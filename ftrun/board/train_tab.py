@@ -41,7 +41,7 @@ class Panel:
 def widget(board, f: form.Field, value):
     import gradio as gr
 
-    common = dict(label=board.label(f.key), info=f.help, elem_id=f"train-{f.key.replace('.', '-')}")
+    common = dict(label=board.label(f.key), info=board.help(f.key, f.help), elem_id=f"train-{f.key.replace('.', '-')}")
     if f.kind in ("group", "choice"):
         comp = gr.Dropdown(list(f.choices), value=value, **common)
     elif f.kind == "bool":
@@ -54,6 +54,7 @@ def widget(board, f: form.Field, value):
         comp = gr.Number(value=value, **common)
     else:
         comp = gr.Textbox(value=value, **common)
+    board.add(comp, f.key, "info")
     return board.add(comp, f.key)
 
 
@@ -196,6 +197,7 @@ def tracking_uri(board, overrides):
 
 
 def progress_html(view: jobs.RunView, total, epochs) -> str:
+    total = total or (view.total if view.total and view.total > 0 else None)  # the run's own count
     if view.result:
         frac, text = 1.0, f"step {view.step} (done)"
     elif total:

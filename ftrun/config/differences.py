@@ -23,6 +23,7 @@ RECORDING_KEYS = ("name", "output_root", "resume", "tracking.uri", "tracking.exp
 # keys that change neither the weights nor the data order: a checkpoint resumes across a change of these
 NOT_TRAINING_KEYS = RECORDING_KEYS + (
     "objective", "train.logging_steps", "train.eval_steps", "train.eval_examples", "train.save_steps", "train.save_total_limit",
+    "train.progress_interval_s",
     "train.eval_batch_size", "train.num_workers", "train.generate.max_samples", "train.generate.max_new_tokens",
     "train.generate.batch_size", "train.keep_best", "data.num_proc", "data.cache_dir", "data.overwrite_cache",
     "data.strict",

@@ -260,6 +260,9 @@ class TrainConfig:
 
     logging_steps: int = 10
     """Log train loss, lr, grad norm and tokens/s every this many steps."""
+    progress_interval_s: float = 30.0
+    """Without a terminal (a file, CI, SLURM): print the progress line at most every this many seconds
+    (0 = at every logging step); a terminal shows one live line instead."""
     eval_steps: int = 50
     """Evaluate every this many steps (0 = only at the end)."""
     eval_examples: int = 0

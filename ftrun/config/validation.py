@@ -324,7 +324,7 @@ def check_data(p: Problems, c: DictConfig, arch: Dict[str, int]) -> None:
 def check_train(p: Problems, c: DictConfig, arch: Dict[str, int]) -> None:
     """Logging, evaluation and checkpoint cadence, generation during evaluation, keeping the best; tracking."""
     t = c.train
-    for key in ("logging_steps", "eval_steps", "eval_examples", "save_steps", "num_workers"):
+    for key in ("logging_steps", "eval_steps", "eval_examples", "save_steps", "num_workers", "progress_interval_s"):
         p.at_least(f"train.{key}", t[key], 0)
     p.at_least("train.eval_batch_size", t.eval_batch_size, 1)
     p.check(t.save_total_limit is None or t.save_total_limit >= 1, "train.save_total_limit", t.save_total_limit,

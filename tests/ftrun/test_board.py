@@ -116,6 +116,7 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     expect(page.locator("#train-result textarea")).to_have_value(re.compile(
         rf"^eval_loss = {result['eval_loss']:.4f}, .*6 steps"))
     expect(page.locator("#train-progress-text")).to_contain_text("step 6 (done)")
+    expect(page.locator("#train-progress progress")).to_have_attribute("value", "1.000")  # full at the end
     # the curve holds what MLflow recorded: 6 train losses and 2 evaluations
     from mlflow.tracking import MlflowClient
 
@@ -218,3 +219,68 @@ def test_board_train_chat_sweep(board, page, tmp_path):
     page.click("#tab-train-button")
     expect(page.locator("#train-lr")).to_contain_text("学习率")
     shot(page, "train-zh", tmp_path)
+
+
+def test_board_stops_a_run_and_an_auto_sweep_and_helps_in_chinese(board, page, tmp_path):
+    """Stop on a running run and on a running sweep (sweep=auto, launched from the Sweep tab) ends their process
+    groups; MLflow records the run KILLED (or FAILED) and Optuna the trial FAIL with the reason; the Chinese UI
+    shows the schema's help texts in Chinese."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from ftrun.board.locales import HELP_ZH
+    from ftrun.contract import ATTR_FAIL_REASON, PARENT_ID_FILE
+
+    b, _ = board
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    for key, value in {**TINY, "max_steps": "3000"}.items():  # long enough to be running when Stop is clicked
+        fill(page, train_id(key), value)
+    expect(page.locator("#train-command")).to_contain_text("max_steps=3000")
+    page.click("#train-start")
+    log_box = page.locator("#train-log textarea")
+    expect(log_box).to_have_value(re.compile(r"Building trainer"), timeout=RUN_S)
+    run_id = re.search(r"MLflow: run \S+ \(([0-9a-f]{32})\)", log_box.input_value())[1]
+    page.click("#train-stop")
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("stopped", timeout=RUN_S)
+    with pytest.raises(ProcessLookupError):  # the whole process group is gone
+        os.killpg(b.jobs["train"].proc.pid, 0)
+    assert client.get_run(run_id).info.status in ("KILLED", "FAILED")
+
+    # sweep=auto from the Sweep tab: the space comes from the priors; stopped while its first trial trains
+    page.click("#tab-sweep-button")
+    page.locator("#sweep-preset input").click()
+    page.get_by_role("option", name="auto", exact=True).click()
+    fill(page, "sweep-n_trials", "4")
+    sweep_cmd = page.locator("#sweep-command")
+    expect(sweep_cmd).to_contain_text("sweep=auto")
+    page.click("#sweep-start")
+    rows = page.locator("#sweep-trials .virtual-row")
+    expect(rows.first).to_contain_text("RUNNING", timeout=RUN_S)
+    expect(page.locator("#sweep-log textarea")).to_have_value(re.compile(r"Trial 0 started"), timeout=RUN_S)
+    (study_db,) = (tmp_path / "outputs" / "sweeps").glob("*/study.db")
+    trial_dir = study_db.parent / "trial_0000"
+    page.click("#sweep-stop")
+    expect(page.locator("#sweep-status")).to_contain_text("stopped", timeout=RUN_S)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(b.jobs["sweep"].proc.pid, 0)
+    study = optuna.load_study(study_name=study_db.parent.name, storage=f"sqlite:///{study_db}")
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert "signal 15" in first.user_attrs[ATTR_FAIL_REASON]
+    assert "lr" in first.params  # searched: the auto space
+    parent_id = (study_db.parent / PARENT_ID_FILE).read_text().strip()
+    assert client.get_run(parent_id).info.status == "KILLED"
+    trial_run = trial_dir / "mlflow_run_id"
+    if trial_run.is_file():  # the trial had started its MLflow run: ended with it
+        assert client.get_run(trial_run.read_text().strip()).info.status in ("KILLED", "FAILED")
+    shot(page, "sweep-stopped", tmp_path)
+
+    # the Chinese UI: labels and the schema's help texts in Chinese
+    page.locator("#lang input").click()
+    page.get_by_role("option", name="zh").click()
+    expect(page.locator("#sweep-n_trials")).to_contain_text(HELP_ZH["hydra.sweeper.n_trials"])
+    page.click("#tab-train-button")
+    expect(page.locator("#train-lr")).to_contain_text(HELP_ZH["lr"])
+    expect(page.locator("#train-rank")).to_contain_text(HELP_ZH["rank"])
+    shot(page, "train-zh-stopped", tmp_path)

@@ -64,9 +64,15 @@ def test_a_failed_command_reports_its_error_line_and_status():
 
 
 def test_a_run_is_read_back_from_its_files(tmp_path):
-    lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run", "{'loss': '2.5', 'epoch': '0.75'}"]
+    lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run",
+             "[x][ftrun.progress][INFO] - step 3/8 (38%) · epoch 0.75 · loss 2.5 · lr 0.001 · 90 tok/s · ETA 0:00:05"]
     assert str(jobs.Job.run_dir(type("J", (), {"lines": lines})())) == "/tmp/somewhere/run"
     assert jobs.last_epoch(lines) == 0.75
+    view = jobs.read_run(tmp_path, lines, None)
+    assert (view.step, view.total) == (3, 8)
+    from ftrun.board.train_tab import progress_html
+
+    assert 'value="0.375"' in progress_html(view, None, 1)  # the run's own step count when max_steps is unset
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
         {"loss": 3.0, "step": 1}, {"loss": 2.0, "step": 2}, {"eval_loss": 2.5, "step": 2}]}))
     assert jobs.curve(tmp_path, None) == [(1, "train_loss", 3.0), (2, "train_loss", 2.0), (2, "eval_loss", 2.5)]
@@ -79,3 +85,22 @@ def test_ftrun_board_is_a_subcommand_of_the_console_script():
                           "board", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--lang {en,zh}" in out.stdout  # the board's own options, not Hydra's
+
+
+def test_every_field_on_the_board_has_chinese_help():
+    """The Chinese UI shows each field's help in Chinese: a field added to the page without a translation fails here."""
+    import re
+
+    from ftrun.board import sweep_tab
+    from ftrun.board.app import Board
+    from ftrun.board.locales import HELP_ZH, help_text
+
+    shown = [*form.TRAIN_KEYS, *sweep_tab.SEARCHABLE, *(f"hydra.sweeper.{k}" for k in sweep_tab.SETTINGS),
+             "sweep.preset"]
+    missing = [k for k in shown if not re.search(r"[\u4e00-\u9fff]", HELP_ZH.get(k, ""))]
+    assert not missing, f"no Chinese help in ftrun/board/locales.py HELP_ZH for: {missing}"
+    assert help_text("lr", "en", form.field("lr").help) == form.field("lr").help
+    board = Board()
+    assert board.help("lr", form.field("lr").help) == form.field("lr").help
+    board.lang = "zh"
+    assert board.help("rank", form.field("rank").help) == HELP_ZH["rank"]

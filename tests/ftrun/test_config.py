@@ -134,6 +134,7 @@ BAD = {
     "scheduler.warmup_ratio": ["scheduler.warmup_ratio=1.5"], "scheduler.kwargs": ["scheduler.kwargs=5"],
     # train and tracking
     "train.logging_steps": ["train.logging_steps=-1"], "train.eval_steps": ["train.eval_steps=-1"],
+    "train.progress_interval_s": ["train.progress_interval_s=-1"],
     "train.eval_examples": ["train.eval_examples=-1"],
     "train.save_steps": ["train.save_steps=-1"], "train.save_total_limit": ["train.save_total_limit=0"],
     "train.gradient_checkpointing": ["train.gradient_checkpointing=maybe"],
