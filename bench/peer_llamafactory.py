@@ -119,7 +119,7 @@ def from_state(state_file: Path) -> dict:
     """train_runtime, useful tokens and the first 10 losses from a Trainer's trainer_state.json."""
     state = json.loads(state_file.read_text())
     hist = state["log_history"]
-    runtime = next(h["train_runtime"] for h in hist if "train_runtime" in h)
+    runtime = [h["train_runtime"] for h in hist if "train_runtime" in h][-1]  # the last: ftrun logs it per step
     tokens = state.get("num_input_tokens_seen") or max((h.get("num_input_tokens_seen", 0) for h in hist), default=0)
     return {"train_runtime": runtime, "useful_tokens": tokens, "useful_tokens_per_s": tokens / runtime,
             "steps": state["global_step"], "losses": [h["loss"] for h in hist if "loss" in h][:10]}

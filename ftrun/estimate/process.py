@@ -13,22 +13,23 @@ import os
 from typing import Optional, Tuple
 
 from ftrun.estimate.baseline import runtime_baseline
-from ftrun.estimate.breakdown import Estimate, MiB, gib
+from ftrun.estimate.breakdown import Estimate, gib
 from ftrun.estimate.tensors import tensor_estimate
 
 log = logging.getLogger("ftrun.estimate")
 
-CUDA_CONTEXT = 500 * MiB
-"""Device memory the CUDA context takes before any tensor: PyTorch's notes put it at several hundred
-MiB, depending on the CUDA version and the device (docs.pytorch.org/docs/stable/notes/faq.html,
-"my GPU memory isn't freed properly"; torch.cuda memory management notes); 300-500 MiB is what
-``nvidia-smi`` shows for ``torch.zeros(1, device='cuda')`` with CUDA 12 lazy module loading."""
+CUDA_CONTEXT = int(1.3e9)
+"""Device memory the CUDA context and kernels take before any tensor, which ``max_memory_allocated``
+does not count (PyTorch, ``torch.cuda.memory_allocated``: "some context needs to be created on GPU").
+Hugging Face's "Model training anatomy" (transformers docs, model_memory_anatomy) measures 1.3 GB for
+it after ``torch.ones((1, 1)).to("cuda")`` and says it varies by GPU; CUDA's lazy module loading can
+make it smaller, so this errs on the side of not launching what would run out of memory."""
 ALLOCATOR_RESERVE = 0.15
 """Reserved above allocated by PyTorch's caching allocator (block rounding, cached free blocks,
-fragmentation), as a share of the tensors' peak; ZeRO (Rajbhandari et al. 2020, arXiv 1910.02054,
-section 3.2) reports training running out of memory with over 30 % still free to fragmentation,
-and PyTorch's expandable segments exist to cut that waste; 15 % is the middle of what
-``torch.cuda.memory_reserved() / max_memory_allocated()`` shows on fine-tuning runs."""
+fragmentation), as a share of the tensors' peak. The same PyTorch note says unused memory "can be
+held by the caching allocator"; ZeRO (Rajbhandari et al. 2020, arXiv 1910.02054, section on residual
+memory) reports runs out of memory with over 30 % still free through fragmentation in extreme cases.
+15 % is half that extreme, not a figure measured here (no GPU in this project's checks)."""
 
 
 def estimate(cfg, devices: int = 1, sharding: str = "none", device: Optional[str] = None,
@@ -49,7 +50,7 @@ def estimate(cfg, devices: int = 1, sharding: str = "none", device: Optional[str
         est.runtime, est.runtime_source = runtime_baseline(str(cfg.method.name), measure=measure_baseline)
         est.allocator = 0
     else:
-        est.runtime, est.runtime_source = CUDA_CONTEXT, "CUDA context (PyTorch's notes; README)"
+        est.runtime, est.runtime_source = CUDA_CONTEXT, "CUDA context and kernels (HF model_memory_anatomy; README)"
         est.allocator = int(est.tensor_peak * ALLOCATOR_RESERVE)
     est.peak = est.tensor_peak + est.runtime + est.allocator
     return est
