@@ -43,7 +43,7 @@ def cases(data: Path, q05: Path):
     out.append(("tiny lora, cutoff 512, packing, eval", ["method=lora", *alpaca, "cutoff_len=512",
                                                          "data.packing=true", *evals]))
     out.append(("tiny lora, cutoff 64, no eval", ["method=lora", *alpaca, "cutoff_len=64", *no_eval]))
-    out.append(("tiny lora, cutoff 512, eval (rows of 35-65 tokens: an upper bound)",
+    out.append(("tiny lora, cutoff 512, eval (rows shorter than 512: an upper bound)",
                 ["method=lora", *alpaca, "cutoff_len=512", *evals]))
     real = ["model=qwen2.5-0.5b-instruct", f"model.path={q05}", f"model.name={q05.name}", "model.dtype=fp32"]
     for m in ("lora", "qlora", "full", "freeze"):
@@ -90,11 +90,12 @@ def run_case(name: str, overrides: list, work: Path) -> dict:
             "wall_s": time.perf_counter() - start, "load_before": load, "steps": result.get("global_step")}
 
 
-def reestimate(row: dict) -> dict:
+def reestimate(row: dict, data: Path) -> dict:
     """A case kept from an earlier run of this script with the estimate of the code as it is now."""
     from ftrun.estimate import compose, estimate
 
-    est = estimate(compose([*RUN, *row["overrides"]]), device="cpu")
+    overrides = [f"data.path={data}" if o.startswith("data.path=") else o for o in row["overrides"]]
+    est = estimate(compose([*RUN, *overrides]), device="cpu")
     return {**row, "estimate_bytes": est.peak, "tensor_bytes": est.tensor_peak, "runtime_bytes": est.runtime,
             "phase": est.phase, "error": est.peak / row["measured_bytes"] - 1}
 
@@ -111,11 +112,11 @@ def main() -> None:
 
     rows = []
     done = Path(args.out) / "process_memory.json"
-    if args.resume and done.is_file():
-        rows = [reestimate(r) for r in json.loads(done.read_text())["cases"]]
     with tempfile.TemporaryDirectory(prefix="ftrun-procmem-") as tmp:
         data = write_data(Path(tmp) / "data", 256)
         q05 = real_model(Path(args.models))
+        if args.resume and done.is_file():
+            rows = [reestimate(r, data) for r in json.loads(done.read_text())["cases"]]
         for i, (name, overrides) in enumerate(cases(data, q05)):
             if (args.only and args.only not in name) or any(r["case"] == name for r in rows):
                 continue

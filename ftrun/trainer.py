@@ -298,9 +298,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
             tracker.log_artifacts(run_dir, model_dir)
             phases.mark("tracking")
             summary["phases_s"] = {k: round(v, 4) for k, v in phases.spent.items() if k != "prepare" or v > 0.001}
-            summary["peak_memory_breakdown_mb"] = {k: round(v, 1) for k, v in phases.peak_rise.items() if v >= 0.05}
-            tracker.log_metrics({f"peak_memory_mb/{k}": v for k, v in summary["peak_memory_breakdown_mb"].items()},
-                                step=trainer.state.global_step)
+            summary["peak_memory_breakdown_mb"] = _peak_breakdown(phases, tracker, trainer.state.global_step)
             _write_result(run_dir, cfg, objective, metrics, summary)
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
@@ -308,6 +306,13 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         return objective
     finally:
         tracker.finish(status)
+
+
+def _peak_breakdown(phases: Phases, tracker, step: int) -> Dict[str, float]:
+    """Where the resident peak rose, by phase, also logged to MLflow as ``peak_memory_mb/<phase>``."""
+    parts = {k: round(v, 1) for k, v in phases.peak_rise.items() if v >= 0.05}
+    tracker.log_metrics({f"peak_memory_mb/{k}": v for k, v in parts.items()}, step=step)
+    return parts
 
 
 def _at_last_step(checkpoint: Path) -> bool:
