@@ -50,6 +50,7 @@ from ftrun.estimate.shapes import CONFIG_DTYPES, Shapes, shapes
 from ftrun.estimate.tensors import (BNB_8BIT_BLOCK, BNB_8BIT_MIN_SIZE, DTYPE_BYTES, NF4_BYTES, SHARDINGS,
                                     tensor_estimate)
 
-__all__ = ["ALLOCATOR_RESERVE", "BNB_8BIT_BLOCK", "BNB_8BIT_MIN_SIZE", "CONFIG_DTYPES", "CUDA_CONTEXT", "DTYPE_BYTES", "ESTIMATE_KEYS",
+__all__ = ["ALLOCATOR_RESERVE", "BNB_8BIT_BLOCK", "BNB_8BIT_MIN_SIZE", "CONFIG_DTYPES", "CUDA_CONTEXT", "DTYPE_BYTES",
+           "ESTIMATE_KEYS",
            "Estimate", "GiB", "MiB", "NF4_BYTES", "SHARDINGS", "Shapes", "compose", "estimate", "fits", "gib",
            "log_estimate", "main", "parse_size", "shapes", "split_args", "tensor_estimate"]

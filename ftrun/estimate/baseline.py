@@ -105,7 +105,8 @@ def measure_baseline(method: str) -> dict:
 
 
 def _micro_tensors(overrides: Sequence[str]) -> int:
-    from ftrun.estimate.cli import compose
+    from ftrun.compose import compose
+    from ftrun.config import resolved
     from ftrun.estimate.tensors import tensor_estimate
 
-    return tensor_estimate(compose(list(overrides)), device="cpu").tensor_peak
+    return tensor_estimate(resolved(compose(list(overrides))), device="cpu").tensor_peak

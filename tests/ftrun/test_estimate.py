@@ -187,7 +187,8 @@ def test_process_estimate_within_15_percent_of_a_real_runs_peak(extra, tiny_dir,
     parts = result["peak_memory_breakdown_mb"]  # where the process's resident peak rose; sums to its peak
     measured = max(result["peak_memory_mb"], sum(parts.values())) * 2**20  # saving and MLflow come after the first
     err = est.peak / measured - 1
-    assert abs(err) <= TOLERANCE, f"estimate {est.peak / 2**20:.0f} MiB vs run's peak {measured / 2**20:.0f} MiB\n{est.table()}"
+    assert abs(err) <= TOLERANCE, (f"estimate {est.peak / 2**20:.0f} MiB vs run's peak {measured / 2**20:.0f} MiB\n"
+                                   f"{est.table()}")
     assert est.tensor_peak < 0.5 * measured  # the tensors alone would be far off: the baseline carries it
     # the run's peak comes with where it rose (imports before the run, data, model, train...), in MLflow too
     assert {"startup", "model", "train"} <= set(parts) and parts["startup"] > 100
