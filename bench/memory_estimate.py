@@ -63,7 +63,7 @@ def paper(models: Path, out: Path) -> None:
     lines = ["# ftrun.estimate on paper: GPU figures (not measured)", "",
              "Command: `python bench/memory_estimate.py --paper`. Full-depth Qwen2.5 shapes (config.json only), "
              "bf16 weights and mixed precision, batch_size=4, cutoff_len=1024, train.eval_batch_size=4, adamw; "
-             "per device, before the CUDA context and fragmentation (fits() adds a 10% margin).", "",
+             "tensor peak per device (the process figure adds the CUDA context and allocator reserve, README).", "",
              "| model | method | devices x sharding | checkpointing | peak | at | weights | grads | optimizer | "
              "activations |", "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in REAL_SHAPES:
@@ -82,7 +82,7 @@ def paper(models: Path, out: Path) -> None:
                                    *(["method.compute_dtype=bf16"] if method == "qlora" else [])])
                     e = estimate(cfg, devices=devices, sharding=sharding, device="cuda")
                     g = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
-                    lines.append(f"| {shape} | {method} | {devices} x {sharding} | {ckpt} | {g(e.peak)} | {e.phase} | "
+                    lines.append(f"| {shape} | {method} | {devices} x {sharding} | {ckpt} | {g(e.tensor_peak)} | {e.phase} | "
                                  f"{g(e.weights)} | {g(e.gradients)} | {g(e.optimizer)} | {g(e.activations)} |")
     (out / "memory_estimate_gpu_paper.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -137,13 +137,13 @@ def main() -> None:
                 continue
             got = json.loads(Path(f.name).read_text())
         est, meas = got["estimate"], got["measured"]
-        rows.append({"case": name, "model": label, "overrides": overrides, "estimate_bytes": est["peak"],
+        rows.append({"case": name, "model": label, "overrides": overrides, "estimate_bytes": est["tensor_peak"],
                      "phase": est["phase"], "measured_tensor_peak_bytes": meas["tensor_peak"],
                      "measured_rss_rise_bytes": meas["rss_peak_delta"], "error": got["error"],
                      "total_params": est["total_params"], "trainable_params": est["trainable_params"],
                      "tokens_per_step": est["tokens"], "steps": meas["steps"],
                      "wall_s": time.perf_counter() - start, "estimate": est})
-        print(f"{name:<60} estimate {est['peak'] / 2**20:9.1f} MiB  measured {meas['tensor_peak'] / 2**20:9.1f} MiB"
+        print(f"{name:<60} estimate {est['tensor_peak'] / 2**20:9.1f} MiB  measured {meas['tensor_peak'] / 2**20:9.1f} MiB"
               f"  {got['error']:+6.1%}  (RSS rise {meas['rss_peak_delta'] / 2**20:.0f} MiB)", flush=True)
         write(out, rows, args, [c[0] for c in todo if not any(r["case"] == c[0] for r in rows)])
 

@@ -22,19 +22,35 @@ from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, T
 log = logging.getLogger(__name__)
 
 
+def resident_peak_mb() -> float:
+    """The process's peak resident memory so far (Linux ``VmHWM``, which a warm sweep worker resets)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 class Phases:
     """Where a run's time goes (setup, data, model, tracking, trainer, train, eval, save), in seconds;
-    result.json keeps them as ``phases_s`` so a sweep can tell training from overhead."""
+    result.json keeps them as ``phases_s`` so a sweep can tell training from overhead. Also where
+    the process's peak resident memory rose: ``peak_memory_breakdown_mb`` (``startup``: the
+    interpreter and what was imported before the run began), which sums to the peak."""
 
     def __init__(self):
         self.spent: Dict[str, float] = {}
         self._t = time.perf_counter()
+        self._hwm = resident_peak_mb()
+        self.peak_rise: Dict[str, float] = {"startup": self._hwm}
 
     def mark(self, name: str) -> None:
-        """Charge the time since the previous mark to ``name``."""
+        """Charge the time since the previous mark, and the rise of the resident peak, to ``name``."""
         now = time.perf_counter()
         self.spent[name] = self.spent.get(name, 0.0) + now - self._t
         self._t = now
+        hwm = resident_peak_mb()
+        self.peak_rise[name] = self.peak_rise.get(name, 0.0) + max(hwm - self._hwm, 0.0)
+        self._hwm = max(hwm, self._hwm)
 
     def move(self, seconds: float, src: str, dst: str) -> None:
         seconds = min(seconds, self.spent.get(src, 0.0))
@@ -269,6 +285,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
             tracker.log_artifacts(run_dir, model_dir)
             phases.mark("tracking")
             summary["phases_s"] = {k: round(v, 4) for k, v in phases.spent.items() if k != "prepare" or v > 0.001}
+            summary["peak_memory_breakdown_mb"] = _peak_breakdown(phases, tracker, trainer.state.global_step)
             _write_result(run_dir, cfg, objective, metrics, summary)
         log.info("Done: %s = %.4f after %d steps in %.1f s (peak memory %.0f MB)",
                  cfg.objective, objective, trainer.state.global_step, train_time, summary["peak_memory_mb"])
@@ -303,6 +320,13 @@ def _train(cfg, trainer, tracker, run_dir: Path, checkpoint: Optional[Path]) -> 
                           f"{'the last complete checkpoint is ' + str(kept) if kept else 'no checkpoint was kept'}"
                           ". Free space (or lower train.save_total_limit), then rerun with resume=auto") from None
     return time.perf_counter() - start
+
+
+def _peak_breakdown(phases: Phases, tracker, step: int) -> Dict[str, float]:
+    """Where the resident peak rose, by phase, also logged to MLflow as ``peak_memory_mb/<phase>``."""
+    parts = {k: round(v, 1) for k, v in phases.peak_rise.items() if v >= 0.05}
+    tracker.log_metrics({f"peak_memory_mb/{k}": v for k, v in parts.items()}, step=step)
+    return parts
 
 
 def _at_last_step(checkpoint: Path) -> bool:
@@ -410,11 +434,7 @@ def peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    try:  # VmHWM: the peak resident set, which a warm sweep worker resets between trials
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration, ValueError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return resident_peak_mb()
 
 
 # ---------------------------------------------------------------------------

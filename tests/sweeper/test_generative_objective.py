@@ -36,11 +36,12 @@ def test_a_sweep_on_eval_rouge_l_prunes_and_keeps_each_trials_best_checkpoint(tm
 
 
 def test_a_configuration_that_cannot_fit_the_memory_limit_is_pruned_before_launch(tmp_path):
-    # the tiny model's estimate: about 0.04 GiB at batch 2 x 128 tokens, about 1 GiB at batch 64 x 512
+    # the tiny model's process estimate (the runtime's baseline, about 0.7 GiB, + the tensors): about
+    # 0.8 GiB at batch 2 x 512 tokens, about 1.9 GiB at batch 64 x 512
     out = ftrun_multirun([
         "data.num_train=32", "data.num_eval=8", "max_steps=2", "train.eval_steps=0", "train.save_steps=0",
         "tracking.enabled=false", "data.cutoff_len=512", "batch_size=choice(2,64)", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.memory_limit_gb=0.25", "hydra.sweeper.enqueue=[{batch_size:64},{batch_size:2}]",
+        "hydra.sweeper.memory_limit_gb=1.5", "hydra.sweeper.enqueue=[{batch_size:64},{batch_size:2}]",
         f"hydra.sweep.dir={tmp_path / 'sweeps'}"])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     (db,) = (tmp_path / "sweeps").glob("*/study.db")
@@ -48,7 +49,7 @@ def test_a_configuration_that_cannot_fit_the_memory_limit_is_pruned_before_launc
     big, small = study.trials
     assert big.params == {"batch_size": 64} and big.state.name == "PRUNED"
     reason = big.user_attrs["fail_reason"]
-    assert "does not fit" in reason and "vs limit 0.25 GiB" in reason and "batch_size=64" in reason
+    assert "does not fit" in reason and "vs limit 1.50 GiB" in reason and "batch_size=64" in reason
     assert not list((db.parent / "trial_0000").glob("**/result.json"))  # never ran
     assert small.state.name == "COMPLETE"
     assert "skipped before launch" in (db.parent / "summary.md").read_text()
