@@ -205,7 +205,7 @@ def tool_cases(paths: Dict[str, str]) -> List[Case]:
 
     cases = []
     for tool in TOOLS:
-        module = importlib.import_module(f"ftrun.{tool}")
+        module = importlib.import_module(f"ftrun.{tool}.__main__" if tool == "serve" else f"ftrun.{tool}")
         schema = getattr(module, f"{tool.capitalize()}Args")
         cases.append(Case(tool, "run", "nonexistent path", [f"run={paths['nowhere']}"]))
         cases.append(Case(tool, "nope", "unknown key", [f"run={paths['nowhere']}", "nope=1"]))
@@ -277,7 +277,7 @@ def check_in_process(case: Case, fast: bool = False) -> Dict[str, Any]:
             _check_sweep(cfg, [a for a in case.args if _is_search(a)])
         else:
             from ftrun.config import validate
-            from ftrun.model_dir import require_model_files
+            from ftrun.config.model_dir import require_model_files
 
             validate(cfg)
             require_model_files(cfg.model)

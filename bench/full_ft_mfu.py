@@ -89,7 +89,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from ftrun.measure import random_model
+    from ftrun.estimate.measured_peak import random_model
     from memory_estimate import machine
     from peer_llamafactory import tiny_model, write_data
 

@@ -4,7 +4,7 @@
     python bench/memory_estimate.py --paper     # GPU figures on paper only (nothing runs)
 
 Each case runs ``python -m ftrun.estimate <overrides> estimate.measure=true`` in a fresh process
-(``ftrun.measure``: the model loads and trains ``--steps`` optimizer steps on random rows of
+(``ftrun.estimate.measured_peak``: the model loads and trains ``--steps`` optimizer steps on random rows of
 ``cutoff_len`` tokens, then evaluates one batch). The measured figure is PyTorch's tensor peak from
 its profiler's allocation events (the CPU counterpart of ``torch.cuda.max_memory_allocated``); the
 process's resident-memory rise is listed beside it. Models: the built-in tiny Llama, and random
@@ -58,7 +58,7 @@ def cases(models: Path):
 def paper(models: Path, out: Path) -> None:
     """GPU figures from the estimate alone for the full-depth published shapes (nothing is measured)."""
     from ftrun.estimate import compose, estimate
-    from ftrun.measure import REAL_SHAPES
+    from ftrun.estimate.measured_peak import REAL_SHAPES
 
     lines = ["# ftrun.estimate on paper: GPU figures (not measured)", "",
              "Command: `python bench/memory_estimate.py --paper`. Full-depth Qwen2.5 shapes (config.json only), "
@@ -111,7 +111,7 @@ def main() -> None:
         paper(Path(args.models), Path(args.out))
         return
 
-    from ftrun.measure import random_model
+    from ftrun.estimate.measured_peak import random_model
 
     models = Path(args.models)
     random_model(models / "qwen2.5-0.5b-like-4l", "qwen2.5-0.5b-like", layers=4)

@@ -58,7 +58,7 @@ def cases(data: Path, q05: Path):
 
 def real_model(models: Path) -> Path:
     """Random weights of Qwen2.5-0.5B's shapes (2 layers) with the tiny model's tokenizer beside them."""
-    from ftrun.measure import random_model
+    from ftrun.estimate.measured_peak import random_model
     from peer_llamafactory import tiny_model
 
     d = random_model(models / "qwen2.5-0.5b-like-2l", "qwen2.5-0.5b-like", layers=2)

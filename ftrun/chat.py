@@ -30,7 +30,7 @@ from typing import Iterator, List, Optional
 
 from ftrun.config import ConfigError
 from ftrun.generate import GenSettings
-from ftrun.runs import LoadArgs
+from ftrun.saved_runs import LoadArgs
 
 log = logging.getLogger("ftrun.chat")
 
@@ -212,7 +212,7 @@ def batch(chat: Chat, stdin=None, stdout=None) -> None:
 
 
 def main(argv=None) -> None:
-    from ftrun import cli, runs
+    from ftrun import cli, saved_runs
 
     args = cli.parse(ChatArgs, argv, __doc__, positional="run")  # a mistake is named before transformers imports
     from transformers import set_seed
@@ -220,9 +220,9 @@ def main(argv=None) -> None:
     tty = sys.stdin.isatty()
     if not tty:
         logging.getLogger().setLevel(logging.WARNING)  # stdout carries answers only; stderr stays quiet too
-    runs.quiet()
+    saved_runs.quiet()
     set_seed(args.seed)
-    loaded = runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
+    loaded = saved_runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
                        tracking_uri=args.tracking_uri)
     chat = Chat(loaded.model, loaded.tokenizer, system=args.system, gen=args.gen, keep_history=args.history)
     if tty:

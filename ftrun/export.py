@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ftrun.config import ConfigError, read_config_json
-from ftrun.runs import RunArgs
+from ftrun.saved_runs import RunArgs
 
 log = logging.getLogger("ftrun.export")
 
@@ -104,16 +104,16 @@ class CheckResult:
 
 def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optional[str] = None) -> ExportResult:
     """Export the run ``run_ref`` per ``s``; returns where it went and what the check measured."""
-    from ftrun import runs
+    from ftrun import saved_runs
 
     s = s or ExportSettings()
-    runs.quiet()
+    saved_runs.quiet()
     limit = _shard_limit(s.max_shard_size)
-    run = runs.open_run(run_ref, tracking_uri or _cfg_uri(None))
+    run = saved_runs.open_run(run_ref, tracking_uri or _cfg_uri(None))
     dest = _destination(run, s)
-    device = runs.pick_device(s.device)
-    dtype = runs.torch_dtype(s.dtype) or runs.run_dtype(run) or _checkpoint_dtype(run)
-    dtype_name = {v: k for k, v in {k: runs.torch_dtype(k) for k in runs.DTYPES}.items()}.get(dtype, str(dtype))
+    device = saved_runs.pick_device(s.device)
+    dtype = saved_runs.torch_dtype(s.dtype) or saved_runs.run_dtype(run) or _checkpoint_dtype(run)
+    dtype_name = {v: k for k, v in {k: saved_runs.torch_dtype(k) for k in saved_runs.DTYPES}.items()}.get(dtype, str(dtype))
     notes: List[str] = []
     if run.method == "qlora":
         notes.append(f"qlora: the base was reloaded unquantized in {dtype_name} and the adapter merged into it "
@@ -124,8 +124,8 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
     for n in notes:
         log.info("%s", n)
 
-    tokenizer = runs.load_tokenizer(run.model_dir)
-    model = runs.load_run_model(run, dtype=dtype, device=device, quantized=False)
+    tokenizer = saved_runs.load_tokenizer(run.model_dir)
+    model = saved_runs.load_run_model(run, dtype=dtype, device=device, quantized=False)
     prompts = check_prompts(run, tokenizer, s.check_prompts) if s.check else []
     ref = [_logits(model, ids, device) for ids in prompts]
     if run.is_adapter:
@@ -147,7 +147,7 @@ def export(run_ref: str, s: Optional[ExportSettings] = None, tracking_uri: Optio
                                    f"by up to {check.max_abs_diff:.3g} > tolerance {check.tolerance:.3g}; "
                                    f"nothing was written to {dest}")
         info = {"run_dir": str(run.run_dir), "mlflow_run_id": run.mlflow_run_id, "method": run.method,
-                "base_model": runs.base_model_path(run), "dtype": dtype_name, "max_shard_size": s.max_shard_size,
+                "base_model": saved_runs.base_model_path(run), "dtype": dtype_name, "max_shard_size": s.max_shard_size,
                 "check": {**vars(check), "prompts": len(prompts)} if check else None,
                 "notes": notes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
@@ -244,7 +244,7 @@ def check_prompts(run, tokenizer, n: int):
     """Token ids of ``n`` full conversations from the run's eval data (else its train data), as (1, T) tensors."""
     import torch
 
-    from ftrun.runs import run_rows, row_messages
+    from ftrun.saved_runs import run_rows, row_messages
 
     rows = []
     try:
@@ -265,10 +265,10 @@ def check_prompts(run, tokenizer, n: int):
 
 def _quantized_diff(run, prompts, exported_logits, device) -> Optional[float]:
     """Max |logit diff| between the quantized base+adapter the run trained and the export (None if unavailable)."""
-    from ftrun import runs
+    from ftrun import saved_runs
 
     try:
-        model = runs.load_run_model(run, quantized=True)
+        model = saved_runs.load_run_model(run, quantized=True)
         dev = next(model.parameters()).device
         q = [_logits(model, ids, dev) for ids in prompts]
     except Exception as e:  # noqa: BLE001 - informational only (e.g. bitsandbytes missing on this machine)
@@ -289,9 +289,9 @@ def _checkpoint_dtype(run):
     """The base checkpoint's own dtype (config.json's dtype / torch_dtype), else fp32."""
     import torch
 
-    from ftrun import runs
+    from ftrun import saved_runs
 
-    c = read_config_json(runs.base_model_path(run)) or {}
+    c = read_config_json(saved_runs.base_model_path(run)) or {}
     name = c.get("dtype") or c.get("torch_dtype")
     return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else torch.float32
 

@@ -64,7 +64,7 @@ class EvalMetrics:
         return self.cfg is not None and self.cfg.max_samples > 0
 
     def __call__(self, eval_pred) -> dict:
-        from ftrun.trainer import exact_match
+        from ftrun.fit import exact_match
 
         metrics = exact_match(eval_pred)
         if self.generates and self.pairs and self.model is not None:

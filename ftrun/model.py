@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Tuple
 
-from ftrun import keep
+from ftrun import worker_cache
 from ftrun.config import ConfigError, read_config_json
-from ftrun.model_dir import require_model_files
+from ftrun.config.model_dir import require_model_files
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_tokenizer(model_cfg):
         except OSError as e:
             raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer from it ({e})") from None
 
-    tok = keep.shared("tokenizer", {"path": path, "remote": model_cfg.trust_remote_code}, build, copy=keep.deepcopy)
+    tok = worker_cache.shared("tokenizer", {"path": path, "remote": model_cfg.trust_remote_code}, build, copy=worker_cache.deepcopy)
     added = list(model_cfg.get("add_special_tokens") or [])
     if added:
         tok.add_special_tokens({"extra_special_tokens": added}, replace_extra_special_tokens=False)
@@ -112,7 +112,7 @@ def load_model(cfg, auto_class=None, **extra):
         model = build()
     else:  # a warm sweep worker keeps the base weights and gives each run its own copy
         key = {"path": path, "class": auto_class.__name__, **{k: str(v) for k, v in kwargs.items()}}
-        model = keep.shared("base model", key, build, copy=keep.deepcopy)
+        model = worker_cache.shared("base model", key, build, copy=worker_cache.deepcopy)
     if m.get("resize_vocab", False):
         resize_vocab(model, len(load_tokenizer(m)))
     if cfg.train.gradient_checkpointing:

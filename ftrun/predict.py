@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence
 from ftrun.config import ConfigError
 from ftrun.contract import MLFLOW_URI_ENV
 from ftrun.generate import GenSettings, generate
-from ftrun.runs import LoadArgs
+from ftrun.saved_runs import LoadArgs
 
 log = logging.getLogger("ftrun.predict")
 
@@ -169,7 +169,7 @@ def _compose_data(overrides: List[str]):
 
 def conversations(data_cfg, split: str):
     """[(messages before the answer, the answer)] of the split."""
-    from ftrun.runs import row_messages, run_rows
+    from ftrun.saved_runs import row_messages, run_rows
 
     if split not in ("eval", "train", "all"):
         raise ConfigError(f"split={split}: choose eval, train, all or auto")
@@ -195,11 +195,11 @@ def predict(args: PredictArgs, data_overrides: Sequence[str] = ()) -> Dict[str, 
     """Generate, score, write the files and log to MLflow; returns the metrics."""
     from transformers import set_seed
 
-    from ftrun import runs
+    from ftrun import saved_runs
 
-    runs.quiet()
+    saved_runs.quiet()
     set_seed(args.seed)
-    loaded = runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
+    loaded = saved_runs.load(run=args.run, model=args.model, dtype=args.dtype, device=args.device,
                        tracking_uri=args.tracking_uri)
     run = loaded.run
     for note in loaded.notes:

@@ -78,11 +78,11 @@ def build_tokenizer(vocab_size: int, seed: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from ftrun import tasks
+    from ftrun import letters
 
     corpus = []
     for language in ("en", "zh"):
-        for row in tasks.letters(2000, seed + 100, language):
+        for row in letters.letters(2000, seed + 100, language):
             corpus.append(f"{row['instruction']}\n{row['input']} {row['output']}")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -109,7 +109,7 @@ def _build(arch, out: Path) -> None:
     import torch
     from transformers import DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
-    from ftrun import tasks
+    from ftrun import letters
     from ftrun.data import encode_rows
 
     spec = _spec(arch)
@@ -131,7 +131,7 @@ def _build(arch, out: Path) -> None:
     torch.manual_seed(spec["seed"])
     model = LlamaForCausalLM(config)
     if spec["pretrain_steps"] > 0:
-        rows = tasks.letters(spec["pretrain_steps"] * 16, PRETRAIN_SEED, "en")
+        rows = letters.letters(spec["pretrain_steps"] * 16, PRETRAIN_SEED, "en")
         train, _ = encode_rows(rows, tok, cutoff_len=spec["max_position_embeddings"])
         args = TrainingArguments(
             output_dir=str(out / "pretrain"),

@@ -14,9 +14,9 @@ from typing import Optional
 from ftrun.config import ConfigError, resolved, training_differences, validate, validate_device
 from ftrun.contract import RESOLVED_CONFIG, RESULT_FILE  # noqa: F401  (RESULT_FILE: what run() writes last)
 from ftrun.data import check_stage_data
-from ftrun.model_dir import require_model_files
-from ftrun.trainer import (checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match, training_arguments: tests)
-                           quiet_libraries, start_phases, training_arguments)
+from ftrun.config.model_dir import require_model_files
+from ftrun.fit import (checkpoint_to_resume, exact_match,  # noqa: F401  (exact_match, training_arguments: tests)
+                       quiet_libraries, start_phases, training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     """
     start_phases()
     validate(cfg)
-    require_model_files(cfg.model)  # a local model.path holds a tokenizer and weights (ftrun.model_dir)
+    require_model_files(cfg.model)  # a local model.path holds a tokenizer and weights (ftrun.config.model_dir)
     cfg = resolved(cfg)  # from here on plain values: the name and objective fixed, choices as strings
     run_dir = Path(run_dir)
     check_resume(cfg, run_dir)  # the wrong checkpoint, or an occupied run dir, is refused before anything loads
@@ -44,9 +44,9 @@ def run(cfg, run_dir: Path, overrides: Optional[list] = None) -> float:
     from ftrun.estimate import log_estimate  # issue 16: one line, the estimated peak memory per device
 
     log_estimate(cfg)
-    from ftrun.stages import run_stage
+    from ftrun.stages import RECIPES
 
-    return run_stage(cfg, run_dir, overrides)
+    return RECIPES[cfg.stage.name](cfg, run_dir, overrides)  # e.g. ftrun.stages.sft.run
 
 
 def check_resume(cfg, run_dir: Path) -> None:

@@ -3,7 +3,7 @@
 A fresh trial pays for starting Python, importing torch/transformers/peft,
 reading and tokenizing the data and loading the base model before it trains a
 step; on small and medium trials that is most of the trial. A warm worker
-imports the libraries once and keeps what trials share (:mod:`ftrun.keep`:
+imports the libraries once and keeps what trials share (:mod:`ftrun.worker_cache`:
 tokenized datasets, the tokenizer, the base weights in host memory), so a trial
 pays only for its own model instance, adapter, optimizer and training.
 
@@ -165,10 +165,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     stop_on_signals()  # a trial stopped by the sweeper ends its MLflow run KILLED, as `python -m ftrun` does
     started = time.perf_counter()
-    from ftrun import keep
+    from ftrun import worker_cache
 
     _import_libraries()
-    keep.enable()
+    worker_cache.enable()
     log.info("Worker %d ready in %.1f s", os.getpid(), time.perf_counter() - started)
     reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     while True:

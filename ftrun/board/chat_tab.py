@@ -1,4 +1,4 @@
-"""Chat tab: talk to a finished run or an export, streamed and multi-turn (ftrun.chat's Chat, ftrun.runs' loading)."""
+"""Chat tab: talk to a finished run or an export, streamed and multi-turn (ftrun.chat's Chat, ftrun.saved_runs' loading)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Dict, List
 
 from ftrun.board import jobs
 
-_loaded: Dict[str, object] = {}  # chat source -> ftrun.runs.Loaded (one model per source, kept)
+_loaded: Dict[str, object] = {}  # chat source -> ftrun.saved_runs.Loaded (one model per source, kept)
 _lock = threading.Lock()
 
 
 def load(source: str):
     """``run=DIR`` or ``model=DIR`` (as ``python -m ftrun.chat`` takes them), loaded once."""
-    from ftrun.runs import load as load_model
-    from ftrun.runs import quiet
+    from ftrun.saved_runs import load as load_model
+    from ftrun.saved_runs import quiet
 
     with _lock:
         if source not in _loaded:

@@ -215,7 +215,7 @@ def preview_text(overrides, n: int = 3) -> str:
     from ftrun.data.templates import resolve_template
     from ftrun.data_stats import compute, format_stats
     from ftrun.model import load_tokenizer
-    from ftrun.runs import row_messages, run_rows
+    from ftrun.saved_runs import row_messages, run_rows
 
     cfg = form.compose(overrides)
     validate(cfg)

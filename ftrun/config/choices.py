@@ -34,7 +34,7 @@ OPTIMIZERS = {  # ours -> transformers' `optim`
     "galore_8bit": "galore_adamw_8bit",
     "galore_adafactor": "galore_adafactor",
     "apollo": "apollo_adamw",  # apollo-torch
-    "badam": "adamw_torch",  # the badam package's BlockOptimizer around AdamW (ftrun.trainer)
+    "badam": "adamw_torch",  # the badam package's BlockOptimizer around AdamW (ftrun.fit)
 }
 # optimizers that project gradients of the matrices in optimizer.target_modules (transformers' optim_target_modules)
 PROJECTED_OPTIMIZERS = ("galore", "galore_8bit", "galore_adafactor", "apollo")

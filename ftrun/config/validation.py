@@ -10,7 +10,6 @@ config, and the model's architecture numbers read from its ``config.json``.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -21,9 +20,9 @@ from ftrun.config.errors import ConfigError, show_value
 from ftrun.config.model_json import model_arch
 from ftrun.config.objectives import GENERATIVE_OBJECTIVES, OBJECTIVE_DIRECTIONS, STAGE_OBJECTIVES, has_eval, keep_best
 from ftrun.config.short_keys import display_key
-from ftrun.model_dir import model_dir_problems
-from ftrun.schema_checks import schema_problems
-from ftrun.tasks import BUILTIN
+from ftrun.config.model_dir import looks_local as _looks_local, model_dir_problems
+from ftrun.config.schema_checks import schema_problems
+from ftrun.letters import BUILTIN
 
 # stages whose data can be packed (data.packing=true): sft packs samples, pt always packs raw text
 PACKING_STAGES = ("sft", "pt")
@@ -136,7 +135,7 @@ def check_model(p: Problems, c: DictConfig, arch: Dict[str, int]) -> None:
     md = c.model
     p.check(bool(md.name), "model.name", md.name, "give a short name")
     p.check(md.path is not None or md.tiny is not None, "model.path", None, "give a local model directory or hub id")
-    if md.path is not None and _looks_local(md.path):  # a folder, with config.json (ftrun.model_dir)
+    if md.path is not None and _looks_local(md.path):  # a folder, with config.json (ftrun.config.model_dir)
         for why in model_dir_problems(md.path, need=("config",)):
             p.check(False, "model.path", md.path, why)
     if md.tiny is not None:
@@ -361,6 +360,3 @@ def _looks_like_run_id(ref: str) -> bool:
     return len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref)
 
 
-def _looks_local(path: str) -> bool:
-    # a hub id is "org/name"; anything starting like a path, or with more parts, is local
-    return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path)

@@ -1,4 +1,4 @@
-"""The built-in task (``data=letters``) as every kind of example, generated from :mod:`ftrun.tasks`.
+"""The built-in task (``data=letters``) as every kind of example, generated from :mod:`ftrun.letters`.
 
 Train and eval rows come from two seeds (``data.num_train`` / ``data.num_eval``).
 sft gets the conversations; pt the rows as plain text; rm, dpo, kto and ppo
@@ -23,13 +23,13 @@ def letters_pairs(n: int, seed: int) -> List[dict]:
     (which cannot yet tell the Chinese instructions apart), so tests and the
     README chains can show the stage metrics move.
     """
-    from ftrun import tasks
+    from ftrun import letters
 
     rng = random.Random(seed + 1000)
     pairs = []
-    for row in tasks.letters(n, seed):
+    for row in letters.letters(n, seed):
         letters = row["input"].split()
-        wrong = {" ".join(f(letters)).upper() for f in tasks.OPERATIONS.values()} - {row["output"]}
+        wrong = {" ".join(f(letters)).upper() for f in letters.OPERATIONS.values()} - {row["output"]}
         pairs.append({"prompt": [{"role": "user", "content": row["instruction"] + "\n" + row["input"]}],
                       "chosen": row["output"], "rejected": rng.choice(sorted(wrong))})
     return pairs
@@ -37,17 +37,17 @@ def letters_pairs(n: int, seed: int) -> List[dict]:
 
 def letters_text(n: int, seed: int) -> List[dict]:
     """The letters task as plain-text documents (instruction, input and answer on three lines)."""
-    from ftrun import tasks
+    from ftrun import letters
 
-    return [{"text": f"{r['instruction']}\n{r['input']}\n{r['output']}"} for r in tasks.letters(n, seed)]
+    return [{"text": f"{r['instruction']}\n{r['input']}\n{r['output']}"} for r in letters.letters(n, seed)]
 
 
 def letters_conversations(n: int, seed: int) -> List[dict]:
-    from ftrun import tasks
+    from ftrun import letters
     from ftrun.data.formats import ALPACA_COLUMNS, alpaca_messages
 
     cols = {k: k for k in ALPACA_COLUMNS}
-    return [{"messages": alpaca_messages(r, cols)[0], "tools": ""} for r in tasks.letters(n, seed)]
+    return [{"messages": alpaca_messages(r, cols)[0], "tools": ""} for r in letters.letters(n, seed)]
 
 
 VARIANTS = {"supervised": letters_conversations, "pairwise": letters_pairs, "text": letters_text}
@@ -57,15 +57,15 @@ def builtin_examples(data_cfg, kind: str):
     """(train, eval or None) datasets of the built-in task in ``kind``'s normal form."""
     from datasets import Dataset, Features
 
-    from ftrun import tasks
+    from ftrun import letters
     from ftrun.data.kinds import FEATURES
 
-    if data_cfg.builtin not in tasks.BUILTIN:
-        raise ConfigError(f"data.builtin={data_cfg.builtin}: choose one of {', '.join(tasks.BUILTIN)}, "
+    if data_cfg.builtin not in letters.BUILTIN:
+        raise ConfigError(f"data.builtin={data_cfg.builtin}: choose one of {', '.join(letters.BUILTIN)}, "
                           "or give a file with data.path")
     make = VARIANTS[kind]
     out = []
-    for n, seed in ((data_cfg.num_train, tasks.TRAIN_SEED), (data_cfg.num_eval, tasks.EVAL_SEED)):
+    for n, seed in ((data_cfg.num_train, letters.TRAIN_SEED), (data_cfg.num_eval, letters.EVAL_SEED)):
         rows = make(n, seed) if n else []
         out.append(Dataset.from_list(rows, features=Features(FEATURES[kind])) if rows else None)
     return out[0], out[1]

@@ -13,7 +13,7 @@ import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ftrun.config import ConfigError
 

@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         print(reason)
         out["fits"] = {"ok": ok, "reason": reason}
     if own.get("measure"):
-        from ftrun.measure import measure
+        from ftrun.estimate.measured_peak import measure
 
         got = measure(cfg, steps=own.get("steps", 2))
         err = est.tensor_peak / got["tensor_peak"] - 1

@@ -1,6 +1,6 @@
 """The tensors of a run per device: weights, gradients, optimizer states, activations, the loss's and
 evaluation's buffers, and sharding over devices. Their peak is what ``torch.cuda.max_memory_allocated``
-shows on a GPU, and what PyTorch's profiler counts on CPU (``ftrun.measure``)."""
+shows on a GPU, and what PyTorch's profiler counts on CPU (``ftrun.estimate.measured_peak``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ An OpenAI-compatible HTTP server for a fine-tuned model, on 127.0.0.1 only:
 
 - ``run=`` is a run directory (base + adapter, as trained), an MLflow run id, or
   a model directory such as an export (``model=`` says the latter explicitly);
-  loading is ftrun.runs', as for chat and predict;
+  loading is ftrun.saved_runs', as for chat and predict;
 - ``GET /v1/models`` lists the one model (its id is ``name=``, default the
   run's name or the directory's);
 - ``POST /v1/chat/completions`` answers ``messages`` with the model's chat
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from ftrun.config import ConfigError
-from ftrun.runs import LoadArgs
+from ftrun.saved_runs import LoadArgs
 from ftrun.serve.generation import ServeGen
 
 log = logging.getLogger("ftrun.serve")
@@ -60,7 +60,7 @@ class ServeArgs(LoadArgs):
 
 
 def resolve_source(run: Optional[str], model: Optional[str]) -> dict:
-    """``run=`` a run, or a model directory (an export) given as run= or model=: the arguments for runs.load."""
+    """``run=`` a run, or a model directory (an export) given as run= or model=: the arguments for saved_runs.load."""
     if (run is None) == (model is None):
         raise ConfigError("give run=RUN_DIR_OR_EXPORT_DIR (or an MLflow run id), or model=MODEL_DIR")
     if model is not None:
@@ -85,15 +85,15 @@ def default_name(loaded, source: dict) -> str:
 def main(argv=None) -> None:
     import uvicorn
 
-    from ftrun import cli, runs
+    from ftrun import cli, saved_runs
     from ftrun.serve.app import create_app
 
     args = cli.parse(ServeArgs, argv, __doc__, positional="run")
     if not 0 < args.port < 65536:
         raise ConfigError(f"port={args.port}: give a port between 1 and 65535")
     source = resolve_source(args.run, args.model)
-    runs.quiet()
-    loaded = runs.load(**source, dtype=args.dtype, device=args.device, tracking_uri=args.tracking_uri)
+    saved_runs.quiet()
+    loaded = saved_runs.load(**source, dtype=args.dtype, device=args.device, tracking_uri=args.tracking_uri)
     model_id = args.name or default_name(loaded, source)
     for note in loaded.notes:
         log.info("%s", note)

@@ -11,7 +11,7 @@ from ftrun.serve.protocol import DONE, ApiError, ChatRequest, Reply, model_list,
 
 
 def create_app(loaded, model_id: str, defaults: Optional[ServeGen] = None):
-    """The FastAPI app serving ``loaded`` (a :class:`ftrun.runs.Loaded`) as ``model_id``."""
+    """The FastAPI app serving ``loaded`` (a :class:`ftrun.saved_runs.Loaded`) as ``model_id``."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse

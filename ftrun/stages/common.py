@@ -1,7 +1,7 @@
 """What every stage recipe shares: its data (:func:`prepare_data`), the starting model (a run's
-saved model, found by :func:`ftrun.runs.resolve_run_dir`), the tracker (:func:`start_tracking`)
+saved model, found by :func:`ftrun.saved_runs.resolve_run_dir`), the tracker (:func:`start_tracking`)
 and the MLflow callbacks.
-The train -> evaluate -> save -> report tail is :mod:`ftrun.trainer`'s.
+The train -> evaluate -> save -> report tail is :mod:`ftrun.fit`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ftrun.config import ConfigError
 from ftrun.contract import MODEL_DIR
-from ftrun.runs import resolve_run_dir
+from ftrun.saved_runs import resolve_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ def prepare_data(cfg) -> StageData:
     """
     from transformers import set_seed
 
-    from ftrun import keep
+    from ftrun import worker_cache
     from ftrun.config import to_container
     from ftrun.data import build_datasets
     from ftrun.model import load_tokenizer
-    from ftrun.trainer import current_phases
+    from ftrun.fit import current_phases
 
     phases = current_phases()
     set_seed(cfg.seed)
@@ -63,7 +63,7 @@ def prepare_data(cfg) -> StageData:
     log.info("Loading tokenizer for model '%s'", cfg.model.name)
     tokenizer = load_tokenizer(model_cfg)
     log.info("Building %s data '%s' (cutoff_len=%d)", cfg.stage.name, cfg.data.name, cfg.data.cutoff_len)
-    train, evals, report = keep.shared(
+    train, evals, report = worker_cache.shared(
         "tokenized data", {"data": to_container(cfg.data), "model": to_container(model_cfg),
                            "stage": str(cfg.stage.name)},
         lambda: build_datasets(cfg.data, tokenizer, stage=str(cfg.stage.name)))
@@ -75,7 +75,7 @@ def prepare_data(cfg) -> StageData:
 def start_tracking(cfg, run_dir: Path, overrides):
     """The run's tracker (MLflow, or one that records nothing with tracking.enabled=false)."""
     from ftrun.tracking import make_tracker
-    from ftrun.trainer import current_phases
+    from ftrun.fit import current_phases
 
     phases = current_phases()
     phases.mark("model")
@@ -100,7 +100,7 @@ def log_start(tracker, model, data: StageData) -> None:
 
 def run_model_dir(ref: str, key: str) -> Path:
     """The ``model/`` a finished run saved (an adapter or full weights); runs are found as
-    :func:`ftrun.runs.resolve_run_dir` finds them."""
+    :func:`ftrun.saved_runs.resolve_run_dir` finds them."""
     model_dir = resolve_run_dir(ref, key=key) / MODEL_DIR
     if not (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
         raise ConfigError(f"{key}={ref}: {model_dir} holds no saved model; did that run finish?")

@@ -19,7 +19,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     from trl import KTOConfig, KTOTrainer
 
     from ftrun.stages.common import load_policy, log_start, prepare_data, stage_callbacks, start_from_run, start_tracking
-    from ftrun.trainer import train_and_report, training_arguments
+    from ftrun.fit import train_and_report, training_arguments
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
     check_eval_labels(cfg, data.eval)

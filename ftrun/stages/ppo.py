@@ -28,7 +28,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
 
     from ftrun.stages.common import (load_policy, load_reward_model, log_start, prepare_data, stage_callbacks,
                                      start_from_run, start_tracking)
-    from ftrun.trainer import train_and_report, training_arguments
+    from ftrun.fit import train_and_report, training_arguments
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
     tokenizer = data.tokenizer
@@ -59,31 +59,25 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
         processing_class=tokenizer,
         reward_processing_classes=[reward_tokenizer],
         peft_config=peft_config,
-        callbacks=[PolicyLoss(st.beta), *stage_callbacks(cfg, tracker)],
+        callbacks=[policy_loss_callback(st.beta), *stage_callbacks(cfg, tracker)],
     )
     log_start(tracker, trainer.model, data)
     return train_and_report(cfg, trainer, tokenizer, tracker, run_dir, extra_metrics=reward_summary)
 
 
-def _callback_base():
+def policy_loss_callback(beta: float):
+    """A TrainerCallback that adds ``policy_loss`` (the clipped surrogate alone: loss - beta x kl) to each
+    train log. TRL logs it only when an entropy bonus is on; both terms are averaged over the same
+    completion tokens, so the difference is the policy part of the loss. (Built here, not at import:
+    transformers loads only when a run does.)"""
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    class PolicyLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "policy_loss" not in logs:
+                logs["policy_loss"] = logs["loss"] - beta * logs.get("kl", 0.0)
 
-
-class PolicyLoss(_callback_base()):
-    """Adds ``policy_loss`` (the clipped surrogate alone: loss - beta x kl) to each train log.
-
-    TRL logs it only when an entropy bonus is on; both terms are averaged over
-    the same completion tokens, so the difference is the policy part of the loss.
-    """
-
-    def __init__(self, beta: float):
-        self.beta = beta
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and "policy_loss" not in logs:
-            logs["policy_loss"] = logs["loss"] - self.beta * logs.get("kl", 0.0)
+    return PolicyLoss()
 
 
 def reward_summary(history) -> dict:

@@ -18,7 +18,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
 
     from ftrun.model import apply_method, load_model
     from ftrun.stages.common import log_start, prepare_data, stage_callbacks, start_from_run, start_tracking
-    from ftrun.trainer import train_and_report, training_arguments
+    from ftrun.fit import train_and_report, training_arguments
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
     cfg = start_from_run(cfg, run_dir)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def run(cfg, run_dir: Path, overrides=None) -> float:
     from ftrun.model import apply_method, load_model
     from ftrun.stages.common import log_start, prepare_data, start_from_run, start_tracking
-    from ftrun.trainer import current_phases, train_and_report
+    from ftrun.fit import current_phases, train_and_report
     from sweeper.trial import pruning_callback
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
@@ -42,7 +42,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     from transformers import Trainer
 
     from ftrun.data import make_collator
-    from ftrun.trainer import argmax_logits, custom_optimizer, training_arguments
+    from ftrun.fit import argmax_logits, custom_optimizer, training_arguments
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
     optimizers = custom_optimizer(cfg, model, args)  # BAdam; (None, None): the Trainer builds it

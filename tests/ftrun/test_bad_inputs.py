@@ -37,7 +37,7 @@ def cases(tmp_path_factory):
 
 def test_every_schema_key_and_sweeper_setting_has_cases(cases):
     from ftrun.config import Config
-    from ftrun.schema_checks import leaf_keys
+    from ftrun.config.schema_checks import leaf_keys
     from sweeper.config import FtrunSweeperConf
 
     keys = {k for k, _ in leaf_keys(Config)}

@@ -30,7 +30,7 @@ def exported(tmp_path_factory, tiny_dir):
 @pytest.fixture(scope="module")
 def expected(exported):
     """Greedy answers to PROMPTS, each asked alone, by ftrun.generate.generate (no streamer, batch of one)."""
-    from ftrun.runs import load
+    from ftrun.saved_runs import load
 
     loaded = load(model=str(exported[1]), device="cpu")
     return [generate(loaded.model, loaded.tokenizer, [[{"role": "user", "content": p}]],
@@ -86,7 +86,7 @@ def test_terminal_session_streams_and_obeys_commands(exported, expected):
         child.close()
     assert child.exitstatus == 0
     # a system prompt changes the context, so compare with a direct call that uses it too
-    from ftrun.runs import load
+    from ftrun.saved_runs import load
 
     loaded = load(model=str(dest), device="cpu")
     want = generate(loaded.model, loaded.tokenizer, [[{"role": "system", "content": "You answer letter puzzles."},
@@ -96,7 +96,7 @@ def test_terminal_session_streams_and_obeys_commands(exported, expected):
 
 
 def test_chat_object_history_streaming_and_context_trimming(exported, expected):
-    from ftrun.runs import load
+    from ftrun.saved_runs import load
 
     loaded = load(model=str(exported[1]), device="cpu")
     chat = Chat(loaded.model, loaded.tokenizer, gen=ChatGen(max_new_tokens=24))

@@ -1,4 +1,4 @@
-"""estimate: the estimated peak memory against the peak measured by ftrun.measure (PyTorch's profiler)
+"""estimate: the estimated peak memory against the peak measured by ftrun.estimate.measured_peak (PyTorch's profiler)
 over real training steps on CPU, for every method, on the built-in model and on a random-weight model
 of Qwen2.5-0.5B's shapes (2 of its 24 layers, to keep the test short; bench/memory_estimate.py has
 the full-depth and 1.5B-like table); plus the components' arithmetic, fits() and the command line."""
@@ -24,7 +24,7 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "fals
 @pytest.fixture(scope="module")
 def half_b_like(tmp_path_factory):
     """Random weights of Qwen2.5-0.5B's shapes (151,936-token vocabulary, tied embeddings), 2 layers."""
-    from ftrun.measure import random_model
+    from ftrun.estimate.measured_peak import random_model
 
     return random_model(tmp_path_factory.mktemp("models") / "qwen2.5-0.5b-like-2l", "qwen2.5-0.5b-like", layers=2)
 
@@ -43,7 +43,7 @@ def _half_b(path, method, *extra):
 
 
 def _check(cfg):
-    from ftrun.measure import measure
+    from ftrun.estimate.measured_peak import measure
 
     est = estimate(cfg, device="cpu", measure_baseline=False)
     got = measure(cfg, steps=2)

@@ -104,7 +104,7 @@ def test_mistakes_name_the_override_to_fix(overrides, key, fix):
 
 def test_keep_best_turns_on_checkpoints_at_every_evaluation(tmp_path):
     from ftrun.config import resolved
-    from ftrun.trainer import training_arguments
+    from ftrun.fit import training_arguments
 
     on = training_arguments(resolved(compose_cfg(GEN_RUN)), tmp_path)
     assert on.load_best_model_at_end and on.metric_for_best_model == "eval_rouge_l" and on.greater_is_better

@@ -295,7 +295,7 @@ def check_pref_ftx(tmp_path, monkeypatch):
     from trl import DPOConfig
 
     from ftrun.stages.dpo import dpo_loss_arguments
-    from ftrun.trainer import training_arguments
+    from ftrun.fit import training_arguments
 
     cfg = resolved(compose_cfg(["stage=dpo", "pref_ftx=0.5", "stage.loss_type=[sigmoid,ipo]"]))
     validate(cfg)
@@ -321,7 +321,7 @@ def check_pref_ftx(tmp_path, monkeypatch):
 def check_ppo_scale_rewards(tmp_path, monkeypatch):
     from trl import GRPOConfig
 
-    from ftrun.trainer import training_arguments
+    from ftrun.fit import training_arguments
 
     for value in ("group", "batch", "none"):
         cfg = resolved(compose_cfg(["stage=ppo", f"stage.ppo.scale_rewards={value}"]))
@@ -367,7 +367,7 @@ def test_knob_effect(knob, tiny_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset, stage, offload", [
     ("zero2", 2, False), ("zero2_offload", 2, True), ("zero3", 3, False), ("zero3_offload", 3, True)])
 def test_deepspeed_presets_become_the_trainers_deepspeed_config(preset, stage, offload, tmp_path):
-    from ftrun.trainer import training_arguments
+    from ftrun.fit import training_arguments
 
     cfg = resolved(compose_cfg([f"sharding={preset}", "grad_accum=2"]))
     validate(cfg)
@@ -383,7 +383,7 @@ def test_deepspeed_presets_become_the_trainers_deepspeed_config(preset, stage, o
 
 @pytest.mark.parametrize("preset", ["fsdp", "fsdp_offload"])
 def test_fsdp_presets_become_the_trainers_fsdp_options(preset, tmp_path):
-    from ftrun.trainer import sharding_arguments
+    from ftrun.fit import sharding_arguments
 
     cfg = resolved(compose_cfg([f"sharding={preset}"]))
     validate(cfg)
@@ -392,7 +392,7 @@ def test_fsdp_presets_become_the_trainers_fsdp_options(preset, tmp_path):
 
 
 def test_liger_and_flash_attention_are_refused_on_cpu_with_the_fix(tmp_path):
-    from ftrun.trainer import training_arguments
+    from ftrun.fit import training_arguments
 
     cfg = resolved(compose_cfg(["enable_liger_kernel=true"]))
     assert training_arguments(cfg, tmp_path).use_liger_kernel is True

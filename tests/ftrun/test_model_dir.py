@@ -1,11 +1,11 @@
-"""ftrun/model_dir.py: a model.path that is not a model is named by what it lacks, before anything loads."""
+"""ftrun/config/model_dir.py: a model.path that is not a model is named by what it lacks, before anything loads."""
 
 from __future__ import annotations
 
 import pytest
 
 from ftrun.config import ConfigError
-from ftrun.model_dir import model_dir_problems, require_model_files
+from ftrun.config.model_dir import model_dir_problems, require_model_files
 
 
 def _folder(tmp_path, *files):

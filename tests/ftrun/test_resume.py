@@ -139,7 +139,7 @@ def test_a_write_that_fails_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from ftrun.trainer import _disk_full
+    from ftrun.fit import _disk_full
 
     assert _disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     wrapped = RuntimeError("PytorchStreamWriter failed")

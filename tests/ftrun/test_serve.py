@@ -55,7 +55,7 @@ def run_dir(tmp_path_factory, tiny_dir):
 @pytest.fixture(scope="module")
 def expected(run_dir):
     """Greedy answers to PROMPTS, each asked alone, by ftrun.generate.generate on the run's model."""
-    from ftrun.runs import load
+    from ftrun.saved_runs import load
 
     loaded = load(run=str(run_dir), device="cpu")
     return [generate(loaded.model, loaded.tokenizer, [[{"role": "user", "content": p}]],

@@ -127,7 +127,7 @@ def test_sft_then_dpo_from_its_mlflow_run_id(tiny_dir, tmp_path, mlflow_uri):
 
 
 def test_run_name_directory_resolves_to_its_newest_finished_run(tmp_path):
-    from ftrun.runs import resolve_run_dir
+    from ftrun.saved_runs import resolve_run_dir
 
     for stamp in ("2026-01-01_00-00-00", "2026-01-02_00-00-00", "2026-01-03_00-00-00"):
         (tmp_path / "rm-demo" / stamp).mkdir(parents=True)

@@ -12,6 +12,7 @@ Without them ``from_pretrained`` fails late and off the point (a folder without 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, List
 
@@ -23,6 +24,12 @@ WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json
 PARTS = ("config", "tokenizer", "weights")
 _FOLDER = "a Hugging Face model folder holds config.json, tokenizer files (tokenizer.json ...) and *.safetensors"
 
+
+
+def looks_local(path: str) -> bool:
+    """A local path rather than a hub id: a hub id is "org/name"; anything starting like a path, or with more
+    parts, or that exists here, is local."""
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path)
 
 def model_dir_problems(path: str, need: Iterable[str] = PARTS) -> List[str]:
     """What keeps ``path`` from being a model directory, for the parts in ``need`` (config, tokenizer,
@@ -52,11 +59,10 @@ def model_dir_problems(path: str, need: Iterable[str] = PARTS) -> List[str]:
 def require_model_files(model_cfg, need: Iterable[str] = PARTS) -> None:
     """Before anything loads from a local ``model.path``: it holds the parts in ``need`` (by default
     config.json, a tokenizer and weights), else :class:`ftrun.config.ConfigError` names what is missing."""
-    from ftrun.config import ConfigError
-    from ftrun.config.validation import _looks_local
+    from ftrun.config.errors import ConfigError
 
     path = model_cfg.path
-    if path is None or not _looks_local(str(path)):
+    if path is None or not looks_local(str(path)):
         return
     problems = model_dir_problems(str(path), need)
     if problems:

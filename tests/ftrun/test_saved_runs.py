@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from ftrun.config import ConfigError
-from ftrun.runs import LoadArgs, RunArgs, resolve_run_dir
+from ftrun.saved_runs import LoadArgs, RunArgs, resolve_run_dir
 
 
 def _runs(root, finished, unfinished=()):

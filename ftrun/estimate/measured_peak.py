@@ -33,7 +33,7 @@ import os
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger("ftrun.measure")
+log = logging.getLogger("ftrun.estimate.measured_peak")
 
 
 def _status_kib(key: str) -> int:
@@ -73,7 +73,7 @@ def random_rows(n: int, length: int, vocab: int, seed: int):
 
 def measure(cfg, steps: int = 2, workdir=None) -> dict:
     """Peak memory of loading the model and training ``steps`` steps (plus one eval batch), on CPU."""
-    from ftrun.trainer import quiet_libraries
+    from ftrun.fit import quiet_libraries
 
     quiet_libraries()
     # transformers loads checkpoint shards in worker threads by default; the profiler sees only this
@@ -97,7 +97,7 @@ def _measure(cfg, steps: int, workdir) -> dict:
 
     from ftrun.config import has_eval
     from ftrun.model import apply_method, load_model, model_config_dict
-    from ftrun.trainer import argmax_logits, exact_match, training_arguments
+    from ftrun.fit import argmax_logits, exact_match, training_arguments
 
     if torch.cuda.is_available():
         raise RuntimeError("measure() measures CPU memory; hide the GPU (CUDA_VISIBLE_DEVICES=)")
