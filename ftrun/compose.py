@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ftrun.contract import COMPOSE_ERRORS_ENV as _OURS  # HYDRA_FULL_ERROR set here, not by the user
+
 CONF_PACKAGE = "ftrun.conf"
 CONF_PATH = f"pkg://{CONF_PACKAGE}"
 CONFIG_NAME = "config"
@@ -77,7 +79,6 @@ def compose_error(e: BaseException) -> str:
 
 
 _FULL_ERROR = "HYDRA_FULL_ERROR"
-_OURS = "FTRUN_COMPOSE_ERRORS"  # marks HYDRA_FULL_ERROR as set here, not by the user (trials inherit both)
 
 
 def exit_2_on_compose_error(hydra_app) -> None:

@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence, Tuple
 
+from ftrun.contract import MEASURING_BASELINE_ENV as MEASURING_ENV  # its own estimate needs no baseline
+
 log = logging.getLogger("ftrun.estimate")
 
-MEASURING_ENV = "FTRUN_MEASURING_BASELINE"  # set in the measuring run: its own estimate needs no baseline
 MICRO_RUN = ["max_steps=2", "batch_size=1", "cutoff_len=32", "data=letters", "data.num_train=16", "data.num_eval=4",
              "train.eval_batch_size=1", "train.save_steps=0", "name=baseline"]
 """The measuring run's overrides, beside method=<the method> (everything else is the default run's)."""
