@@ -5,7 +5,7 @@ tests, each checking one behaviour: two slots overlapping in time, a trial that
 the pruner stops early, a failing trial, and the MLflow parent/child structure.
 The enqueued trials make it deterministic: two good learning rates run side by
 side, then a trial with batch_size=0 (fails), then lr=1e-5 (pruned at its first
-evaluation against the median of the two finished ones).
+evaluation past the pruner's warmup, against the median of the two finished ones).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from sweeper_helpers import ftrun_multirun
 
 FAST_TRIAL = ["data.num_train=64", "data.num_eval=32", "max_steps=12", "train.logging_steps=2",
               "train.eval_steps=2", "train.save_steps=0"]
-MEDIAN = "hydra.sweeper.pruner={name:median,n_startup_trials:2,n_warmup_steps:0}"
+# Pruning starts at 32 examples (step 4): at step 2 the higher learning rates' loss is still rising
+# above lr=1e-5's, so a pruner there would have nothing to say.
+MEDIAN = "hydra.sweeper.pruner={name:median,n_startup_trials:2,n_warmup_steps:32}"
 
 
 def load(sweep_dir: Path):
@@ -60,9 +62,9 @@ def test_pruned_trial_stops_early_and_is_pruned(sweep):
     assert t.state == optuna.trial.TrialState.PRUNED
     result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
     assert result["pruned"] is True
-    assert result["global_step"] == 2 < 12  # stopped at its first evaluation, not after max_steps
-    # reported under the training examples seen (2 steps of batch 8), so batch sizes compare fairly
-    assert list(t.intermediate_values) == [2 * 8]
+    assert result["global_step"] == 4 < 12  # stopped at its first evaluation past the warmup, not at max_steps
+    # reported under the training examples seen (steps of batch 8), so batch sizes compare fairly
+    assert list(t.intermediate_values) == [2 * 8, 4 * 8]
 
 
 def test_failing_trial_is_fail_with_reason_and_sweep_finishes(sweep):
