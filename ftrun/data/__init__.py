@@ -230,7 +230,7 @@ def check_stage_data(cfg) -> None:
         from ftrun.contract import OPTUNA_STORAGE_ENV
 
         in_sweep = bool(os.environ.get(OPTUNA_STORAGE_ENV))  # a trial: comparing train losses would pick overfitting
-        if cfg.objective in ("eval_loss", "eval_perplexity") and not in_sweep:  # trainer.py falls back to train loss
+        if cfg.objective in ("eval_loss", "eval_perplexity") and not in_sweep:  # ftrun.fit falls back to train loss
             log.warning("objective=%s: %s holds out no eval split, so the run returns its final train loss; "
                         "set %s for a held-out loss", cfg.objective, held, fix)
         else:
