@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenSettings:
+    """How a model answers: the decoding settings of predict, chat, serve and generative evaluation."""
+
     max_new_tokens: int = 64
     """Longest answer, in tokens."""
     temperature: float = 0.0
