@@ -28,8 +28,8 @@ def letters_pairs(n: int, seed: int) -> List[dict]:
     rng = random.Random(seed + 1000)
     pairs = []
     for row in letters.letters(n, seed):
-        letters = row["input"].split()
-        wrong = {" ".join(f(letters)).upper() for f in letters.OPERATIONS.values()} - {row["output"]}
+        words = row["input"].split()
+        wrong = {" ".join(f(words)).upper() for f in letters.OPERATIONS.values()} - {row["output"]}
         pairs.append({"prompt": [{"role": "user", "content": row["instruction"] + "\n" + row["input"]}],
                       "chosen": row["output"], "rejected": rng.choice(sorted(wrong))})
     return pairs
