@@ -1,5 +1,8 @@
 """The trial's side of the sweep: report each evaluation to the study and stop when pruned.
 
+With ``hydra.sweeper.rung_branch`` the value reported at a rung is that of a decay branch
+(:mod:`sweeper.rung_branch`).
+
 The sweeper starts every trial with these environment variables; a run started
 without them (a plain ``python -m ftrun``) gets no callback and never touches
 Optuna.
