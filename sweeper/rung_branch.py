@@ -12,13 +12,10 @@ step, gradient clipping, optimizer and evaluation loop.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
