@@ -335,13 +335,14 @@ def _check_sweep(cfg, searched: Sequence[str]) -> None:
     """The plugin's order: the settings and search expressions, then the run every trial shares."""
     from omegaconf import OmegaConf
 
-    from sweeper.setting_checks import check_settings, check_shared_run
+    from sweeper.setting_checks import check_rung_branch, check_settings, check_shared_run
     from sweeper.space import parse_search_space
 
     conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     check_settings(conf, searched)
     space = parse_search_space({**(conf.get("search_space") or {}), **(conf.get("params") or {})}, searched)
     check_shared_run(cfg, list(space.distributions))
+    check_rung_branch(conf, cfg, list(space.distributions))
 
 
 def names_key(case: Case, message: str) -> bool:

@@ -54,6 +54,9 @@ OPTUNA_PRUNER_ENV = "FTRUN_OPTUNA_PRUNER"
 """Set by the sweeper: JSON of hydra.sweeper.pruner; unset means no pruning."""
 OPTUNA_OBJECTIVE_ENV = "FTRUN_OPTUNA_OBJECTIVE"
 """Set by the sweeper: the metric the trial reports (default: the run's objective)."""
+RUNG_BRANCH_ENV = "FTRUN_RUNG_BRANCH"
+"""Set by the sweeper from hydra.sweeper.rung_branch: the share of the steps so far that a rung's decay branch
+trains (sweeper.rung_branch); unset means the rung reports the stable-phase evaluation."""
 COMPOSE_ERRORS_ENV = "FTRUN_COMPOSE_ERRORS"
 """Set by ftrun.compose with HYDRA_FULL_ERROR: marks it as set by ftrun, not the user (trials inherit both)."""
 MEASURING_BASELINE_ENV = "FTRUN_MEASURING_BASELINE"
@@ -115,6 +118,10 @@ ATTR_SURPLUS = "surplus"
 """On a trial asked for but never run: other sweepers of a shared study had already started the last of n_trials."""
 ATTR_OOM_RETRY = TAG_OOM_RETRY
 ATTR_PRUNED = TAG_PRUNED
+ATTR_BRANCH_STEPS = "branch_steps"
+"""Optimizer steps a trial spent in rung decay branches (hydra.sweeper.rung_branch); also in result.json."""
+ATTR_BRANCH_S = "branch_s"
+"""Seconds a trial spent in rung decay branches (training and evaluating them); also in result.json."""
 
 
 def cache_root() -> Path:

@@ -17,7 +17,8 @@ from typing import Callable, Dict, Optional
 
 from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
                           last_checkpoint)
-from ftrun.contract import LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TRAINER_STATE
+from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON,
+                            TRAINER_STATE)
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,9 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     from ftrun.progress import show_progress
 
     show_progress(trainer, cfg)  # one live line (a terminal) or plain lines, in place of raw dicts
+    pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
+    if pruning is not None:
+        pruning.trainer = trainer  # a rung's decay branch (hydra.sweeper.rung_branch) trains through it
     status = "FAILED"
     try:
         if checkpoint:
@@ -265,13 +269,15 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         if extra_metrics is not None:
             summary.update(extra_metrics(history))
         objective = _objective(cfg, {**metrics, **summary}, summary)
-        pruning = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PruningCallback"), None)
         summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
         if summary["pruned"]:
             from sweeper.trial import mark_pruned
 
             log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
             mark_pruned(tracker, pruning.pruned_at_step)
+        if pruning is not None and pruning.branch_steps:  # rung decay branches: their cost, apart from training
+            summary.update({ATTR_BRANCH_STEPS: pruning.branch_steps, ATTR_BRANCH_S: round(pruning.branch_s, 3)})
+            phases.move(pruning.branch_s, "train", "branch")
 
         model_dir = run_dir / MODEL_DIR
         trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it

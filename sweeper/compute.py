@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
-from ftrun.contract import ATTR_SURPLUS, ATTR_TRIAL_DIR
+from ftrun.contract import ATTR_BRANCH_S, ATTR_SURPLUS, ATTR_TRIAL_DIR
 
 GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
 KINDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -53,6 +53,8 @@ class Compute:
     saved_s: float = 0.0
     """What the pruned trials would have cost to finish: the median complete trial's seconds minus their own."""
     mean_complete_s: Optional[float] = None
+    branch_s: float = 0.0
+    """Of the trial-seconds used, those spent in rung decay branches (hydra.sweeper.rung_branch)."""
 
     @property
     def used_s(self) -> float:
@@ -76,6 +78,8 @@ def compute_account(trials: Iterable[Any]) -> Compute:
         out.seconds[kind] = out.seconds.get(kind, 0.0) + trial_seconds(t)
         if kind == "complete":
             complete.append(trial_seconds(t))
+        if kind in FINISHED:  # as the trial last reported it (a trial stopped mid-branch reports none for it)
+            out.branch_s += float(t.user_attrs.get(ATTR_BRANCH_S) or 0.0)
     if complete:
         out.mean_complete_s = sum(complete) / len(complete)
         full = statistics.median(complete)
@@ -97,6 +101,9 @@ def grid_cost(compute: Compute, space) -> Dict[str, Any]:
 def compute_text(compute: Compute, grid: Dict[str, Any]) -> str:
     """One paragraph: trial-seconds spent, and against the grid when priced."""
     text = f"Spent {compute.used_s:.0f} trial-seconds on {compute.trained} trials"
+    if compute.branch_s and compute.used_s:
+        text += (f" ({compute.branch_s:.0f} of them, {100 * compute.branch_s / compute.used_s:.0f}%, in rung decay "
+                 "branches)")
     if not grid:
         return text + "."
     how = ("the grid of this space" if grid["finite"] else

@@ -34,6 +34,11 @@ class FtrunSweeperConf:
     study_name: Optional[str] = None
     """null: derived from the sweep preset, model, data and a hash of the search space."""
 
+    rung_branch: Optional[float] = None
+    """At each rung, report the evaluation of a short decay branch instead of the stable phase's: the trial saves its
+    state, trains this share of its steps so far (>= 1) with the learning rate decaying to 0 as the run's own
+    decay, evaluates, and restores the state. Needs scheduler=wsd and a pruner. null = off."""
+
     # -- how many, how parallel ------------------------------------------------
     n_trials: int = 20
     """Total trials wanted in the study (complete + pruned), counting those of earlier runs."""

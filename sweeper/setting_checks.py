@@ -55,6 +55,31 @@ def check_shared_run(job_cfg, searched: Sequence[str]) -> None:
                               + "\n  ".join(kept)) from None
 
 
+def check_rung_branch(conf: Mapping[str, Any], job_cfg, searched: Sequence[str]) -> None:
+    """Raise :class:`SweepConfigError` when ``hydra.sweeper.rung_branch`` is set for a sweep it cannot serve: a
+    decay branch needs the stable phase of scheduler=wsd, a pruner to report to, and one process per trial."""
+    share = conf.get("rung_branch")
+    if share is None:
+        return
+    from sweeper.settings import select
+    from sweeper.study import pruner_key
+
+    key = f"hydra.sweeper.rung_branch={share}"
+    scheduler = select(job_cfg, "scheduler.name")
+    if "scheduler" in searched or "scheduler.name" in searched:
+        raise SweepConfigError(f"{key}: a decay branch needs every trial on scheduler=wsd; do not search scheduler")
+    if scheduler != "warmup_stable_decay":
+        raise SweepConfigError(f"{key}: a decay branch starts from a stable phase, and scheduler={scheduler} has "
+                               "none; add scheduler=wsd (or drop rung_branch)")
+    objectives = conf.get("objectives") or [select(job_cfg, "objective")]
+    if pruner_key(conf.get("pruner", "median")) == "none" or len(objectives) > 1:
+        raise SweepConfigError(f"{key}: a branch's score goes to the pruner, and this sweep has none (pruner=none, "
+                               "or several objectives); set hydra.sweeper.pruner=hyperband (or drop rung_branch)")
+    if (conf.get("gpus_per_trial") or 0) > 1:
+        raise SweepConfigError(f"{key}: decay branches run in one process for now; set hydra.sweeper."
+                               f"gpus_per_trial=1 (have {conf.get('gpus_per_trial')}) or drop rung_branch")
+
+
 def _check_counts(conf: Mapping[str, Any], bad: Callable[[str, str], None]) -> None:
     def number(key: str, ok: Callable[[float], bool], why: str, optional: bool = True) -> None:
         value = conf.get(key)
@@ -79,6 +104,8 @@ def _check_counts(conf: Mapping[str, Any], bad: Callable[[str, str], None]) -> N
            optional=False)
     number("worker_max_trials", lambda v: v >= 0, "must be >= 0 (0: never replace a warm worker)", optional=False)
     number("worker_max_rss_mb", lambda v: v > 0, "must be > 0 MB, or null for no bound")
+    number("rung_branch", lambda v: 0 < v <= 1, "must be in (0, 1] (a decay branch's steps as a share of the "
+           "steps trained so far, e.g. 0.15), or null for no branch")
 
 
 def _check_choices(conf: Mapping[str, Any], bad: Callable[[str, str], None]) -> None:

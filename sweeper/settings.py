@@ -72,6 +72,8 @@ class Settings:
     """How often running trials' heartbeats are recorded."""
     stale_after_s: float
     """A RUNNING trial with no heartbeat for this long was left behind by a dead sweeper."""
+    rung_branch: Optional[float] = None
+    """Share of its steps so far that a trial trains in a decay branch at each rung (null: no branch)."""
 
     @property
     def multi(self) -> bool:
@@ -124,7 +126,8 @@ def read_settings(conf: Mapping[str, Any], space: SearchSpace, job_cfg, sweep_ro
         base_values=_base_values(space, job_cfg),
         budget_trial_s=positive(conf.get("budget_trial_s"), "budget_trial_s"),
         budget_wall_s=positive(conf.get("budget_wall_s"), "budget_wall_s"),
-        heartbeat_s=float(conf.get("heartbeat_s", 10.0)), stale_after_s=float(conf.get("stale_after_s", 60.0)))
+        heartbeat_s=float(conf.get("heartbeat_s", 10.0)), stale_after_s=float(conf.get("stale_after_s", 60.0)),
+        rung_branch=None if conf.get("rung_branch") is None else float(conf["rung_branch"]))
 
 
 def positive(value: Any, key: str) -> Optional[float]:

@@ -68,6 +68,7 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
                      + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
     spent = {"trial_seconds": compute.used_s, "trials": compute.trained, "saved_s": compute.saved_s,
+             "branch_s": compute.branch_s,
              **{k: v for k, v in grid.items() if k != "finite"}}
     return {"counts": counts, "compute": spent,
             "best_trials": [t.number for t in best], "best_values": [list(t.values) for t in best],

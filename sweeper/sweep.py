@@ -43,6 +43,7 @@ from sweeper.compute import compute_account
 from sweeper.outcome import Outcome, classify, diverged, has_checkpoint, is_oom, log_tail, read_result
 from sweeper.parent import ParentRun
 from sweeper.quota import TrialQuota
+from sweeper.setting_checks import check_rung_branch
 from sweeper.settings import Settings, plain, read_settings, select as cfg_select
 from sweeper.signals import StopSignals
 from sweeper.slot_memory import too_big
@@ -121,6 +122,7 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg: Union[
         from sweeper.setting_checks import check_shared_run
 
         check_shared_run(job_cfg, list(space.distributions))
+    check_rung_branch(conf, job_cfg, list(space.distributions))
     return Sweep(read_settings(conf, space, job_cfg, Path(sweep_root), entry_args)).run()
 
 
@@ -271,7 +273,7 @@ class Sweep:
         cmd = trial_command(s.command, args, processes=slot.processes, launcher=s.conf.get("launcher", "accelerate"))
         env = trial_env(s.storage_url, s.study_name, stale_trials.trial_id(trial), trial.number,
                         pruner=None if pruner_key(s.pruner_spec) == "none" else s.pruner_spec,
-                        objective=s.objectives[0])
+                        objective=s.objectives[0], rung_branch=s.rung_branch)
         env.update(self._mlflow_env())
         for key, value in {ATTR_TRIAL_DIR: str(trial_dir), ATTR_OVERRIDES: overrides, "extra": list(extra),
                            "sweeper_host": s.host, "sweeper_pid": os.getpid(),

@@ -1,5 +1,8 @@
 """The trial's side of the sweep: report each evaluation to the study and stop when pruned.
 
+With ``hydra.sweeper.rung_branch`` the value reported at a rung is that of a decay branch
+(:mod:`sweeper.rung_branch`).
+
 The sweeper starts every trial with these environment variables; a run started
 without them (a plain ``python -m ftrun``) gets no callback and never touches
 Optuna.
@@ -19,19 +22,22 @@ from ftrun.contract import OPTUNA_STORAGE_ENV as STORAGE_ENV
 from ftrun.contract import OPTUNA_STUDY_ENV as STUDY_ENV
 from ftrun.contract import OPTUNA_TRIAL_ID_ENV as TRIAL_ID_ENV
 from ftrun.contract import OPTUNA_TRIAL_NUMBER_ENV as TRIAL_NUMBER_ENV
-from ftrun.contract import TAG_PRUNED, TAG_PRUNED_AT_STEP
+from ftrun.contract import ATTR_BRANCH_S, ATTR_BRANCH_STEPS, TAG_PRUNED, TAG_PRUNED_AT_STEP
+from ftrun.contract import RUNG_BRANCH_ENV
 
 log = logging.getLogger(__name__)
 
 
 def trial_env(storage: str, study: str, trial_id: int, number: int, pruner=None,
-              objective: Optional[str] = None) -> dict:
+              objective: Optional[str] = None, rung_branch: Optional[float] = None) -> dict:
     """What the sweeper puts into a trial's environment."""
     env = {STORAGE_ENV: storage, STUDY_ENV: study, TRIAL_ID_ENV: str(trial_id), TRIAL_NUMBER_ENV: str(number)}
     if pruner is not None:
         env[PRUNER_ENV] = json.dumps(pruner)
     if objective:
         env[OBJECTIVE_ENV] = objective
+    if rung_branch is not None:
+        env[RUNG_BRANCH_ENV] = repr(float(rung_branch))
     return env
 
 
@@ -39,7 +45,9 @@ def pruning_callback(cfg):
     """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None."""
     if not os.environ.get(STORAGE_ENV) or PRUNER_ENV not in os.environ:
         return None
-    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples)
+    branch = os.environ.get(RUNG_BRANCH_ENV)
+    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples,
+                             rung_branch=float(branch) if branch else None)
 
 
 def mark_pruned(tracker, step: int) -> None:
@@ -51,11 +59,18 @@ def mark_pruned(tracker, step: int) -> None:
 
 class PruningCallback:
     """At every evaluation during training, rank 0 reports the objective to the Optuna
-    trial and asks the pruner; every rank learns the answer and stops training together."""
+    trial and asks the pruner; every rank learns the answer and stops training together.
 
-    def __init__(self, objective: str, every: int = 0):
+    With ``rung_branch`` (a share of the steps so far) the value reported is that of a decay branch
+    (:mod:`sweeper.rung_branch`), run through ``trainer``, which the run sets before training."""
+
+    def __init__(self, objective: str, every: int = 0, rung_branch: Optional[float] = None):
         self.objective = objective
         self.every = every  # train.eval_examples: report steps are rounded to its multiples
+        self.rung_branch = rung_branch
+        self.trainer = None  # set by ftrun.fit.train_and_report: a branch trains and evaluates through it
+        self.branch_steps = 0
+        self.branch_s = 0.0
         self.pruned = False
         self.pruned_at_step: Optional[int] = None
         self._trial = None
@@ -74,11 +89,16 @@ class PruningCallback:
         prune = False
         if state.is_world_process_zero:
             value = self._value(metrics or {})
+            if value is not None and self.rung_branch and state.global_step < state.max_steps:
+                value = self._branch_value(state)  # the run's last step already ends its own decay
             try:
                 if value is not None:
                     trial = self._get_trial()
                     seen = examples_seen(args, state, self.every)
                     trial.report(value, step=seen)
+                    if self.branch_steps:
+                        trial.set_user_attr(ATTR_BRANCH_STEPS, self.branch_steps)
+                        trial.set_user_attr(ATTR_BRANCH_S, round(self.branch_s, 3))
                     prune = trial.should_prune()
                     log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
                              value, state.global_step, seen, " -> pruned" if prune else "")
@@ -91,6 +111,22 @@ class PruningCallback:
             control.should_training_stop = True
 
     # -- helpers ---------------------------------------------------------------
+    def _branch_value(self, state) -> Optional[float]:
+        """The objective after a decay branch from here; the branch's eval metrics go to MLflow as branch_*."""
+        from sweeper.rung_branch import run_branch
+
+        if self.trainer is None:
+            raise RuntimeError("PruningCallback.trainer is unset: hydra.sweeper.rung_branch needs the Trainer")
+        branch = run_branch(self.trainer, self.rung_branch,
+                            loss_only=self.objective in ("eval_loss", "eval_perplexity"))
+        self.branch_steps += branch.steps
+        self.branch_s += branch.seconds
+        value = self._value(branch.metrics)
+        log.info("Rung branch at step %d: %d decay steps in %.1f s, %s=%s", state.global_step, branch.steps,
+                 branch.seconds, self.objective, "n/a" if value is None else f"{value:.4f}")
+        _log_to_mlflow({f"branch_{k}": v for k, v in branch.metrics.items()}, state.global_step)
+        return value
+
     def _value(self, metrics: dict) -> Optional[float]:
         if self.objective == "eval_perplexity" and "eval_loss" in metrics:
             value = math.exp(min(metrics["eval_loss"], 50.0))
@@ -115,6 +151,15 @@ class PruningCallback:
             )
             self._trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
         return self._trial
+
+
+def _log_to_mlflow(metrics: dict, step: int) -> None:
+    """Into the run's active MLflow run, if it has one (the tracker started it)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None and metrics:
+        mlflow.log_metrics(metrics, step=step)
 
 
 def examples_seen(args, state, every: int = 0) -> int:

@@ -45,3 +45,18 @@ def test_summary_report_and_board_agree_on_the_compute_spent(study, tmp_path):
 
     _, line, _ = read_trials("acct", f"sqlite:///{tmp_path / 'study.db'}")
     assert f"Spent {SPENT:.0f} trial-seconds on 4 trials" in line
+
+
+def test_the_account_states_the_share_spent_in_rung_decay_branches(tmp_path):
+    """Trials that ran rung branches (hydra.sweeper.rung_branch) report their seconds; the account sums them."""
+    from ftrun.contract import ATTR_BRANCH_S
+    from sweeper.compute import compute_account, compute_text
+
+    study = optuna.create_study(study_name="branches", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for seconds, branch_s in ((40.0, 6.0), (20.0, 4.0), (30.0, None)):
+        attrs = {"duration_s": seconds, **({ATTR_BRANCH_S: branch_s} if branch_s is not None else {})}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=attrs))
+    compute = compute_account(study.get_trials())
+    assert compute.branch_s == pytest.approx(10.0) and compute.used_s == pytest.approx(90.0)
+    assert "(10 of them, 11%, in rung decay branches)" in compute_text(compute, {})
+    assert "branches" not in compute_text(compute_account(study.get_trials()[2:]), {})
