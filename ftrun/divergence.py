@@ -3,10 +3,10 @@
 transformers' Trainer trains on through NaN: with its default
 ``logging_nan_inf_filter`` it even logs a made-up loss, and a run at ``lr=1e3``
 used to finish its 300 steps of NaN gradients with exit status 0.
-:class:`DivergenceCallback` looks at the gradients before every optimizer step
+:func:`divergence_callback` looks at the gradients before every optimizer step
 (after clipping, before the weights change) and at every logged loss; the first
 non-finite value raises :class:`Diverged`, so the weights are never updated with
-NaN. :func:`ftrun.train.train_and_report` turns it into ``status: diverged`` in
+NaN. :func:`ftrun.fit.train_and_report` turns it into ``status: diverged`` in
 ``result.json`` and a FAILED MLflow run tagged with the reason; ``python -m
 ftrun`` (and a warm sweep worker) exits with :data:`ftrun.exit_status.EXIT_DIVERGED`.
 
@@ -46,13 +46,22 @@ def _max_abs_grad(model) -> Optional[float]:
     return float(torch.stack([n.float().cpu() for n in norms]).max())
 
 
-def _callback_base():
-    from transformers import TrainerCallback
+def divergence_callback(patience: int = 1):
+    """A :class:`DivergenceWatch` as a transformers ``TrainerCallback`` (the class is built on first use, so
+    that importing :class:`Diverged` does not import transformers: ``python -m ftrun`` catches it before
+    its checks have run, and a refused run should take a fraction of a second)."""
+    global _CLASS
+    if _CLASS is None:
+        from transformers import TrainerCallback
 
-    return TrainerCallback
+        _CLASS = type("DivergenceCallback", (DivergenceWatch, TrainerCallback), {})
+    return _CLASS(patience)
 
 
-class DivergenceCallback(_callback_base()):
+_CLASS = None
+
+
+class DivergenceWatch:
     """Raises :class:`Diverged` at the first non-finite gradient (before the optimizer step) or logged loss."""
 
     def __init__(self, patience: int = 1):

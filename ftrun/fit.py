@@ -230,10 +230,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     The tail of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
-    from ftrun.divergence import DivergenceCallback
+    from ftrun.divergence import divergence_callback
 
     checkpoint = checkpoint_to_resume(cfg, run_dir)
-    trainer.add_callback(DivergenceCallback())  # every stage: a NaN loss or gradient stops the run
+    trainer.add_callback(divergence_callback())  # every stage: a NaN loss or gradient stops the run
     from ftrun.progress import show_progress
 
     show_progress(trainer, cfg)  # one live line (a terminal) or plain lines, in place of raw dicts

@@ -336,6 +336,23 @@ def test_cfg_job_does_not_import_torch():
     assert "method:" in out.stdout
 
 
+@pytest.mark.parametrize("override", ["method.target_modules=[]", "model.path=/no/such/model"])
+def test_a_run_refused_by_its_checks_imports_neither_torch_nor_transformers(override, tmp_path):
+    """The run's own checks (ftrun.train.run) refuse it before the heavy imports: a refusal takes a
+    fraction of a second, not the seconds transformers takes to import (ftrun.divergence once did)."""
+    code = (
+        f"import sys; sys.argv=['ftrun', {override!r}, 'output_root={tmp_path}', 'tracking.enabled=false']\n"
+        "from ftrun.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    status = e.code\n"
+        "assert status == 2, status\n"
+        "assert 'transformers' not in sys.modules, 'refusing imported transformers'\n"
+        "assert 'torch' not in sys.modules, 'refusing imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert override.split("=")[0] in out.stderr + out.stdout
+
+
 def test_the_template_choice_matches_the_templates_ftrun_has():
     # ftrun.config cannot import the data layer (composing must stay light), so the names are listed twice
     from ftrun.config import TEMPLATES
