@@ -102,8 +102,8 @@ def compute_text(compute: Compute, grid: Dict[str, Any]) -> str:
     """One paragraph: trial-seconds spent, and against the grid when priced."""
     text = f"Spent {compute.used_s:.0f} trial-seconds on {compute.trained} trials"
     if compute.branch_s and compute.used_s:
-        text += (f" ({compute.branch_s:.0f} of them, {100 * compute.branch_s / compute.used_s:.0f}%, in rung decay "
-                 "branches)")
+        text += (f" ({compute.branch_s:.1f} trial-seconds of them, {100 * compute.branch_s / compute.used_s:.0f}%, "
+                 "in rung decay branches)")
     if not grid:
         return text + "."
     how = ("the grid of this space" if grid["finite"] else

@@ -58,5 +58,5 @@ def test_the_account_states_the_share_spent_in_rung_decay_branches(tmp_path):
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=attrs))
     compute = compute_account(study.get_trials())
     assert compute.branch_s == pytest.approx(10.0) and compute.used_s == pytest.approx(90.0)
-    assert "(10 of them, 11%, in rung decay branches)" in compute_text(compute, {})
+    assert "(10.0 trial-seconds of them, 11%, in rung decay branches)" in compute_text(compute, {})
     assert "branches" not in compute_text(compute_account(study.get_trials()[2:]), {})
