@@ -389,18 +389,17 @@ def malformed_cases(tmp: Path) -> List[dict]:
 
 
 def malformed(work: Path, n: int, cli_sample: int = 5) -> List[dict]:
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     import ftrun.model
-    from ftrun.config import ConfigError, register_configs
+    from ftrun.compose import compose
+    from ftrun.config import ConfigError
     from ftrun.train import run
 
     tmp = work / "malformed"
     tmp.mkdir()
     cases = malformed_cases(tmp)[:n]
-    register_configs()
 
     class ModelLoaded(Exception):
         pass
@@ -413,9 +412,8 @@ def malformed(work: Path, n: int, cli_sample: int = 5) -> List[dict]:
     for i, case in enumerate(cases):
         row = {"what": case["what"], "overrides": case["overrides"]}
         try:
-            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=[*case["overrides"], "tracking.enabled=false",
-                                                               f"output_root={tmp / 'out'}", "data.num_train=16"])
+            cfg = compose([*case["overrides"], "tracking.enabled=false", f"output_root={tmp / 'out'}",
+                           "data.num_train=16"])
             run(cfg, tmp / f"run{i}")
             row["outcome"], row["survived"] = "no error: the run went on", False
         except ConfigError as e:

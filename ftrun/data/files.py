@@ -92,6 +92,7 @@ def load_file(path: Path):
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - explained below, then re-raised as a ConfigError
+        file_digest(path)  # not UTF-8 text: say the line and byte (diagnose_json would fail to decode it)
         if kind == "json":
             diagnose_json(path)
         cause = e.__cause__ or e

@@ -271,6 +271,15 @@ def test_malformed_jsonl_names_the_line(tok, tmp_path):
         build(tok, tmp_path, f"data.path={path}")
 
 
+def test_binary_bytes_that_are_not_json_either(tok, tmp_path):
+    """A file that datasets cannot parse and that is not UTF-8 (bench/faults.py's 'data binary'): the
+    message says where the text stops being UTF-8, not a UnicodeDecodeError from the JSON diagnosis."""
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=f"data.path={path}: line 2 is not UTF-8 text \\(byte 128\\)"):
+        build(tok, tmp_path, f"data.path={path}")
+
+
 def test_malformed_json_list_names_line_and_column(tok, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": "a" "output": "b"}\n]')
