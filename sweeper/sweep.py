@@ -43,7 +43,7 @@ from sweeper.compute import compute_account
 from sweeper.outcome import Outcome, classify, diverged, has_checkpoint, is_oom, log_tail, read_result
 from sweeper.parent import ParentRun
 from sweeper.quota import TrialQuota
-from sweeper.setting_checks import check_rung_branch
+from sweeper.setting_checks import check_rung_branch, check_shared_run
 from sweeper.settings import Settings, plain, read_settings, select as cfg_select
 from sweeper.signals import StopSignals
 from sweeper.slot_memory import too_big
@@ -119,8 +119,6 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg: Union[
         raise SweepConfigError("the sweep has no search space: give sweeps such as 'lr=tag(log,interval(1e-5,1e-1))' "
                                "on the command line, in hydra.sweeper.params, or pick a preset (sweep=lora_search)")
     if composed:  # a composed run config: what every trial would be refused for, before any study opens
-        from sweeper.setting_checks import check_shared_run
-
         check_shared_run(job_cfg, list(space.distributions))
     check_rung_branch(conf, job_cfg, list(space.distributions))
     return Sweep(read_settings(conf, space, job_cfg, Path(sweep_root), entry_args)).run()
