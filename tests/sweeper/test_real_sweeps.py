@@ -4,8 +4,8 @@ One sweep (module fixture, about 1.5 minutes on 2 cores) is read back by several
 tests, each checking one behaviour: two slots overlapping in time, a trial that
 the pruner stops early, a failing trial, and the MLflow parent/child structure.
 The enqueued trials make it deterministic: two good learning rates run side by
-side, then a trial with batch_size=0 (fails), then lr=1e-5 (pruned at its first
-evaluation past the pruner's warmup, against the median of the two finished ones).
+side, then a trial with batch_size=0 (fails), then lr=1e-5 (pruned at an evaluation
+past the pruner's warmup, against the median of the two finished ones).
 """
 
 from __future__ import annotations
@@ -62,9 +62,13 @@ def test_pruned_trial_stops_early_and_is_pruned(sweep):
     assert t.state == optuna.trial.TrialState.PRUNED
     result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
     assert result["pruned"] is True
-    assert result["global_step"] == 4 < 12  # stopped at its first evaluation past the warmup, not at max_steps
-    # reported under the training examples seen (steps of batch 8), so batch sizes compare fairly
-    assert list(t.intermediate_values) == [2 * 8, 4 * 8]
+    # stopped at an evaluation past the warmup, not at max_steps: the first one (step 4) when both start-up
+    # trials have completed by then, a later one when the other slot's trial was still training (n_jobs=2)
+    step = result["global_step"]
+    assert 4 <= step < 12 and step % 2 == 0
+    # reported at every evaluation up to there, under the training examples seen (steps of batch 8), so batch
+    # sizes compare fairly
+    assert list(t.intermediate_values) == [s * 8 for s in range(2, step + 1, 2)]
 
 
 def test_failing_trial_is_fail_with_reason_and_sweep_finishes(sweep):
