@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     def runs_filter(sp, experiment_help="MLflow experiment name (repeatable; default: all)"):
         sp.add_argument("--experiment", action="append", help=experiment_help)
         sp.add_argument("--sweep", help="only the trials of this sweep: parent run id or study name")
-        sp.add_argument("--status", action="append", choices=("finished", "pruned", "failed", "running", "killed"),
+        sp.add_argument("--status", action="append", choices=("finished", "pruned", "failed", "running", "paused", "killed"),
                         help="only runs in this state (repeatable)")
 
     c = sub.add_parser("compare", help="table of runs: differing params, metrics, state, diagnostics")

@@ -29,7 +29,7 @@ PARENT_TAG = C.TAG_PARENT
 TRIAL_TAGS = (C.TAG_TRIAL, "trial_number", "optuna.trial_number", "optuna_trial_number", "trial")
 STUDY_TAGS = (C.TAG_STUDY_NAME, "optuna.study_name", "optuna_study_name", "study")
 STORAGE_TAGS = (C.TAG_STORAGE, "optuna.storage", "optuna_storage")
-STATES = ("finished", "pruned", "failed", "running", "killed")
+STATES = ("finished", "pruned", "failed", "running", "paused", "killed")
 HISTORY_KEYS = ("train_loss", "eval_loss", "learning_rate", "grad_norm", "tokens_seen",
                 "tokens_per_second", "nonfinite_loss", "eval_exact_match")
 # params that say where or how a run was recorded, not what it trained
@@ -66,6 +66,8 @@ def run_state(run) -> str:
     """finished / pruned / failed / running / killed, with the sweeper's pruned tag first."""
     if str(run.data.tags.get(C.TAG_PRUNED, "")).lower() in ("true", "1", "yes"):
         return "pruned"
+    if run.info.status == "SCHEDULED" and C.TAG_PAUSED_AT_STEP in run.data.tags:  # waits at a rung to be promoted
+        return "paused"
     return {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running", "SCHEDULED": "running",
             "KILLED": "killed"}.get(run.info.status, run.info.status.lower())
 

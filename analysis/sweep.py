@@ -240,6 +240,10 @@ def _trials_section(study, names: List[str], runs: Dict[int, store.RunRecord],
         values = t.values or [None] * len(names)
         rec = runs.get(t.number)
         note = t.user_attrs.get(C.ATTR_FAIL_REASON) or (rec.tags.get(C.TAG_FAIL_REASON) if rec else "") or ""
+        if trial_kind(t) == "paused":
+            note = f"paused at {t.user_attrs[C.ATTR_PAUSED_AT]} examples, waiting to be promoted"
+        if t.user_attrs.get(C.ATTR_PROMOTIONS):
+            note = f"promoted {t.user_attrs[C.ATTR_PROMOTIONS]}x after pausing; {note}".rstrip("; ")
         rows.append([t.number, trial_kind(t), *("" if v is None else f"{v:.6g}" for v in values),
                      f"{trial_seconds(t):.1f}", _fmt_params(t.params), rec.run_id if rec else "",
                      ", ".join(f.kind for f in per_trial.get(t.number, [])), str(note)[:300]])

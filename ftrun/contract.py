@@ -83,6 +83,10 @@ TAG_PRUNED = "pruned"
 """``true`` on a trial the sweep's pruner stopped."""
 TAG_PRUNED_AT_STEP = "pruned_at_step"
 """The step at which it was pruned."""
+TAG_PAUSED_AT_STEP = "paused_at_step"
+"""The training step at which a trial paused at a rung (hydra.sweeper.pruner=promotion); also in result.json."""
+TAG_PROMOTIONS = "promotions"
+"""How many times a paused trial was promoted and resumed (hydra.sweeper.pruner=promotion)."""
 TAG_FAIL_REASON = "fail_reason"
 """Why a trial failed (also an Optuna user attribute)."""
 TAG_OOM_RETRY = "oom_retry"
@@ -118,6 +122,10 @@ ATTR_SURPLUS = "surplus"
 """On a trial asked for but never run: other sweepers of a shared study had already started the last of n_trials."""
 ATTR_OOM_RETRY = TAG_OOM_RETRY
 ATTR_PRUNED = TAG_PRUNED
+ATTR_PAUSED_AT = "paused_at"
+"""On a paused trial: the examples seen (the reported step) of the rung it waits at; None once promoted."""
+ATTR_PAUSED_AT_STEP = TAG_PAUSED_AT_STEP
+ATTR_PROMOTIONS = TAG_PROMOTIONS
 ATTR_BRANCH_STEPS = "branch_steps"
 """Optimizer steps a trial spent in rung decay branches (hydra.sweeper.rung_branch); also in result.json."""
 ATTR_BRANCH_S = "branch_s"

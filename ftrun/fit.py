@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional
 from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
                           last_checkpoint)
 from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON,
-                            TRAINER_STATE)
+                            TAG_PAUSED_AT_STEP, TRAINER_STATE)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def examples_per_step(cfg) -> int:
 
 
 def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
-                     extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> float:
+                     extra_metrics: Optional[Callable[[list], Dict[str, float]]] = None) -> Optional[float]:
     """Train (resuming if asked), evaluate, save the model and result.json, return the objective.
 
     The tail of every stage recipe; ``extra_metrics`` turns the
@@ -248,6 +248,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
         train_time = _train(cfg, trainer, tracker, run_dir, checkpoint)
         phases.mark("train")
+        if pruning is not None and pruning.paused_at_step is not None:  # hydra.sweeper.pruner=promotion
+            _report_pause(cfg, trainer, tracker, run_dir, pruning, train_time)
+            status = PAUSED_RUN_STATUS
+            return None
         history = trainer.state.log_history
         # evaluations inside the loop count as evaluation, not training
         phases.move(sum(h.get("eval_runtime", 0.0) for h in history if "eval_runtime" in h), "train", "eval")
@@ -355,6 +359,24 @@ def _load_final_checkpoint(trainer, checkpoint: Path) -> None:
     log.info("%s is at the last step: nothing left to train, loading it", checkpoint)
     trainer._load_from_checkpoint(str(checkpoint))
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+
+
+PAUSED_RUN_STATUS = "SCHEDULED"
+"""A paused trial's MLflow run status: it waits to be promoted, and the resumed trial reopens the same run."""
+
+
+def _report_pause(cfg, trainer, tracker, run_dir: Path, pruning, train_time: float) -> None:
+    """result.json with status "paused" (its checkpoint holds the state), and the MLflow run tagged with the rung."""
+    step = trainer.state.global_step
+    log.info("Paused at a rung of the sweep: step %d (%d examples); the sweep resumes it from %s if it is promoted",
+             step, pruning.paused_at or 0, last_checkpoint(run_dir))
+    tracker.set_tags({TAG_PAUSED_AT_STEP: str(step)})
+    if pruning.branch_steps:
+        tracker.log_metrics({ATTR_BRANCH_STEPS: pruning.branch_steps, ATTR_BRANCH_S: pruning.branch_s}, step=step)
+    if trainer.is_world_process_zero():
+        summary = {"status": "paused", "paused_at": pruning.paused_at, TAG_PAUSED_AT_STEP: step,
+                   "global_step": step, "train_time_s": train_time, "pruned": False}
+        _write_result(run_dir, cfg, None, {}, summary)
 
 
 def _report_divergence(cfg, trainer, tracker, run_dir: Path, e, train_time: float) -> None:

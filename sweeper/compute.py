@@ -17,26 +17,33 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
-from ftrun.contract import ATTR_BRANCH_S, ATTR_SURPLUS, ATTR_TRIAL_DIR
+from ftrun.contract import ATTR_BRANCH_S, ATTR_PAUSED_AT, ATTR_SURPLUS, ATTR_TRIAL_DIR
 
 GRID_POINTS_PER_INTERVAL = 5  # values per continuous parameter when a grid of a continuous space is priced
 KINDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 FINISHED = ("complete", "pruned", "failed")
+SPENT = (*FINISHED, "paused", "running")  # kinds whose trial-seconds count as used
 
 
 def trial_kind(t) -> str:
-    """complete / pruned / failed / running / waiting, or repeated / not run for trials that never trained."""
+    """complete / pruned / failed / running / paused / waiting, or repeated / not run for trials that never
+    trained (paused: RUNNING in the study, waiting at a rung to be promoted; hydra.sweeper.pruner=promotion)."""
     if "duplicate_of" in t.user_attrs:
         return "repeated"
     if ATTR_SURPLUS in t.user_attrs:
         return "not run"
+    if t.state.name == "RUNNING" and t.user_attrs.get(ATTR_PAUSED_AT) is not None:
+        return "paused"
     return KINDS.get(t.state.name, t.state.name.lower())
 
 
 def trial_seconds(t) -> float:
-    """The trial-seconds trial ``t`` used (0 for one that never trained or has not finished)."""
-    if trial_kind(t) not in FINISHED:
+    """The trial-seconds trial ``t`` used (0 for one that never trained; a running or paused one: what its
+    sweeper recorded so far, the time before its last pause)."""
+    if trial_kind(t) not in SPENT:
         return 0.0
+    if trial_kind(t) not in FINISHED:
+        return float(t.user_attrs.get("duration_s") or 0.0)
     if t.user_attrs.get("duration_s") is not None:
         return float(t.user_attrs["duration_s"])
     if ATTR_TRIAL_DIR in t.user_attrs:  # launched by the sweeper, which died before it could time it
@@ -58,8 +65,9 @@ class Compute:
 
     @property
     def used_s(self) -> float:
-        """Trial-seconds of every trial that ran (complete, pruned, failed)."""
-        return sum(self.seconds.get(k, 0.0) for k in FINISHED)
+        """Trial-seconds of every trial that ran (complete, pruned, failed; paused and promoted ones as far as
+        recorded)."""
+        return sum(self.seconds.get(k, 0.0) for k in SPENT)
 
     @property
     def trained(self) -> int:
@@ -78,7 +86,7 @@ def compute_account(trials: Iterable[Any]) -> Compute:
         out.seconds[kind] = out.seconds.get(kind, 0.0) + trial_seconds(t)
         if kind == "complete":
             complete.append(trial_seconds(t))
-        if kind in FINISHED:  # as the trial last reported it (a trial stopped mid-branch reports none for it)
+        if kind in SPENT:  # as the trial last reported it (a trial stopped mid-branch reports none for it)
             out.branch_s += float(t.user_attrs.get(ATTR_BRANCH_S) or 0.0)
     if complete:
         out.mean_complete_s = sum(complete) / len(complete)

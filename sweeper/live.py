@@ -42,12 +42,16 @@ class TrialRow:
 
 def rows_from_study(study) -> List[TrialRow]:
     """The study's finished trials (an earlier run of the same sweep), as rows."""
+    from sweeper.compute import trial_kind
+
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if not t.state.is_finished() or "duplicate_of" in t.user_attrs:
+        paused = trial_kind(t) == "paused"  # waiting at a rung for a promotion (hydra.sweeper.pruner=promotion)
+        if not (t.state.is_finished() or paused) or "duplicate_of" in t.user_attrs:
             continue
-        rows.append(TrialRow(t.number, t.state.name, dict(t.params), list(t.user_attrs.get(ATTR_OVERRIDES, [])),
-                             t.values[0] if t.values else None, duration_s=t.user_attrs.get("duration_s")))
+        rows.append(TrialRow(t.number, "PAUSED" if paused else t.state.name, dict(t.params),
+                             list(t.user_attrs.get(ATTR_OVERRIDES, [])), t.values[0] if t.values else None,
+                             duration_s=t.user_attrs.get("duration_s")))
     return rows
 
 

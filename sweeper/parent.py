@@ -69,11 +69,14 @@ class ParentRun:
         return cls(client, run_id, uri, exp_id)
 
     def tag_child(self, trial_dir: Path, trial, state: str, reason: Optional[str], overrides=None,
-                  oom_retry: bool = False, end_run: bool = True) -> None:
-        """Mark the trial's own MLflow run with its Optuna outcome (create one if the trial died first)."""
+                  oom_retry: bool = False, end_run: bool = True, extra_tags: Optional[dict] = None,
+                  end_status: Optional[str] = None) -> None:
+        """Mark the trial's own MLflow run with its Optuna outcome (create one if the trial died first);
+        ``end_status``: end the run with it (a paused trial's run, closed by the sweeper)."""
         try:
             id_file = Path(trial_dir) / RUN_ID_FILE
-            tags = {TAG_TRIAL: str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id}
+            tags = {TAG_TRIAL: str(trial.number), "optuna.state": state, "optuna.study_parent": self.run_id,
+                    **(extra_tags or {})}
             if reason:
                 tags[TAG_FAIL_REASON] = reason[:5000]
             if state == "PRUNED" and not (reason or "").startswith("diverged"):  # a diverged run says so itself
@@ -89,6 +92,8 @@ class ParentRun:
                     self.client.set_tag(run_id, k, v)
                 if state == "FAIL" and end_run and self.client.get_run(run_id).info.status == "RUNNING":
                     self.client.set_terminated(run_id, "FAILED")
+                elif end_status:
+                    self.client.set_terminated(run_id, end_status)
             elif state == "FAIL":
                 run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
                                              tags={TAG_PARENT: self.run_id, **tags})

@@ -11,7 +11,7 @@ import logging
 import warnings
 from typing import Any, Dict, Optional
 
-from ftrun.contract import ATTR_FAIL_REASON, ATTR_SURPLUS, TAG_RETRY_OF
+from ftrun.contract import ATTR_FAIL_REASON, ATTR_PAUSED_AT, ATTR_SURPLUS, TAG_RETRY_OF
 from sweeper import stale_trials
 
 log = logging.getLogger("ftrun.sweeper")
@@ -45,10 +45,12 @@ class TrialQuota:
         return t.state.name in ("COMPLETE", "PRUNED", "RUNNING") or (self.grid and t.state.name == "FAIL")
 
     def others_running(self, mine) -> bool:
-        """Whether the study has RUNNING trials whose numbers are not in ``mine``."""
+        """Whether the study has RUNNING trials whose numbers are not in ``mine`` (paused ones aside: they wait
+        for a promotion, with no process)."""
         from optuna.trial import TrialState
 
-        return any(t.number not in mine for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return any(t.number not in mine and t.user_attrs.get(ATTR_PAUSED_AT) is None
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def ask(self):
         """A new trial from the study, or None when other sweepers took the last of n_trials meanwhile.

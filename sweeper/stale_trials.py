@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from ftrun.contract import ATTR_FAIL_REASON, ATTR_TRIAL_DIR, TAG_RETRY_OF
+from ftrun.contract import ATTR_FAIL_REASON, ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP, ATTR_TRIAL_DIR, TAG_RETRY_OF
 from sweeper.outcome import classify, has_checkpoint, read_result
 
 log = logging.getLogger("ftrun.sweeper")
@@ -105,6 +105,8 @@ def left_behind(study, host: str, stale_after_s: float) -> List[Tuple[Any, str]]
     found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
+        if a.get(ATTR_PAUSED_AT) is not None:  # paused at a rung: no process to lose; any sweeper may promote it
+            continue
         t_host, pid, heartbeat = a.get("sweeper_host"), a.get("sweeper_pid"), a.get("heartbeat")
         start = t.datetime_start.timestamp() if t.datetime_start else now
         why = f"no heartbeat for more than {stale_after_s:.0f} s (stale_after_s): its host or sweeper died"
@@ -131,6 +133,12 @@ def recover(study, t, why: str, s, parent=None) -> None:
     result = read_result(trial_dir, since=started)
     retry = bool(s.conf.get("retry_interrupted", True))
     try:
+        if result is not None and result.get("status") == "paused":  # it paused before its sweeper recorded it
+            for key in (ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP):
+                set_trial_attr(study, t, key, int(result.get(key) or 0))
+            log.info("Trial %d, left RUNNING, had paused at %s examples; it waits to be promoted", t.number,
+                     result.get(ATTR_PAUSED_AT))
+            return
         if result is not None:  # it had finished: the same rule as a trial that ends under its sweeper
             out = classify(result, s.objectives, s.multi)
             for key, value in out.attrs().items():

@@ -47,6 +47,7 @@ PRUNERS = {
     "wilcoxon": "optuna.pruners.WilcoxonPruner",
     "threshold": "optuna.pruners.ThresholdPruner",
     "none": "optuna.pruners.NopPruner",
+    "promotion": "sweeper.promotion.PromotionPruner",  # pause and promote (ASHA), not an Optuna pruner
 }
 
 # what the trial's result.json keys mean to the study

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shlex
 from typing import Any, List, Mapping, Optional, Sequence
 
-from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_SURPLUS, TAG_RETRY_OF
-from sweeper.compute import compute_account, compute_text, grid_cost, trial_seconds
+from ftrun.contract import (ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PAUSED_AT, ATTR_PROMOTIONS,
+                            ATTR_SURPLUS, TAG_RETRY_OF)
+from sweeper.compute import KINDS, compute_account, compute_text, grid_cost, trial_kind, trial_seconds
 from sweeper.space import SearchSpace
 
 
@@ -21,8 +22,9 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
     trials = study.get_trials(deepcopy=False)
     repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
     surplus = [t for t in trials if ATTR_SURPLUS in t.user_attrs]  # asked for past n_trials by another host
-    counts = {s: sum(1 for t in trials if t.state.name == s and t not in repeats and t not in surplus)
-              for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts = {s: sum(1 for t in trials if trial_kind(t) == KINDS[s]) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts["PAUSED"] = sum(1 for t in trials if trial_kind(t) == "paused")  # hydra.sweeper.pruner=promotion
+    counts["PROMOTED"] = sum(1 for t in trials if t.user_attrs.get(ATTR_PROMOTIONS))
     counts["REPEATED"] = len(repeats)
     counts["NOT_RUN"] = len(surplus)
     best = []
@@ -30,6 +32,8 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         best = study.best_trials if len(objectives) > 1 else [study.best_trial]
     lines = [f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
              + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+             + (f", {counts['PAUSED']} paused at a rung" if counts["PAUSED"] else "")
+             + (f"; {counts['PROMOTED']} resumed from a rung after pausing" if counts["PROMOTED"] else "")
              + (f", {counts['REPEATED']} repeated configurations answered without training" if repeats else "")
              + (f", {counts['NOT_RUN']} asked for past n_trials and not run" if surplus else ""), ""]
     rerun: List[str] = []
@@ -52,7 +56,7 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
     for t in trials:
         if t.values is not None:
             vals = [f"{v:.6g}" for v in t.values]
-        elif t.state == TrialState.PRUNED and t.intermediate_values:
+        elif t.state in (TrialState.PRUNED, TrialState.RUNNING) and t.intermediate_values:
             step = max(t.intermediate_values)
             vals = [f"{t.intermediate_values[step]:.6g} @{step}"] + [""] * (len(objectives) - 1)
         else:
@@ -62,10 +66,15 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             note = f"OOM retry ({t.user_attrs['oom_retry']}) {note}".strip()
         if t.user_attrs.get("duplicate_of") is not None:
             note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
+        if t.user_attrs.get(ATTR_PROMOTIONS):
+            note = f"promoted {t.user_attrs[ATTR_PROMOTIONS]}x after pausing {note}".strip()
+        if trial_kind(t) == "paused":
+            note = f"paused at {t.user_attrs[ATTR_PAUSED_AT]} examples, waiting to be promoted"
         if t.user_attrs.get(TAG_RETRY_OF) is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
         dur = trial_seconds(t)
-        lines.append(f"| {t.number} | {t.state.name} | " + " | ".join(vals) + f" | {_params(t.params)} | "
+        state = "PAUSED" if trial_kind(t) == "paused" else t.state.name
+        lines.append(f"| {t.number} | {state} | " + " | ".join(vals) + f" | {_params(t.params)} | "
                      + (f"{dur:.0f}" if dur else "") + f" | {note.replace('|', '/')[:200]} |")
     spent = {"trial_seconds": compute.used_s, "trials": compute.trained, "saved_s": compute.saved_s,
              "branch_s": compute.branch_s,

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PRUNED, ATTR_TRIAL_DIR, TRIAL_LOG
+from ftrun.contract import ATTR_BRANCH_S, ATTR_BRANCH_STEPS, ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES
+from ftrun.contract import ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP, ATTR_PROMOTIONS, ATTR_PRUNED, ATTR_TRIAL_DIR, TRIAL_LOG
+from ftrun.contract import TAG_PROMOTIONS
 from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
 from sweeper import stale_trials
 from sweeper.budget import Budget
@@ -193,6 +195,8 @@ class Sweep:
                     free.append(r.slot)
                     free.sort(key=lambda slot: slot.index)
             stopped = self._check_limits(stopped)
+            while free and stopped is None and not self.budget.spent and self._promote(free[0]):
+                free.pop(0)
             need = self.quota.need() if stopped is None and not self.budget.spent else 0
             while need > 0 and free:
                 if self._launch(free[0]):
@@ -202,8 +206,14 @@ class Sweep:
                     need = self.quota.need()
             now = time.time()
             beat_due = now - last_beat >= self.s.heartbeat_s
+            if not self.running and free and stopped is None and not self.budget.spent and need <= 0 \
+                    and self._promote(free[0], last_resort=True):
+                free.pop(0)
+                continue
             if not self.running:
                 if stopped is not None or self.budget.spent or not self._others_running():
+                    if not self._others_running():  # nothing can promote the paused trials any more
+                        self._close_paused()
                     return stopped
                 # RUNNING trials that are not ours: another sweeper's, or one a killed sweeper asked for
                 # before it could record itself; wait, and fail (and retry) them once they are stale
@@ -251,9 +261,10 @@ class Sweep:
 
     # -- one trial ---------------------------------------------------------------
     def _launch(self, slot: Slot, trial=None, extra: Sequence[str] = (), trial_dir: Optional[Path] = None,
-                oom_retried: bool = False) -> bool:
-        """Start a trial in ``slot``: a new one from the study, or ``trial`` again (an OOM retry). False when
-        none started (a configuration already trained or training, none wanted, or one too big for the slot)."""
+                oom_retried: bool = False, promoted: bool = False) -> bool:
+        """Start a trial in ``slot``: a new one from the study, or ``trial`` again (an OOM retry, or a paused trial
+        promoted). False when none started (a configuration already trained or training, none wanted, or one too
+        big for the slot)."""
         s = self.s
         if trial is None:
             picked = self._next_trial()
@@ -266,7 +277,7 @@ class Sweep:
         overrides = _replace(overrides, extra)
         trial_dir.mkdir(parents=True, exist_ok=True)
         args = [*s.entry_args, *overrides, f"hydra.run.dir={trial_dir}"]
-        if not oom_retried and self._too_big(trial, slot, args):
+        if not (oom_retried or promoted) and self._too_big(trial, slot, args):
             return False
         cmd = trial_command(s.command, args, processes=slot.processes, launcher=s.conf.get("launcher", "accelerate"))
         env = trial_env(s.storage_url, s.study_name, stale_trials.trial_id(trial), trial.number,
@@ -291,7 +302,8 @@ class Sweep:
         log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
                  " ".join(overrides))
         self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
-        self.view.trial_started(trial.number, trial.params, overrides)
+        if not promoted:
+            self.view.trial_started(trial.number, trial.params, overrides)
         return True
 
     def _next_trial(self):
@@ -302,6 +314,10 @@ class Sweep:
             return None
         params = self.s.space.sample(trial, self.s.base_values)
         busy = next((r.trial for r in self.running.values() if r.trial.params == params), None)
+        if busy is None:  # a paused trial holds its configuration too (hydra.sweeper.pruner=promotion)
+            from sweeper.promotion import paused_trials
+
+            busy = next((t for t in paused_trials(self.study.get_trials(deepcopy=False)) if t.params == params), None)
         repeat = self.quota.answer_repeat(trial, params, busy, self._repeats)
         if repeat is not None:
             self._repeats += 1
@@ -314,6 +330,78 @@ class Sweep:
             trial_dir = Path(resume_dir)  # continue the interrupted trial from its last checkpoint
             extra = [e for e in extra if not e.startswith("resume=")] + ["resume=auto"]
         return trial, params, extra, trial_dir
+
+    # -- pause and promote (hydra.sweeper.pruner=promotion, sweeper.promotion) ----------------
+    def _pause(self, r: Running, result: dict) -> None:
+        """The trial paused at a rung: it stays RUNNING in the study, waiting to be promoted."""
+        duration = time.time() - r.started + _earlier_seconds(r.trial)
+        at = int(result.get("paused_at") or 0)
+        for key, value in {ATTR_PAUSED_AT: at, ATTR_PAUSED_AT_STEP: result.get(ATTR_PAUSED_AT_STEP),
+                           "duration_s": duration}.items():
+            r.trial.set_user_attr(key, value)
+        for key in (ATTR_BRANCH_STEPS, ATTR_BRANCH_S):
+            if result.get(key) is not None:
+                r.trial.set_user_attr(key, result[key])
+        value = stale_trials.stored_trial(self.study, r.trial).intermediate_values.get(at)
+        log.info("Trial %d paused at the rung of %d examples (%s=%s), after %.0f s; waiting to be promoted",
+                 r.trial.number, at, self.s.objectives[0], "n/a" if value is None else f"{value:.4g}", duration)
+        self.view.trial_finished(r.trial.number, PAUSED.upper(), value, duration, f"paused at {at} examples")
+        if self.parent:
+            self.parent.tag_child(r.trial_dir, r.trial, PAUSED.upper(), None, overrides=r.overrides)
+
+    def _promote(self, slot: Slot, last_resort: bool = False) -> bool:
+        """Resume the paused trial the promotion rule picks, in ``slot``, from its checkpoint; False when none.
+        ``last_resort``: the sweep would end here; with no trial trained to the end, take the best paused one."""
+        from sweeper import promotion
+
+        if not isinstance(self.study.pruner, promotion.PromotionPruner):
+            return False
+        frozen = self.study.pruner.next_promotion(self.study, exclude={r.trial.number for r in self.running.values()})
+        if frozen is None and last_resort and not self._others_running():
+            frozen = promotion.last_resort(self.study)
+        if frozen is None:
+            return False
+        import optuna
+
+        trial = optuna.trial.Trial(self.study, stale_trials.trial_id(frozen))
+        at = frozen.user_attrs[ATTR_PAUSED_AT]
+        promotions = int(frozen.user_attrs.get(ATTR_PROMOTIONS) or 0) + 1
+        trial.set_user_attr(ATTR_PAUSED_AT, None)
+        trial.set_user_attr(ATTR_PROMOTIONS, promotions)
+        trial_dir = Path(frozen.user_attrs[ATTR_TRIAL_DIR])
+        extra = [e for e in frozen.user_attrs.get("extra", []) if not e.startswith("resume=")] + ["resume=auto"]
+        log.info("Trial %d promoted from the rung of %d examples: resuming it from %s", frozen.number, at,
+                 trial_dir)
+        self._launch(slot, trial=trial, extra=extra, trial_dir=trial_dir, promoted=True)
+        self.view.trial_started(frozen.number, frozen.params, self.running[slot.index].overrides)
+        if self.parent:
+            self.parent.tag_child(trial_dir, trial, "RUNNING", None, extra_tags={TAG_PROMOTIONS: str(promotions)})
+        return True
+
+    def _close_paused(self) -> None:
+        """The sweep is over: a trial still paused can no longer be promoted. Record it PRUNED at its rung and
+        delete its checkpoints (its result.json, log and MLflow run stay)."""
+        import shutil
+
+        import optuna
+
+        from ftrun.config import last_checkpoint
+        from sweeper.promotion import paused_trials
+
+        for frozen in paused_trials(self.study.get_trials(deepcopy=False)):
+            trial = optuna.trial.Trial(self.study, stale_trials.trial_id(frozen))
+            at = frozen.user_attrs[ATTR_PAUSED_AT]
+            trial.set_user_attr(ATTR_PRUNED, True)
+            trial.set_user_attr(ATTR_FAIL_REASON, f"paused at {at} examples and not promoted before the sweep ended")
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            trial_dir = Path(frozen.user_attrs.get(ATTR_TRIAL_DIR, ""))
+            while frozen.user_attrs.get(ATTR_TRIAL_DIR) and last_checkpoint(trial_dir) is not None:
+                shutil.rmtree(last_checkpoint(trial_dir))
+            log.info("Trial %d: paused at %d examples and never promoted; recorded PRUNED, checkpoints deleted",
+                     frozen.number, at)
+            if self.parent:
+                self.parent.tag_child(trial_dir, trial, "PRUNED", f"paused at {at} examples, not promoted",
+                                      end_status="FINISHED")
 
     def _too_big(self, trial, slot: Slot, args: List[str]) -> bool:
         """Record the trial as pruned, without running it, when the memory estimate says it cannot fit."""
@@ -340,10 +428,15 @@ class Sweep:
         tail = log_tail(r.trial_dir / TRIAL_LOG)
         if not (rc == 0 and result is not None) and not diverged(result) and is_oom(tail) and self._retry_oom(r):
             return False
+        if rc == 0 and result is not None and result.get("status") == PAUSED:
+            if isinstance(r.proc, WarmTrial):
+                self.pool.after_trial(r.slot, r.proc, None)
+            self._pause(r, result)
+            return True
         out = classify(result, self.s.objectives, self.s.multi, rc, tail)
         if isinstance(r.proc, WarmTrial):
             out.reason = self.pool.after_trial(r.slot, r.proc, out.reason)
-        duration = time.time() - r.started
+        duration = time.time() - r.started + _earlier_seconds(r.trial)
         for key, value in {**out.attrs(), "duration_s": duration}.items():
             r.trial.set_user_attr(key, value)
         try:
@@ -433,6 +526,14 @@ class Sweep:
             if not cfg_select(self.s.job_cfg, "tracking.uri"):
                 env[MLFLOW_URI_ENV] = self.parent.uri
         return env
+
+
+PAUSED = "paused"  # result.json's status for a trial that paused at a rung (ftrun.fit._report_pause)
+
+
+def _earlier_seconds(trial) -> float:
+    """Trial-seconds a promoted trial spent before its last pause (0 for a trial that never paused)."""
+    return float(trial.user_attrs.get("duration_s") or 0.0) if trial.user_attrs.get(ATTR_PROMOTIONS) else 0.0
 
 
 def _replace(overrides: List[str], extra: Sequence[str]) -> List[str]:

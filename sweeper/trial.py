@@ -45,9 +45,12 @@ def pruning_callback(cfg):
     """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None."""
     if not os.environ.get(STORAGE_ENV) or PRUNER_ENV not in os.environ:
         return None
+    from sweeper.study import pruner_key
+
     branch = os.environ.get(RUNG_BRANCH_ENV)
     return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples,
-                             rung_branch=float(branch) if branch else None)
+                             rung_branch=float(branch) if branch else None,
+                             pausing=pruner_key(json.loads(os.environ[PRUNER_ENV])) == "promotion")
 
 
 def mark_pruned(tracker, step: int) -> None:
@@ -62,9 +65,13 @@ class PruningCallback:
     trial and asks the pruner; every rank learns the answer and stops training together.
 
     With ``rung_branch`` (a share of the steps so far) the value reported is that of a decay branch
-    (:mod:`sweeper.rung_branch`), run through ``trainer``, which the run sets before training."""
+    (:mod:`sweeper.rung_branch`), run through ``trainer``, which the run sets before training.
 
-    def __init__(self, objective: str, every: int = 0, rung_branch: Optional[float] = None):
+    With ``pausing`` (``hydra.sweeper.pruner=promotion``, :mod:`sweeper.promotion`) the rule's "stop" means
+    "pause here": the Trainer saves a checkpoint and stops, and the sweeper resumes the trial from it if the
+    trial is promoted later."""
+
+    def __init__(self, objective: str, every: int = 0, rung_branch: Optional[float] = None, pausing: bool = False):
         self.objective = objective
         self.every = every  # train.eval_examples: report steps are rounded to its multiples
         self.rung_branch = rung_branch
@@ -73,6 +80,9 @@ class PruningCallback:
         self.branch_s = 0.0
         self.pruned = False
         self.pruned_at_step: Optional[int] = None
+        self.pausing = pausing
+        self.paused_at: Optional[int] = None  # examples seen at the rung where the trial paused
+        self.paused_at_step: Optional[int] = None
         self._trial = None
         self._training = False
 
@@ -84,13 +94,15 @@ class PruningCallback:
         self._training = False  # the final evaluation after training decides nothing
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self._training or self.pruned:
+        if not self._training or self.pruned or self.paused_at_step is not None:
             return
-        prune = False
+        prune, seen = False, 0
         if state.is_world_process_zero:
             value = self._value(metrics or {})
-            if value is not None and self.rung_branch and state.global_step < state.max_steps:
-                value = self._branch_value(state)  # the run's last step already ends its own decay
+            # the run's last step already ends its own decay; under promotion only a rung's evaluation decides
+            if value is not None and self.rung_branch and state.global_step < state.max_steps \
+                    and self._at_rung(examples_seen(args, state, self.every)):
+                value = self._branch_value(state)
             try:
                 if value is not None:
                     trial = self._get_trial()
@@ -99,13 +111,19 @@ class PruningCallback:
                     if self.branch_steps:
                         trial.set_user_attr(ATTR_BRANCH_STEPS, self.branch_steps)
                         trial.set_user_attr(ATTR_BRANCH_S, round(self.branch_s, 3))
-                    prune = trial.should_prune()
+                    # a trial at its last step has nothing left to pause for
+                    prune = trial.should_prune() and not (self.pausing and state.global_step >= state.max_steps)
                     log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
-                             value, state.global_step, seen, " -> pruned" if prune else "")
+                             value, state.global_step, seen,
+                             (" -> paused at this rung" if self.pausing else " -> pruned") if prune else "")
             except Exception as e:  # the study unreachable: keep training (and never leave other ranks waiting)
                 log.warning("Optuna: could not report to the study (%s); training goes on", e)
         prune = _broadcast_from_rank0(prune)
-        if prune:
+        if prune and self.pausing:  # a checkpoint to resume from when promoted (every rank takes part)
+            self.paused_at, self.paused_at_step = seen, state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        elif prune:
             self.pruned = True
             self.pruned_at_step = state.global_step
             control.should_training_stop = True
@@ -126,6 +144,18 @@ class PruningCallback:
                  branch.seconds, self.objective, "n/a" if value is None else f"{value:.4f}")
         _log_to_mlflow({f"branch_{k}": v for k, v in branch.metrics.items()}, state.global_step)
         return value
+
+    def _at_rung(self, seen: int) -> bool:
+        """Whether this evaluation is one the study decides on: every one for a pruner, a rung's for promotion."""
+        if not self.pausing:
+            return True
+        try:
+            trial = self._get_trial()
+            frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+            return trial.study.pruner.at_rung(trial.study, frozen, seen)
+        except Exception as e:  # the study unreachable: branch, as at any rung (reporting will warn)
+            log.warning("Optuna: could not read the study (%s)", e)
+            return True
 
     def _value(self, metrics: dict) -> Optional[float]:
         if self.objective == "eval_perplexity" and "eval_loss" in metrics:

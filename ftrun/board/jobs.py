@@ -194,7 +194,7 @@ def result_text(result: dict) -> str:
 # ---------------------------------------------------------------------------
 # a sweep
 
-TRIAL_COLUMNS = ["trial", "state", "value", "pruned at step", "params", "seconds", "MLflow run"]
+TRIAL_COLUMNS = ["trial", "state", "value", "pruned or paused at", "params", "seconds", "MLflow run"]
 
 
 def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = None,
@@ -202,7 +202,7 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
     """(rows of the trial table, a line on the best trial so far, the sweep's summary.md)."""
     import optuna
 
-    from sweeper.compute import compute_account, compute_text, trial_seconds
+    from sweeper.compute import compute_account, compute_text, trial_kind, trial_seconds
     from sweeper.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -211,13 +211,18 @@ def read_trials(study_name: str, storage_url: str, mlflow_ui: Optional[str] = No
     for t in study.trials:
         values = t.values if t.values is not None else []
         pruned_at = max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None
+        paused = trial_kind(t) == "paused"  # hydra.sweeper.pruner=promotion: waiting at a rung (examples seen)
+        if paused:
+            pruned_at = t.user_attrs.get(C.ATTR_PAUSED_AT)
+            values = [t.intermediate_values[pruned_at]] if pruned_at in t.intermediate_values else []
         run_id = t.user_attrs.get(C.ATTR_MLFLOW_RUN_ID) or _read(Path(t.user_attrs.get(C.ATTR_TRIAL_DIR, "")),
                                                                   C.RUN_ID_FILE)
         link = run_link(mlflow_ui, run_id, tracking_uri) if run_id else ""
-        rows.append([t.number, t.state.name, ", ".join(f"{v:.4f}" for v in values),
-                     "" if pruned_at is None else pruned_at,
+        promoted = t.user_attrs.get(C.ATTR_PROMOTIONS)
+        rows.append([t.number, "PAUSED" if paused else t.state.name + (f" (promoted {promoted}x)" if promoted else ""),
+                     ", ".join(f"{v:.4f}" for v in values), "" if pruned_at is None else pruned_at,
                      " ".join(f"{k}={_short(v)}" for k, v in t.params.items()),
-                     round(trial_seconds(t), 1) if t.state.is_finished() else "", link])
+                     round(trial_seconds(t), 1) if t.state.is_finished() or paused else "", link])
     best = ""
     if len(study.directions) == 1:
         done = [t for t in study.trials if t.state.name == "COMPLETE"]

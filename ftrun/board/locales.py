@@ -130,8 +130,8 @@ HELP_ZH = {
     "hydra.sweeper.n_jobs": "同时运行的试验槽位数; 一个槽位空出来就立刻开始下一个试验。",
     "hydra.sweeper.budget_trial_s": "计算预算: 研究的试验用满这么多试验秒 (每个试验的墙钟时间之和, 包括之前的运行; "
                                     "正在运行的试验会跑完) 后不再开始新试验。null = 不设预算。",
-    "hydra.sweeper.pruner": "median, percentile, successive_halving, hyperband, patient, wilcoxon, threshold, none; "
-                            "或 {name: .., <参数>}。",
+    "hydra.sweeper.pruner": "median, percentile, successive_halving, hyperband, patient, wilcoxon, threshold, none, "
+                            "promotion (在阶梯处暂停, 晋级时从检查点继续); 或 {name: .., <参数>}。",
     "sweep.preset": "sweep=<预设> (ftrun/conf/sweep/); auto: 按已发表的先验给出搜索空间。",
 }
 

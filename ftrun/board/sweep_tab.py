@@ -160,7 +160,7 @@ def _launch(board, train, vals, cmd, status, best, table, log):
             out[table] = rows
             out[best] = best_line + (f" · report: `{summary}`" if summary else "")
         if ended:
-            done = sum(1 for r in rows if r[1] in ("COMPLETE", "PRUNED"))
+            done = sum(1 for r in rows if r[1].split(" ")[0] in ("COMPLETE", "PRUNED"))
             out[status] = (f"**finished**: {done} trials in study `{study[0] if study else '?'}`"
                            if job.returncode == 0 else
                            f"**failed** (exit status {job.returncode}):\n```\n{job.failure()}\n```")
