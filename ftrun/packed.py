@@ -142,8 +142,10 @@ class Router:
 
 
 def _routed_forward(router: Router):
+    import torch
+    import torch.nn.functional as F
+
     def forward(self, x, *args, **kwargs):
-        import torch
 
         result = self.base_layer(x, *args, **kwargs)
         for names, start, rows in router.groups:
@@ -156,7 +158,7 @@ def _routed_forward(router: Router):
                 xs = _dropout(self, names, xs, rows, router)
             if len(names) == 1:
                 n = names[0]
-                delta = self.lora_B[n](self.lora_A[n](xs)) * self.scaling[n]
+                delta = F.linear(F.linear(xs, self.lora_A[n].weight), self.lora_B[n].weight) * self.scaling[n]
             else:
                 g = len(names)
                 a = torch.stack([self.lora_A[n].weight for n in names])  # (g, r, in)
@@ -398,7 +400,8 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     step_loss = {r.adapter: 0.0 for r in active}
     ranks = {r.adapter: int(r.cfg.method.rank) for r in active}
     order = sorted(active, key=lambda r: ranks[r.adapter])  # equal ranks next to each other: one bmm
-    model.train()
+    if not model.training:  # (module.train() walks every module: not once per step)
+        model.train()
     for m in range(max(len(b) for b in work.values())):
         here = [r for r in order if m < len(work[r.adapter])]
         batches = [work[r.adapter][m] for r in here]
