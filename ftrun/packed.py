@@ -29,10 +29,13 @@ A run whose loss or gradients stop being finite stops alone (``status: diverged`
 :mod:`ftrun.divergence` reports it); a run that reaches its last step leaves the pack; the others
 go on. :func:`compatible` says why K configs cannot share a pack.
 
-Dropout: with ``method.dropout > 0`` each run draws its masks from its own ``torch.Generator``
-(seeded with the run's seed), so a run's masks do not depend on the others in its pack; they are
-not the masks its alone run draws from the global RNG, so equality to the alone run holds for
-dropout 0 (ftrun's default) only.
+Dropout: with ``method.dropout > 0`` each run draws its masks from its own ``torch.Generator``,
+seeded with the run's seed (the global RNG's state when the alone run's Trainer starts training:
+its ``__init__`` seeds it, and in training only dropout draws from it), with the shape of the run's
+own micro-batch, in the same layer order; so a run's masks neither depend on the others in its
+pack nor differ from its alone run's (on CPU, where torch's dropout is ``bernoulli_`` on the
+default generator; CUDA's fused dropout kernel draws differently, so there a packed run with
+dropout is a valid run of the same distribution, not the alone run's bit pattern).
 
 Nothing heavy is imported at module level: torch, transformers and peft load inside the functions.
 """
@@ -127,6 +130,7 @@ class Router:
     def __init__(self):
         self.groups: List[tuple] = []
         self.generators: Dict[str, Any] = {}  # per-adapter dropout generators
+        self.widths: Dict[str, int] = {}  # each adapter's own micro-batch width (before the pack's padding)
         self.use_bmm = True
 
     def set(self, spans: List[tuple], ranks: Dict[str, int]) -> None:
@@ -174,7 +178,13 @@ def _routed_forward(router: Router):
 
 
 def _dropout(layer, names, xs, rows, router):
-    """Each adapter's dropout on its own rows, its masks from its own generator."""
+    """Each adapter's dropout on its own rows, its masks from its own generator.
+
+    The mask is drawn as torch's CPU dropout draws it (``bernoulli_(1 - p)`` on a tensor of the
+    run's own micro-batch shape, before the pack padded it wider, then divided by ``1 - p``), from a
+    generator seeded as the alone run's global RNG is when its training starts, and in the same
+    order (one draw per LoRA layer per forward), so the masks are the alone run's masks.
+    """
     import torch
 
     parts, changed = [], False
@@ -183,8 +193,13 @@ def _dropout(layer, names, xs, rows, router):
         drop = layer.lora_dropout[n]
         p = getattr(drop, "p", 0.0)
         if p > 0:
-            keep = torch.empty_like(part).bernoulli_(1 - p, generator=router.generators[n])
-            part = part * keep / (1 - p)
+            width = router.widths.get(n, part.shape[1])
+            noise = part.new_empty((part.shape[0], width, *part.shape[2:]))
+            noise.bernoulli_(1 - p, generator=router.generators[n]).div_(1 - p)
+            if width < part.shape[1]:
+                pad = noise.new_ones((part.shape[0], part.shape[1] - width, *part.shape[2:]))
+                noise = torch.cat([noise, pad], dim=1)
+            part = part * noise
             changed = True
         parts.append(part)
     return torch.cat(parts) if changed else xs
@@ -226,8 +241,25 @@ class PackedRun:
     def active(self) -> bool:
         return self.status == "training"
 
-    def next_batches(self) -> list:
-        """The micro-batches of the run's next optimizer step, as the Trainer's loop draws them."""
+    def next_batches(self, generator=None) -> list:
+        """The micro-batches of the run's next optimizer step, as the Trainer's loop draws them.
+
+        torch's DataLoader draws its workers' base seed from the global RNG at every epoch's start;
+        in the alone run that draw comes from the stream its dropout masks come from, so here it
+        comes from the run's own ``generator`` (None: from the global RNG)."""
+        if generator is None:
+            return self._next_batches()
+        import torch
+
+        saved = torch.get_rng_state()
+        torch.set_rng_state(generator.get_state())
+        try:
+            return self._next_batches()
+        finally:
+            generator.set_state(torch.get_rng_state())
+            torch.set_rng_state(saved)
+
+    def _next_batches(self) -> list:
         if self.iterator is None or self.update_in_epoch >= self.updates_per_epoch:
             if self.iterator is not None:
                 self.epoch += 1
@@ -395,7 +427,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     from ftrun.divergence import Diverged
 
     active = [r for r in runs if r.active]
-    work = {r.adapter: r.next_batches() for r in active}
+    work = {r.adapter: r.next_batches(router.generators.get(r.adapter)) for r in active}
     items = {r.adapter: _num_items(r.trainer, work[r.adapter]) for r in active}
     step_loss = {r.adapter: 0.0 for r in active}
     ranks = {r.adapter: int(r.cfg.method.rank) for r in active}
@@ -409,6 +441,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
         spans, row = [], 0
         for r, b in zip(here, batches):
             spans.append((r.adapter, row, b["input_ids"].shape[0]))
+            router.widths[r.adapter] = b["input_ids"].shape[1]
             row += b["input_ids"].shape[0]
         router.set(spans, ranks)
         logits = _forward_logits(model, inputs)
@@ -468,6 +501,10 @@ def evaluate(model, runs: List[PackedRun], router: Router, pad_id: int) -> Dict[
     if not runs:
         return {}
     start = time.perf_counter()
+    for r in runs:  # the draw an evaluation's DataLoader makes from the alone run's global RNG (its base seed)
+        g = router.generators.get(r.adapter)
+        if g is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=g)
     dl = runs[0].trainer.get_eval_dataloader()
     was = model.training
     model.eval()
@@ -553,12 +590,12 @@ def _objective(run: PackedRun) -> Optional[float]:
 
 def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
     """The run's result.json (the alone run's shape), trainer_state.json and its adapter in model/."""
-    from ftrun.contract import MODEL_DIR, TRAINER_STATE
-    from ftrun.fit import _objective as objective_of, _write_result
+    from ftrun.contract import LOSS_PLOT, MODEL_DIR, TRAINER_STATE
+    from ftrun.fit import _objective as objective_of, _write_result, plot_loss
 
     cfg = run.cfg
     state = {"global_step": run.global_step, "max_steps": run.max_steps, "log_history": run.history,
-             "packed_with": None}
+             "num_input_tokens_seen": run.tokens}
     (run.run_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2))
     if run.status == "diverged":
         summary = {"status": "diverged", "reason": run.reason, "diverged_at_step": run.diverged_at,
@@ -578,6 +615,7 @@ def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
     summary["pruned"] = False
     summary["packed"] = True
     _save_adapter(model, run, data.tokenizer, run.run_dir / MODEL_DIR)
+    plot_loss(run.history, run.run_dir / LOSS_PLOT, title=cfg.name)
     summary["phases_s"] = {"train": round(run.train_s, 4)}
     _write_result(run.run_dir, cfg, objective, metrics, summary)
     log.info("Done: %s %s = %.4f after %d steps (packed)", cfg.name, cfg.objective, objective, run.global_step)

@@ -16,10 +16,13 @@ from ftrun.train import run
 # (every epoch reshuffled by the run's own data seed), evaluated at steps 25 and 50 on 8 examples
 SMALL = ["data.num_train=16", "data.num_eval=8", "batch_size=4", "max_steps=50", "train.logging_steps=5",
          "train.eval_steps=25", "train.save_steps=0", "train.eval_batch_size=8", "tracking.enabled=false"]
-RUNS = {  # name: overrides; r8short leaves the pack at step 30, while the other rank-8 run shares its bmm
+RUNS = {  # name: overrides; r8short leaves the pack at step 30, while the other rank-8 run shares its bmm;
+    # r64 and r8short use LoRA dropout (their masks come from their own generators, equal to the alone run's)
     "r8": ["rank=8", "alpha=16", "lr=1e-3", "seed=1"],
-    "r64": ["rank=64", "alpha=32", "lr=3e-4", "seed=2", "scheduler=linear", "optimizer.weight_decay=0.01"],
-    "r8short": ["rank=8", "alpha=8", "lr=2e-3", "seed=3", "max_steps=30", "train.eval_steps=15"],
+    "r64": ["rank=64", "alpha=32", "lr=3e-4", "seed=2", "scheduler=linear", "optimizer.weight_decay=0.01",
+            "method.dropout=0.1"],
+    "r8short": ["rank=8", "alpha=8", "lr=2e-3", "seed=3", "max_steps=30", "train.eval_steps=15",
+                "method.dropout=0.05"],
 }
 
 
@@ -29,8 +32,9 @@ def cfg_of(name, extra=()):
 
 def read(run_dir):
     result = json.loads((run_dir / "result.json").read_text())
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    return result, history
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    result["tokens_seen"] = state["num_input_tokens_seen"]
+    return result, state["log_history"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,7 @@ def test_a_packed_run_equals_the_same_run_alone(alone_and_packed, name):
     assert packed["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5)
     assert objectives[list(RUNS).index(name)] == pytest.approx(alone["objective"], rel=1e-5)
     assert packed["eval_exact_match"] == alone["eval_exact_match"]
+    assert packed["tokens_seen"] == alone["tokens_seen"]  # the same batches
     for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
         a = [(h["step"], h[key]) for h in alone_hist if key in h]
         p = [(h["step"], h[key]) for h in packed_hist if key in h]

@@ -1,0 +1,191 @@
+"""Packed trials (issue 23): trials per hour and useful tokens/s, K LoRA trials over one frozen base
+(``ftrun.packed.train_packed``) against the same trials one after another in a warm worker.
+
+    OMP_NUM_THREADS=1 nice -n 10 python bench/packed_trials.py            # about 10 minutes on a shared core
+    python bench/packed_trials.py --ks 1,2 --steps 20                      # a quick look
+    python bench/packed_trials.py --model big                              # a larger built-in model (no hub)
+
+Each trial is a LoRA trial on the built-in tiny model and letters data, as a sweep would ask for
+it: its own lr, rank, alpha and seed (ranks cycle through 8, 16, 64, 16, so a pack holds
+runs of equal and of unequal rank), ``--steps`` optimizer steps of 8 examples, evaluated twice on
+32 held-out examples, its adapter, loss plot and ``result.json`` written. Both sides run in one
+process that keeps the tokenizer, the tokenized data and the base weights between trials (a sweep's
+warm worker: ``ftrun.worker_cache``), on one thread, MLflow off on both sides.
+
+* sequential: trials 0..7 one after another through ``ftrun.train.run`` (the warm worker's call);
+  the time of K sequential trials is the sum of the first K.
+* packed: trials 0..K-1 through ``train_packed`` (base built once, one adapter each, one
+  forward/backward per step over their concatenated micro-batches).
+
+Rounds alternate sequential and packed (``--rounds``), so a change in the shared machine's load
+falls on both; the report takes each case's median over the rounds. Trials per hour counts
+wall seconds; the process CPU seconds are given too (this machine is shared, so wall time
+includes waiting for a core; CPU seconds do not). Useful tokens: the non-padding tokens the
+trials trained on (``num_input_tokens_seen``), summed over the trials, per wall second.
+
+Results: ``bench/results/packed_trials.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RANKS = [8, 16, 64, 16]
+LRS = [1e-3, 3e-4, 2e-3, 5e-4, 1.5e-3, 7e-4, 4e-3, 2.5e-4]
+MODELS = {  # built-in models (ftrun.tiny builds them from these numbers; nothing is downloaded)
+    "tiny": [],
+    "big": ["model.tiny.hidden_size=512", "model.tiny.intermediate_size=1408", "model.tiny.num_hidden_layers=8",
+            "model.tiny.num_attention_heads=8", "model.tiny.num_key_value_heads=4", "model.tiny.pretrain_steps=0"],
+}
+
+
+def trial_overrides(i: int, steps: int, model: str) -> list:
+    rank = RANKS[i % len(RANKS)]
+    return [*MODELS[model], "data.num_train=512", "data.num_eval=32", "batch_size=8", f"max_steps={steps}",
+            f"train.eval_steps={max(steps // 2, 1)}", "train.logging_steps=10", "train.save_steps=0",
+            "train.eval_batch_size=32", "tracking.enabled=false", f"rank={rank}", f"alpha={2 * rank}",
+            f"lr={LRS[i % len(LRS)]}", f"seed={i}", f"name=t{i}"]
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def tokens_of(run_dir: Path) -> int:
+    return int(json.loads((run_dir / "trainer_state.json").read_text()).get("num_input_tokens_seen") or 0)
+
+
+def sequential(cfgs, out: Path) -> list:
+    from ftrun.train import run
+
+    rows = []
+    for i, cfg in enumerate(cfgs):
+        d = out / f"t{i}"
+        obj, wall, cpu = timed(lambda: run(cfg, d))
+        rows.append({"trial": i, "wall_s": wall, "cpu_s": cpu, "tokens": tokens_of(d), "eval_loss": obj})
+        print(f"    sequential t{i}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return rows
+
+
+def packed(cfgs, out: Path) -> dict:
+    from ftrun.packed import train_packed
+
+    dirs = [out / f"t{i}" for i in range(len(cfgs))]
+    objs, wall, cpu = timed(lambda: train_packed(cfgs, dirs))
+    return {"wall_s": wall, "cpu_s": cpu, "tokens": sum(tokens_of(d) for d in dirs), "eval_loss": objs}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores (shared with other jobs), {mem:.0f} GiB RAM, {gpu}, "
+            f"torch {torch.__version__} on {torch.get_num_threads()} thread(s), Python {platform.python_version()}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ks", default="1,2,4,8")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--publish", default=str(ROOT / "bench" / "results" / "packed_trials"),
+                   help="results path without suffix ('' to skip)")
+    a = p.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ftrun import worker_cache
+    from ftrun.compose import compose
+    from ftrun.train import run
+
+    ks = [int(k) for k in a.ks.split(",")]
+    out = Path(a.out_dir or tempfile.mkdtemp(prefix="packed-bench-"))
+    worker_cache.enable()
+    cfgs = [compose(trial_overrides(i, a.steps, a.model)) for i in range(max(ks))]
+    print(f"warm-up (builds the model and data once, not counted) in {out}", flush=True)
+    run(compose(trial_overrides(0, 2, a.model) + ["name=warmup"]), out / "warmup")
+    rounds = []
+    load = [os.getloadavg()[0]]
+    for r in range(a.rounds):
+        print(f"round {r + 1}/{a.rounds}", flush=True)
+        seq = sequential(cfgs, out / f"r{r}" / "sequential")
+        pk = {}
+        for k in ks:
+            pk[k] = packed(cfgs[:k], out / f"r{r}" / f"packed{k}")
+            print(f"    packed K={k}: {pk[k]['wall_s']:.1f} s wall, {pk[k]['cpu_s']:.1f} s CPU", flush=True)
+        rounds.append({"sequential": seq, "packed": {str(k): v for k, v in pk.items()}})
+        load.append(os.getloadavg()[0])
+    cases = []
+    for k in ks:
+        seq_wall = statistics.median(sum(t["wall_s"] for t in rd["sequential"][:k]) for rd in rounds)
+        seq_cpu = statistics.median(sum(t["cpu_s"] for t in rd["sequential"][:k]) for rd in rounds)
+        seq_tok = rounds[0]["sequential"][:k]
+        pk_wall = statistics.median(rd["packed"][str(k)]["wall_s"] for rd in rounds)
+        pk_cpu = statistics.median(rd["packed"][str(k)]["cpu_s"] for rd in rounds)
+        tokens = rounds[0]["packed"][str(k)]["tokens"]
+        seq_tokens = sum(t["tokens"] for t in seq_tok)
+        same = [abs(a_ - b_) / abs(a_) for a_, b_ in
+                zip([t["eval_loss"] for t in seq_tok], rounds[0]["packed"][str(k)]["eval_loss"])]
+        cases.append({
+            "k": k, "sequential_wall_s": seq_wall, "sequential_cpu_s": seq_cpu, "packed_wall_s": pk_wall,
+            "packed_cpu_s": pk_cpu, "sequential_trials_per_hour": 3600 * k / seq_wall,
+            "packed_trials_per_hour": 3600 * k / pk_wall, "speedup_wall": seq_wall / pk_wall,
+            "speedup_cpu": seq_cpu / pk_cpu, "tokens": tokens, "sequential_tokens": seq_tokens,
+            "sequential_tokens_per_s": seq_tokens / seq_wall, "packed_tokens_per_s": tokens / pk_wall,
+            "max_rel_eval_loss_diff": max(same) if same else None})
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "model": a.model, "steps": a.steps, "rounds": a.rounds, "load_average_1min": load,
+            "command": "OMP_NUM_THREADS=1 nice -n 10 python bench/packed_trials.py " + " ".join(sys.argv[1:]),
+            "trials": [trial_overrides(i, a.steps, a.model) for i in range(max(ks))]}
+    result = {"meta": meta, "cases": cases, "rounds": rounds}
+    text = report(result)
+    print(text)
+    (out / "packed_trials.json").write_text(json.dumps(result, indent=2))
+    if a.publish:
+        suffix = "" if a.model == "tiny" else f"_{a.model}"
+        Path(a.publish + suffix + ".json").write_text(json.dumps(result, indent=2))
+        Path(a.publish + suffix + ".md").write_text(text)
+    return 0
+
+
+def report(result: dict) -> str:
+    meta, cases = result["meta"], result["cases"]
+    lines = [f"# Packed trials ({meta['date']})", "",
+             f"Machine: {meta['machine']}.", "",
+             f"Model: built-in `{meta['model']}`; each trial {meta['steps']} steps of 8 examples (letters data), "
+             "2 evaluations on 32 examples, adapter, loss plot and result.json written; ranks cycle 8, 16, 64, 16, "
+             "each trial its own lr and seed. Both sides in one warm process (tokenizer, data and base weights kept), "
+             f"one thread, MLflow off. Median of {meta['rounds']} rounds, sequential and packed alternating; "
+             f"1-minute load average during the rounds: {', '.join(f'{x:.1f}' for x in meta['load_average_1min'])} "
+             "(other jobs share the machine, so wall seconds include waiting for a core; CPU seconds do not).", "",
+             f"Command: `{meta['command']}`", "",
+             "| K | sequential trials/h | packed trials/h | speed-up (wall) | speed-up (CPU s) | "
+             "sequential tokens/s | packed tokens/s | max rel. eval-loss diff vs sequential |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        diff = c["max_rel_eval_loss_diff"]
+        lines.append(f"| {c['k']} | {c['sequential_trials_per_hour']:.0f} | {c['packed_trials_per_hour']:.0f} | "
+                     f"{c['speedup_wall']:.2f}x | {c['speedup_cpu']:.2f}x | {c['sequential_tokens_per_s']:.0f} | "
+                     f"{c['packed_tokens_per_s']:.0f} | {diff:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
