@@ -48,9 +48,9 @@ MODELS = {  # built-in models (ftrun.tiny builds them from these numbers; nothin
 }
 
 
-def trial_overrides(i: int, steps: int, model: str) -> list:
+def trial_overrides(i: int, steps: int, model: str, batch_size: int = 8) -> list:
     rank = RANKS[i % len(RANKS)]
-    return [*MODELS[model], "data.num_train=512", "data.num_eval=32", "batch_size=8", f"max_steps={steps}",
+    return [*MODELS[model], "data.num_train=512", "data.num_eval=32", f"batch_size={batch_size}", f"max_steps={steps}",
             f"train.eval_steps={max(steps // 2, 1)}", "train.logging_steps=10", "train.save_steps=0",
             "train.eval_batch_size=32", "tracking.enabled=false", f"rank={rank}", f"alpha={2 * rank}",
             f"lr={LRS[i % len(LRS)]}", f"seed={i}", f"name=t{i}"]
@@ -103,6 +103,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    p.add_argument("--batch-size", type=int, default=8, help="every trial's micro-batch size")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--publish", default=str(ROOT / "bench" / "results" / "packed_trials"),
                    help="results path without suffix ('' to skip)")
@@ -118,9 +119,9 @@ def main() -> int:
     ks = [int(k) for k in a.ks.split(",")]
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="packed-bench-"))
     worker_cache.enable()
-    cfgs = [compose(trial_overrides(i, a.steps, a.model)) for i in range(max(ks))]
+    cfgs = [compose(trial_overrides(i, a.steps, a.model, a.batch_size)) for i in range(max(ks))]
     print(f"warm-up (builds the model and data once, not counted) in {out}", flush=True)
-    run(compose(trial_overrides(0, 2, a.model) + ["name=warmup"]), out / "warmup")
+    run(compose(trial_overrides(0, 2, a.model, a.batch_size) + ["name=warmup"]), out / "warmup")
     rounds = []
     load = [os.getloadavg()[0]]
     for r in range(a.rounds):
@@ -151,15 +152,15 @@ def main() -> int:
             "sequential_tokens_per_s": seq_tokens / seq_wall, "packed_tokens_per_s": tokens / pk_wall,
             "max_rel_eval_loss_diff": max(same) if same else None})
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-            "model": a.model, "steps": a.steps, "rounds": a.rounds, "load_average_1min": load,
+            "model": a.model, "steps": a.steps, "batch_size": a.batch_size, "rounds": a.rounds, "load_average_1min": load,
             "command": "OMP_NUM_THREADS=1 nice -n 10 python bench/packed_trials.py " + " ".join(sys.argv[1:]),
-            "trials": [trial_overrides(i, a.steps, a.model) for i in range(max(ks))]}
+            "trials": [trial_overrides(i, a.steps, a.model, a.batch_size) for i in range(max(ks))]}
     result = {"meta": meta, "cases": cases, "rounds": rounds}
     text = report(result)
     print(text)
     (out / "packed_trials.json").write_text(json.dumps(result, indent=2))
     if a.publish:
-        suffix = "" if a.model == "tiny" else f"_{a.model}"
+        suffix = ("" if a.model == "tiny" else f"_{a.model}") + ("" if a.batch_size == 8 else f"_bs{a.batch_size}")
         Path(a.publish + suffix + ".json").write_text(json.dumps(result, indent=2))
         Path(a.publish + suffix + ".md").write_text(text)
     return 0
@@ -169,7 +170,7 @@ def report(result: dict) -> str:
     meta, cases = result["meta"], result["cases"]
     lines = [f"# Packed trials ({meta['date']})", "",
              f"Machine: {meta['machine']}.", "",
-             f"Model: built-in `{meta['model']}`; each trial {meta['steps']} steps of 8 examples (letters data), "
+             f"Model: built-in `{meta['model']}`; each trial {meta['steps']} steps of {meta['batch_size']} examples (letters data), "
              "2 evaluations on 32 examples, adapter, loss plot and result.json written; ranks cycle 8, 16, 64, 16, "
              "each trial its own lr and seed. Both sides in one warm process (tokenizer, data and base weights kept), "
              f"one thread, MLflow off. Median of {meta['rounds']} rounds, sequential and packed alternating; "

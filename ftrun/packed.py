@@ -38,6 +38,30 @@ default generator; CUDA's fused dropout kernel draws differently, so there a pac
 dropout is a valid run of the same distribution, not the alone run's bit pattern).
 
 Nothing heavy is imported at module level: torch, transformers and peft load inside the functions.
+
+Not wired into the sweeper yet. What that needs (issue 23):
+
+* ``sweeper/sweep.py`` (``_keep_slots_busy``): with a new ``hydra.sweeper.pack: K`` setting (checked in
+  ``sweeper/setting_checks.py``), ask up to K trials for a free slot, compose them, group them with
+  :func:`compatible` (the rest run alone as now), and hand a group to the slot's worker as one job.
+* ``sweeper/worker.py``: a "pack" message carrying K trial specs; the worker composes each config as it
+  does now and calls :func:`train_packed` with each trial's own run dir. The per-trial environment the
+  worker sets today (``FTRUN_OPTUNA_TRIAL_ID`` ... in ``ftrun.contract``) is per process, so the trial ids
+  must travel in the message instead; the worker answers with K outcomes.
+* pruning (``sweeper/trial.py``): the ``on_evaluate`` hook of :func:`train_packed` is where the study's
+  ``trial.report`` / ``should_prune`` go for each run (True stops that run alone, ``pruned: true``);
+  ``hydra.sweeper.rung_branch`` needs its decay branch trained per run and is refused in a pack for now.
+* tracking: one ``ftrun.tracking.make_tracker`` per run (child of the sweep's parent run), fed from each
+  run's log history and finished with its status; today a packed run records no MLflow run.
+* ``sweeper/slot_memory.py``: a pack's estimate is the base once plus K x (adapter, optimizer state, the
+  activations of K micro-batches); ``ftrun/estimate`` has the pieces.
+* ``sweeper/compute.py`` and ``sweeper/budget.py``: each packed run's ``train_time_s`` is the pack's wall
+  time while it was in the pack, so trial-seconds must be divided by the pack's size (or charged once
+  per pack) or the budget counts the device K times; ``result.json`` says ``packed: true``.
+* ``sweeper/outcome.py``: a packed trial's end comes from its ``result.json`` (finished, pruned,
+  diverged), not from the worker's exit status, which the K runs share; a crash of the worker fails
+  all K (``sweeper/stale_trials.py`` recovers each from its own run dir as now).
+* signals: Ctrl-C or SIGTERM during a pack stops all K runs; each must get its KILLED status.
 """
 
 from __future__ import annotations
@@ -48,7 +72,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -551,8 +575,13 @@ def _due_for_eval(run: PackedRun) -> bool:
     return bool(args.eval_steps) and run.global_step % int(args.eval_steps) == 0
 
 
-def train_packed(cfgs: Sequence, run_dirs: Sequence[Path]) -> List[Optional[float]]:
-    """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged)."""
+def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
+                 on_evaluate: Optional[Callable[[int, int, dict], bool]] = None) -> List[Optional[float]]:
+    """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged).
+
+    ``on_evaluate(index, step, metrics)`` is called after each evaluation of run ``index``; True stops
+    that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does).
+    """
     from ftrun.fit import peak_memory_mb, start_phases
 
     phases = start_phases()
@@ -574,6 +603,10 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path]) -> List[Optional[floa
             for r, m in zip(due, evaluate(model, due, router, pad_id).values()):
                 r.last_eval = {**m, "epoch": r.epoch, "step": r.global_step}
                 r.history.append(dict(r.last_eval))
+                stop = on_evaluate is not None and on_evaluate(runs.index(r), r.global_step, dict(m))
+                if stop and r.active:  # (the last step's evaluation is reported too; nothing is left to stop)
+                    log.info("%s: pruned at step %d", r.cfg.name, r.global_step)
+                    r.status = "pruned"
         for r in stepping:
             if not r.active:
                 _report(r, model, data, phases, peak_memory_mb())
@@ -582,7 +615,7 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path]) -> List[Optional[floa
 
 
 def _objective(run: PackedRun) -> Optional[float]:
-    if run.status != "finished":
+    if run.status not in ("finished", "pruned"):
         return None
     result = json.loads((run.run_dir / "result.json").read_text())
     return result.get("objective")
@@ -612,7 +645,7 @@ def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
     if losses:
         summary["final_train_loss"] = losses[-1]
     objective = objective_of(cfg, {**metrics, **summary}, summary)
-    summary["pruned"] = False
+    summary["pruned"] = run.status == "pruned"
     summary["packed"] = True
     _save_adapter(model, run, data.tokenizer, run.run_dir / MODEL_DIR)
     plot_loss(run.history, run.run_dir / LOSS_PLOT, title=cfg.name)

@@ -78,7 +78,18 @@ def test_a_packed_run_equals_the_same_run_alone(alone_and_packed, name):
 def test_a_diverging_run_stops_alone_and_the_others_go_on(alone_and_packed):
     tmp, _ = alone_and_packed
     bad = cfg_of("r64", ["lr=1e6", "name=absurd", "optimizer.max_grad_norm=0", "max_steps=20"])
-    train_packed([cfg_of("r8short"), bad], [tmp / "nan" / "r8short", tmp / "nan" / "absurd"])
+    pruned = cfg_of("r8short", ["name=pruned", "seed=4"])
+    seen = []
+
+    def prune_run_2(index, step, metrics):  # a sweep's pruner stopping one run at its first evaluation
+        seen.append((index, step))
+        return index == 2
+
+    train_packed([cfg_of("r8short"), bad, pruned], [tmp / "nan" / n for n in ("r8short", "absurd", "pruned")],
+                 on_evaluate=prune_run_2)
+    assert (2, 15) in seen and (0, 30) in seen and not any(i == 1 for i, _ in seen)
+    stopped, _ = read(tmp / "nan" / "pruned")
+    assert stopped["pruned"] is True and stopped["global_step"] == 15 and stopped["objective"] is not None
     result, _ = read(tmp / "nan" / "absurd")
     assert result["status"] == "diverged" and result["objective"] is None
     assert result["diverged_at_step"] < 20 and "step" in result["reason"]
