@@ -3,7 +3,7 @@
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/packed_trials.py            # about 10 minutes on a shared core
     python bench/packed_trials.py --ks 1,2 --steps 20                      # a quick look
-    python bench/packed_trials.py --model big                              # a larger built-in model (no hub)
+    python bench/packed_trials.py --model medium --ks 1,4 --steps 10 --rounds 1   # a larger built-in model (no hub)
 
 Each trial is a LoRA trial on the built-in tiny model and letters data, as a sweep would ask for
 it: its own lr, rank, alpha and seed (ranks cycle through 8, 16, 64, 16, so a pack holds
@@ -43,13 +43,14 @@ RANKS = [8, 16, 64, 16]
 LRS = [1e-3, 3e-4, 2e-3, 5e-4, 1.5e-3, 7e-4, 4e-3, 2.5e-4]
 MODELS = {  # built-in models (ftrun.tiny builds them from these numbers; nothing is downloaded)
     "tiny": [],
-    "big": ["model.tiny.hidden_size=512", "model.tiny.intermediate_size=1408", "model.tiny.num_hidden_layers=8",
-            "model.tiny.num_attention_heads=8", "model.tiny.num_key_value_heads=4", "model.tiny.pretrain_steps=0"],
+    # ~10M parameters, random weights (no pre-training): for throughput only, ~12x the tiny model's FLOPs a token
+    "medium": ["model.tiny.hidden_size=384", "model.tiny.intermediate_size=1024", "model.tiny.num_hidden_layers=6",
+               "model.tiny.num_attention_heads=6", "model.tiny.num_key_value_heads=2", "model.tiny.pretrain_steps=0"],
 }
 
 
-def trial_overrides(i: int, steps: int, model: str, batch_size: int = 8) -> list:
-    rank = RANKS[i % len(RANKS)]
+def trial_overrides(i: int, steps: int, model: str, batch_size: int = 8, ranks=RANKS) -> list:
+    rank = ranks[i % len(ranks)]
     return [*MODELS[model], "data.num_train=512", "data.num_eval=32", f"batch_size={batch_size}", f"max_steps={steps}",
             f"train.eval_steps={max(steps // 2, 1)}", "train.logging_steps=10", "train.save_steps=0",
             "train.eval_batch_size=32", "tracking.enabled=false", f"rank={rank}", f"alpha={2 * rank}",
@@ -104,6 +105,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--model", default="tiny", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=8, help="every trial's micro-batch size")
+    p.add_argument("--ranks", default=",".join(map(str, RANKS)), help="LoRA ranks the trials cycle through")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--report", default=None, help="only rewrite the Markdown from this results JSON")
     p.add_argument("--publish", default=str(ROOT / "bench" / "results" / "packed_trials"),
@@ -121,11 +123,12 @@ def main() -> int:
     from ftrun.train import run
 
     ks = [int(k) for k in a.ks.split(",")]
+    ranks = [int(r) for r in a.ranks.split(",")]
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="packed-bench-"))
     worker_cache.enable()
-    cfgs = [compose(trial_overrides(i, a.steps, a.model, a.batch_size)) for i in range(max(ks))]
+    cfgs = [compose(trial_overrides(i, a.steps, a.model, a.batch_size, ranks)) for i in range(max(ks))]
     print(f"warm-up (builds the model and data once, not counted) in {out}", flush=True)
-    run(compose(trial_overrides(0, 2, a.model, a.batch_size) + ["name=warmup"]), out / "warmup")
+    run(compose(trial_overrides(0, 2, a.model, a.batch_size, ranks) + ["name=warmup"]), out / "warmup")
     rounds = []
     load = [os.getloadavg()[0]]
     for r in range(a.rounds):
@@ -156,15 +159,16 @@ def main() -> int:
             "sequential_tokens_per_s": seq_tokens / seq_wall, "packed_tokens_per_s": tokens / pk_wall,
             "max_rel_eval_loss_diff": max(same) if same else None})
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-            "model": a.model, "steps": a.steps, "batch_size": a.batch_size, "rounds": a.rounds, "load_average_1min": load,
+            "model": a.model, "steps": a.steps, "batch_size": a.batch_size, "ranks": ranks, "rounds": a.rounds, "load_average_1min": load,
             "command": "OMP_NUM_THREADS=1 nice -n 10 python bench/packed_trials.py " + " ".join(sys.argv[1:]),
-            "trials": [trial_overrides(i, a.steps, a.model, a.batch_size) for i in range(max(ks))]}
+            "trials": [trial_overrides(i, a.steps, a.model, a.batch_size, ranks) for i in range(max(ks))]}
     result = {"meta": meta, "cases": cases, "rounds": rounds}
     text = report(result)
     print(text)
     (out / "packed_trials.json").write_text(json.dumps(result, indent=2))
     if a.publish:
-        suffix = ("" if a.model == "tiny" else f"_{a.model}") + ("" if a.batch_size == 8 else f"_bs{a.batch_size}")
+        suffix = (("" if a.model == "tiny" else f"_{a.model}") + ("" if a.batch_size == 8 else f"_bs{a.batch_size}")
+                  + ("" if ranks == RANKS else "_r" + "-".join(map(str, ranks))))
         Path(a.publish + suffix + ".json").write_text(json.dumps(result, indent=2))
         Path(a.publish + suffix + ".md").write_text(text)
     return 0
@@ -217,7 +221,8 @@ def report(result: dict) -> str:
     lines = [f"# Packed trials ({meta['date']})", "",
              f"Machine: {meta['machine']}.", "",
              f"Model: built-in `{meta['model']}`; each trial {meta['steps']} steps of {meta['batch_size']} examples (letters data), "
-             "2 evaluations on 32 examples, adapter, loss plot and result.json written; ranks cycle 8, 16, 64, 16, "
+             "2 evaluations on 32 examples, adapter, loss plot and result.json written; ranks cycle "
+             f"{', '.join(map(str, meta.get('ranks', RANKS)))} (alpha 2 x rank), "
              "each trial its own lr and seed. Both sides in one warm process (tokenizer, data and base weights kept), "
              f"one thread, MLflow off. Median of {meta['rounds']} rounds, sequential and packed alternating; "
              f"1-minute load average during the rounds: {', '.join(f'{x:.1f}' for x in meta['load_average_1min'])} "
