@@ -1,0 +1,685 @@
+"""Packed trials (issue 23): up to K compatible LoRA runs trained at once over ONE frozen base.
+
+A LoRA sweep trains the same frozen base again and again with small adapters that differ in lr,
+rank, alpha, dropout, seed. :func:`train_packed` takes K composed run configs (what
+:func:`ftrun.train.run` receives), builds the base once, attaches one peft LoRA adapter per run
+and trains them together: each step is one forward and one backward over the runs' concatenated
+micro-batches, every row going through its own run's adapter (:class:`Router`; runs of equal
+rank share one ``bmm`` over their stacked A and B, others get their own slice), so the base
+layers see one large batch. Each run keeps its own everything else, built from the same library
+pieces its alone run uses:
+
+* adapter init: peft's, after ``set_seed(seed)`` as :func:`ftrun.stages.common.prepare_data`
+  seeds before the model is built, so A and B start equal to the alone run's;
+* data order and batches: the run's own transformers ``Trainer`` (built, never trained) gives its
+  train dataloader (accelerate's seedable sampler, ``data_seed``, ``set_epoch`` per epoch) and
+  its collator; epochs, the last short accumulation step of an epoch and ``max_steps`` as
+  ``Trainer._inner_training_loop`` counts them;
+* loss: the model's own ``loss_function`` with the run's ``num_items_in_batch`` (its tokens over
+  the accumulated micro-batches), as ``Trainer.compute_loss`` does; the K losses are summed for one
+  backward (the adapters are disjoint and the base frozen, so each gets only its own gradient);
+* optimizer and schedule: ``Trainer.get_optimizer_cls_and_kwargs`` and ``Trainer.create_scheduler``
+  of that Trainer, over the run's adapter parameters only; clipping at ``max_grad_norm`` over them;
+* evaluation: the eval loss as ``Trainer.evaluation_loop`` averages it (per batch mean, weighted by
+  rows) and teacher-forced exact match (:func:`ftrun.fit.exact_match`);
+* result: ``result.json`` through :func:`ftrun.fit._write_result`, ``config_resolved.yaml``,
+  ``trainer_state.json`` (its log history) and the adapter in ``model/``.
+
+A run whose loss or gradients stop being finite stops alone (``status: diverged``, as
+:mod:`ftrun.divergence` reports it); a run that reaches its last step leaves the pack; the others
+go on. :func:`compatible` says why K configs cannot share a pack.
+
+Dropout: with ``method.dropout > 0`` each run draws its masks from its own ``torch.Generator``,
+seeded with the run's seed (the global RNG's state when the alone run's Trainer starts training:
+its ``__init__`` seeds it, and in training only dropout draws from it), with the shape of the run's
+own micro-batch, in the same layer order; so a run's masks neither depend on the others in its
+pack nor differ from its alone run's (on CPU, where torch's dropout is ``bernoulli_`` on the
+default generator; CUDA's fused dropout kernel draws differently, so there a packed run with
+dropout is a valid run of the same distribution, not the alone run's bit pattern).
+
+Rounding: a run's rows are right-padded to the pack's widest micro-batch, so its matmuls and attention
+reduce over longer rows than alone; the real tokens' values are the same up to float rounding (~1e-8
+relative), and for most runs the losses stay within 1e-7 of the alone run's over the whole run. A run
+whose training amplifies noise (in bench/packed_trials.py at micro-batch 2: lr 4e-3, rank 64, alpha
+128, every step's gradient clipped) drifts from that rounding: 1e-8 at step 30, 2% by step 50. The
+same run alone in a pack of K = 1, or packed with runs of its own width, stays within 1e-7, so the
+drift comes from the padding, not from routing, bmm, or the optimizer. Packing rows without padding
+(one flattened row per micro-batch with restarting ``position_ids``, as ``data.packing`` does, routed
+by token ranges instead of rows) would remove it; not done yet.
+
+Nothing heavy is imported at module level: torch, transformers and peft load inside the functions.
+
+Not wired into the sweeper yet. What that needs (issue 23):
+
+* ``sweeper/sweep.py`` (``_keep_slots_busy``): with a new ``hydra.sweeper.pack: K`` setting (checked in
+  ``sweeper/setting_checks.py``), ask up to K trials for a free slot, compose them, group them with
+  :func:`compatible` (the rest run alone as now), and hand a group to the slot's worker as one job.
+* ``sweeper/worker.py``: a "pack" message carrying K trial specs; the worker composes each config as it
+  does now and calls :func:`train_packed` with each trial's own run dir. The per-trial environment the
+  worker sets today (``FTRUN_OPTUNA_TRIAL_ID`` ... in ``ftrun.contract``) is per process, so the trial ids
+  must travel in the message instead; the worker answers with K outcomes.
+* pruning (``sweeper/trial.py``): the ``on_evaluate`` hook of :func:`train_packed` is where the study's
+  ``trial.report`` / ``should_prune`` go for each run (True stops that run alone, ``pruned: true``);
+  ``hydra.sweeper.rung_branch`` needs its decay branch trained per run and is refused in a pack for now.
+* tracking: one ``ftrun.tracking.make_tracker`` per run (child of the sweep's parent run), fed from each
+  run's log history and finished with its status; today a packed run records no MLflow run.
+* ``sweeper/slot_memory.py``: a pack's estimate is the base once plus K x (adapter, optimizer state, the
+  activations of K micro-batches); ``ftrun/estimate`` has the pieces.
+* ``sweeper/compute.py`` and ``sweeper/budget.py``: each packed run's ``train_time_s`` is the pack's wall
+  time while it was in the pack, so trial-seconds must be divided by the pack's size (or charged once
+  per pack) or the budget counts the device K times; ``result.json`` says ``packed: true``.
+* ``sweeper/outcome.py``: a packed trial's end comes from its ``result.json`` (finished, pruned,
+  diverged), not from the worker's exit status, which the K runs share; a crash of the worker fails
+  all K (``sweeper/stale_trials.py`` recovers each from its own run dir as now).
+* signals: Ctrl-C or SIGTERM during a pack stops all K runs; each must get its KILLED status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+# what must be equal for runs to share a base and a batch: (key, what it means)
+SAME = [
+    ("model", "the base model"),
+    ("method.name", "the method"),
+    ("method.target_modules", "the adapted modules"),
+    ("data", "the data (and its cutoff_len)"),
+    ("precision", "the precision"),
+    ("batch_size", "the micro-batch size"),
+    ("stage.name", "the stage"),
+    ("train.eval_batch_size", "the eval batch size"),
+    ("train.gradient_checkpointing", "gradient checkpointing"),
+    ("objective", "the objective"),
+]
+# settings a packed run does not support yet, with the value it needs: (key, ok(value), what)
+UNSUPPORTED = [
+    ("stage.name", lambda v: str(v) == "sft", "stage=sft"),
+    ("method.name", lambda v: str(v) == "lora", "method=lora"),
+    ("method.use_dora", lambda v: not v, "method.use_dora=false"),
+    ("method.pissa", lambda v: not v, "no PiSSA init (it changes the base weights)"),
+    ("method.loraplus_lr_ratio", lambda v: not v, "no LoRA+"),
+    ("method.extra_modules", lambda v: not v, "no method.extra_modules (they train base weights)"),
+    ("method.adapter", lambda v: not v, "no method.adapter to continue"),
+    ("model.resize_vocab", lambda v: not v, "model.resize_vocab=false"),
+    ("optimizer.name", lambda v: str(v) == "adamw", "optimizer=adamw"),
+    ("scheduler.name", lambda v: str(v) != "reduce_lr_on_plateau", "a scheduler other than reduce_lr_on_plateau"),
+    ("data.packing", lambda v: not v, "data.packing=false"),
+    ("train.neftune_noise_alpha", lambda v: v is None, "no NEFTune noise"),
+    ("train.generate.max_samples", lambda v: not v, "train.generate.max_samples=0"),
+    ("train.keep_best", lambda v: not v, "train.keep_best off"),
+    ("stage.init_run", lambda v: v is None, "no stage.init_run"),
+    ("resume", lambda v: str(v) == "never", "resume=never"),
+    ("sharding.name", lambda v: str(v) == "none", "sharding=none"),
+    ("model.liger_kernel", lambda v: not v, "no Liger kernels"),
+]
+
+
+def _get(cfg, dotted: str):
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, dotted, default=None)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def compatible(cfgs: Sequence) -> Optional[str]:
+    """None when the runs can train in one pack, else the reason (the first difference found)."""
+    if not cfgs:
+        return "no runs to pack"
+    for i, cfg in enumerate(cfgs):
+        for key, ok, what in UNSUPPORTED:
+            value = _get(cfg, key)
+            if not ok(value):
+                return f"run {i} ({cfg.name}): {key}={value}; a packed run needs {what}"
+    first = cfgs[0]
+    for i, cfg in enumerate(cfgs[1:], 1):
+        for key, what in SAME:
+            a, b = _get(first, key), _get(cfg, key)
+            if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+                return f"{what} differs: run 0 ({first.name}) has {key}={a}, run {i} ({cfg.name}) has {key}={b}"
+    names = [str(c.name) for c in cfgs]
+    if len(set(names)) != len(names):
+        return f"two runs share a name ({names}); each needs its own"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# routing rows to adapters
+
+
+class Router:
+    """Which rows of the packed batch belong to which adapter, read by every LoRA layer's forward.
+
+    ``groups``: (adapter names, first row, rows per adapter) for runs placed next to each other;
+    a group of equal-rank adapters with equal row counts is computed as one ``bmm``.
+    """
+
+    def __init__(self):
+        self.groups: List[tuple] = []
+        self.generators: Dict[str, Any] = {}  # per-adapter dropout generators
+        self.widths: Dict[str, int] = {}  # each adapter's own micro-batch width (before the pack's padding)
+        self.use_bmm = True
+
+    def set(self, spans: List[tuple], ranks: Dict[str, int]) -> None:
+        """``spans``: (adapter, first row, rows) in batch order."""
+        groups: List[tuple] = []
+        for name, start, rows in spans:
+            if (self.use_bmm and groups and ranks[groups[-1][0][-1]] == ranks[name] and groups[-1][2] == rows
+                    and groups[-1][1] + rows * len(groups[-1][0]) == start):
+                groups[-1][0].append(name)
+            else:
+                groups.append(([name], start, rows))
+        self.groups = groups
+
+
+def _routed_forward(router: Router):
+    import torch
+    import torch.nn.functional as F
+
+    def forward(self, x, *args, **kwargs):
+
+        result = self.base_layer(x, *args, **kwargs)
+        for names, start, rows in router.groups:
+            names = [n for n in names if n in self.lora_A]
+            if not names:
+                continue
+            stop = start + rows * len(names)
+            xs = x[start:stop].to(self.lora_A[names[0]].weight.dtype)
+            if self.training:
+                xs = _dropout(self, names, xs, rows, router)
+            if len(names) == 1:
+                n = names[0]
+                delta = F.linear(F.linear(xs, self.lora_A[n].weight), self.lora_B[n].weight) * self.scaling[n]
+            else:
+                g = len(names)
+                a = torch.stack([self.lora_A[n].weight for n in names])  # (g, r, in)
+                b = torch.stack([self.lora_B[n].weight for n in names])  # (g, out, r)
+                scale = torch.tensor([self.scaling[n] for n in names], dtype=xs.dtype, device=xs.device)
+                flat = xs.reshape(g, -1, xs.shape[-1])  # (g, rows*seq, in)
+                delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2)) * scale.view(g, 1, 1)
+                delta = delta.reshape(*xs.shape[:-1], delta.shape[-1])
+            result[start:stop] += delta.to(result.dtype)
+        return result
+
+    return forward
+
+
+def _dropout(layer, names, xs, rows, router):
+    """Each adapter's dropout on its own rows, its masks from its own generator.
+
+    The mask is drawn as torch's CPU dropout draws it (``bernoulli_(1 - p)`` on a tensor of the
+    run's own micro-batch shape, before the pack padded it wider, then divided by ``1 - p``), from a
+    generator seeded as the alone run's global RNG is when its training starts, and in the same
+    order (one draw per LoRA layer per forward), so the masks are the alone run's masks.
+    """
+    import torch
+
+    parts, changed = [], False
+    for k, n in enumerate(names):
+        part = xs[k * rows:(k + 1) * rows]
+        drop = layer.lora_dropout[n]
+        p = getattr(drop, "p", 0.0)
+        if p > 0:
+            width = router.widths.get(n, part.shape[1])
+            noise = part.new_empty((part.shape[0], width, *part.shape[2:]))
+            noise.bernoulli_(1 - p, generator=router.generators[n]).div_(1 - p)
+            if width < part.shape[1]:
+                pad = noise.new_ones((part.shape[0], part.shape[1] - width, *part.shape[2:]))
+                noise = torch.cat([noise, pad], dim=1)
+            part = part * noise
+            changed = True
+        parts.append(part)
+    return torch.cat(parts) if changed else xs
+
+
+# ---------------------------------------------------------------------------
+# one run in the pack
+
+
+@dataclass
+class PackedRun:
+    cfg: Any
+    run_dir: Path
+    adapter: str
+    trainer: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    params: list = field(default_factory=list)
+    max_steps: int = 0
+    global_step: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    steps_in_epoch: int = 0
+    updates_per_epoch: int = 0
+    update_in_epoch: int = 0
+    iterator: Any = None
+    history: list = field(default_factory=list)
+    tr_loss: float = 0.0
+    tr_loss_total: float = 0.0
+    last_logged: int = 0
+    status: str = "training"  # training, finished, diverged
+    reason: Optional[str] = None
+    diverged_at: Optional[int] = None
+    last_eval: Optional[dict] = None
+    train_s: float = 0.0
+    tokens: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status == "training"
+
+    def next_batches(self, generator=None) -> list:
+        """The micro-batches of the run's next optimizer step, as the Trainer's loop draws them.
+
+        torch's DataLoader draws its workers' base seed from the global RNG at every epoch's start;
+        in the alone run that draw comes from the stream its dropout masks come from, so here it
+        comes from the run's own ``generator`` (None: from the global RNG)."""
+        if generator is None:
+            return self._next_batches()
+        import torch
+
+        saved = torch.get_rng_state()
+        torch.set_rng_state(generator.get_state())
+        try:
+            return self._next_batches()
+        finally:
+            generator.set_state(torch.get_rng_state())
+            torch.set_rng_state(saved)
+
+    def _next_batches(self) -> list:
+        if self.iterator is None or self.update_in_epoch >= self.updates_per_epoch:
+            if self.iterator is not None:
+                self.epoch += 1
+            self.iterator = _epoch_iterator(self.trainer, self.epoch)
+            self.update_in_epoch = 0
+        accum = self.trainer.args.gradient_accumulation_steps
+        remainder = self.steps_in_epoch % accum or accum
+        n = accum if self.update_in_epoch != self.updates_per_epoch - 1 else remainder
+        batches = []
+        for _ in range(n):
+            try:
+                batches.append(next(self.iterator))
+            except StopIteration:
+                break
+        self.update_in_epoch += 1
+        return batches
+
+
+def _epoch_iterator(trainer, epoch: int):
+    dl = trainer._packed_train_dl
+    if hasattr(dl, "set_epoch"):
+        dl.set_epoch(epoch)
+    inner = getattr(getattr(dl, "batch_sampler", None), "batch_sampler", None)
+    if hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+    return iter(dl)
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+def prepare_runs(cfgs: Sequence, run_dirs: Sequence[Path]):
+    """Check, resolve and write each run's config, as :func:`ftrun.train.run` does before its recipe."""
+    from ftrun.config import ConfigError, resolved, validate, validate_device
+    from ftrun.config.model_dir import require_model_files
+    from ftrun.data import check_stage_data
+    from ftrun.train import _write_resolved_config, check_resume
+
+    reason = compatible(cfgs)
+    if reason is not None:
+        raise ConfigError(f"these runs cannot train in one pack: {reason}")
+    out = []
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        validate(cfg)
+        require_model_files(cfg.model)
+        cfg = resolved(cfg)
+        run_dir = Path(run_dir)
+        check_resume(cfg, run_dir)
+        check_stage_data(cfg)
+        validate_device(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_resolved_config(cfg, run_dir)
+        out.append((cfg, run_dir))
+    return out
+
+
+def build_pack(cfgs: Sequence, run_dirs: Sequence[Path]):
+    """(model, runs, data, router): the base once, one adapter per run, each run's Trainer pieces."""
+    import torch
+    from peft import get_peft_model
+    from transformers import Trainer, set_seed
+
+    from ftrun.data import make_collator
+    from ftrun.fit import quiet_libraries, training_arguments
+    from ftrun.model import load_model, lora_config
+    from ftrun.stages.common import prepare_data
+
+    quiet_libraries()
+    pairs = prepare_runs(cfgs, run_dirs)
+    first = pairs[0][0]
+    data = prepare_data(first)  # the same data for every run (compatible() checked it)
+    base = load_model(first)
+    runs: List[PackedRun] = []
+    model = None
+    for i, (cfg, run_dir) in enumerate(pairs):
+        name = f"run{i}"
+        set_seed(cfg.seed)  # as prepare_data seeds before the alone run builds its model and adapter
+        if model is None:
+            model = get_peft_model(base, lora_config(cfg), adapter_name=name)
+        else:
+            model.add_adapter(name, lora_config(cfg))
+        runs.append(PackedRun(cfg=cfg, run_dir=run_dir, adapter=name))
+    for run in runs:  # every adapter trains (peft makes only the active one trainable)
+        for n, p in model.named_parameters():
+            if f".{run.adapter}." in n and "lora_" in n:
+                p.requires_grad_(True)
+                run.params.append((n, p))
+    router = Router()
+    patched = 0
+    from peft.tuners.lora import Linear as LoraLinear
+
+    for module in model.modules():
+        if isinstance(module, LoraLinear):
+            module.forward = _routed_forward(router).__get__(module)
+            patched += 1
+    if patched == 0:
+        raise RuntimeError("no peft LoRA Linear layer found to route")
+    collator = make_collator(first.data, data.tokenizer, first.model.attn_implementation)
+    for run in runs:
+        cfg = run.cfg
+        args = training_arguments(cfg, run.run_dir, has_eval=data.eval is not None, num_examples=len(data.train))
+        trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                          processing_class=data.tokenizer, data_collator=collator)
+        run.trainer = trainer
+        trainer._packed_train_dl = trainer.get_train_dataloader()
+        dl = trainer._packed_train_dl
+        accum = args.gradient_accumulation_steps
+        run.steps_in_epoch = len(dl)
+        run.updates_per_epoch = max(len(dl) // accum + int(len(dl) % accum > 0), 1)
+        run.max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * run.updates_per_epoch)
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if opt_cls is torch.optim.AdamW and "foreach" not in opt_kwargs and "fused" not in opt_kwargs:
+            # the same update in a few multi-tensor ops instead of ~12 per tensor (torch picks the per-tensor
+            # loop on a CPU); the result differs from the alone run's only in rounding
+            opt_kwargs = {**opt_kwargs, "foreach": True}
+        decay = set(trainer.get_decay_parameter_names(model))
+        groups = [{"params": [p for n, p in run.params if n in decay], "weight_decay": args.weight_decay},
+                  {"params": [p for n, p in run.params if n not in decay], "weight_decay": 0.0}]
+        run.optimizer = opt_cls(groups, **opt_kwargs)
+        run.scheduler = trainer.create_scheduler(run.max_steps, optimizer=run.optimizer)
+        router.generators[run.adapter] = torch.Generator().manual_seed(int(cfg.seed))
+    return model, runs, data, router
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+def _pad_cat(batches: list, pad_id: int) -> dict:
+    """Concatenate micro-batches along rows, right-padding each to the longest (labels -100, mask 0)."""
+    import torch
+
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "labels": -100, "attention_mask": 0}
+    out = {}
+    for key in batches[0]:
+        parts = []
+        for b in batches:
+            t = b[key]
+            if t.shape[1] < width:
+                t = torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), fill.get(key, 0))], dim=1)
+            parts.append(t)
+        out[key] = torch.cat(parts)
+    return out
+
+
+def _num_items(trainer, batches: list):
+    """``Trainer._get_num_items_in_batch`` for the run's micro-batches (None: the loss is a per-batch mean)."""
+    return trainer._get_num_items_in_batch(batches, trainer.args.device)
+
+
+def _forward_logits(model, inputs: dict):
+    inner = model.base_model.model  # the transformers model under peft's wrappers
+    feed = {k: v for k, v in inputs.items() if k != "labels"}
+    return inner(**feed).logits
+
+
+def _run_loss(model, logits, labels, num_items):
+    inner = model.base_model.model
+    kwargs = {"num_items_in_batch": num_items} if num_items is not None else {}
+    return inner.loss_function(logits=logits, labels=labels, vocab_size=inner.config.vocab_size, **kwargs)
+
+
+def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> None:
+    """One optimizer step of every active run: one forward and backward per micro-batch index."""
+    import torch
+
+    from ftrun.divergence import Diverged
+
+    active = [r for r in runs if r.active]
+    work = {r.adapter: r.next_batches(router.generators.get(r.adapter)) for r in active}
+    items = {r.adapter: _num_items(r.trainer, work[r.adapter]) for r in active}
+    step_loss = {r.adapter: 0.0 for r in active}
+    ranks = {r.adapter: int(r.cfg.method.rank) for r in active}
+    order = sorted(active, key=lambda r: ranks[r.adapter])  # equal ranks next to each other: one bmm
+    if not model.training:  # (module.train() walks every module: not once per step)
+        model.train()
+    for m in range(max(len(b) for b in work.values())):
+        here = [r for r in order if m < len(work[r.adapter])]
+        batches = [work[r.adapter][m] for r in here]
+        inputs = _pad_cat(batches, pad_id)
+        spans, row = [], 0
+        for r, b in zip(here, batches):
+            spans.append((r.adapter, row, b["input_ids"].shape[0]))
+            router.widths[r.adapter] = b["input_ids"].shape[1]
+            row += b["input_ids"].shape[0]
+        router.set(spans, ranks)
+        logits = _forward_logits(model, inputs)
+        total = None
+        for (name, start, rows), r in zip(spans, here):
+            loss = _run_loss(model, logits[start:start + rows], inputs["labels"][start:start + rows], items[name])
+            if items[name] is None:  # the Trainer divides a per-batch mean by the accumulation steps
+                loss = loss / len(work[name])
+            step_loss[name] += float(loss.detach())
+            r.tokens += int(inputs["attention_mask"][start:start + rows].sum()) if "attention_mask" in inputs \
+                else int(inputs["input_ids"][start:start + rows].numel())
+            if math.isfinite(step_loss[name]):
+                total = loss if total is None else total + loss
+        if total is not None:
+            total.backward()
+    for r in active:
+        r.global_step += 1
+        lr = r.optimizer.param_groups[0]["lr"]
+        params = [p for _, p in r.params]
+        if not math.isfinite(step_loss[r.adapter]):
+            _diverge(r, Diverged("the train loss", step_loss[r.adapter], r.global_step, lr))
+            continue
+        max_norm = r.trainer.args.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm and max_norm > 0 else float("inf"))
+        # a finite total norm means every gradient is finite; else the largest |gradient| decides, as
+        # ftrun.divergence decides for the alone run (a huge but finite gradient can overflow the norm)
+        worst = float(norm) if math.isfinite(float(norm)) else \
+            max((float(p.grad.detach().abs().max()) for p in params if p.grad is not None), default=0.0)
+        if not math.isfinite(worst):
+            _diverge(r, Diverged("the gradient", worst, r.global_step, lr))
+            continue
+        r.optimizer.step()
+        r.scheduler.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        r.tr_loss += step_loss[r.adapter]
+        r.tr_loss_total += step_loss[r.adapter]
+        args = r.trainer.args
+        if args.logging_steps and r.global_step % args.logging_steps == 0:
+            r.history.append({"loss": r.tr_loss / (r.global_step - r.last_logged),
+                              "grad_norm": float(norm), "learning_rate": lr,
+                              "epoch": r.epoch + r.update_in_epoch / r.updates_per_epoch, "step": r.global_step})
+            r.tr_loss, r.last_logged = 0.0, r.global_step
+        if r.global_step >= r.max_steps:
+            r.status = "finished"
+
+
+def _diverge(run: PackedRun, e) -> None:
+    log.error("%s: %s", run.cfg.name, e)
+    run.status, run.reason, run.diverged_at = "diverged", e.reason, e.step
+    for _, p in run.params:
+        p.grad = None
+        p.requires_grad_(False)
+
+
+def evaluate(model, runs: List[PackedRun], router: Router, pad_id: int) -> Dict[str, dict]:
+    """Each run's eval metrics (eval_loss, eval_exact_match, ...), the eval batches routed to every run."""
+    import numpy as np
+    import torch
+
+    if not runs:
+        return {}
+    start = time.perf_counter()
+    for r in runs:  # the draw an evaluation's DataLoader makes from the alone run's global RNG (its base seed)
+        g = router.generators.get(r.adapter)
+        if g is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+    dl = runs[0].trainer.get_eval_dataloader()
+    was = model.training
+    model.eval()
+    sums = {r.adapter: [0.0, 0, 0, 0] for r in runs}  # loss*rows, rows, exact, rows with an answer
+    n_batches = 0
+    with torch.no_grad():
+        for batch in dl:
+            n_batches += 1
+            rows = batch["input_ids"].shape[0]
+            inputs = _pad_cat([batch] * len(runs), pad_id)
+            spans = [(r.adapter, k * rows, rows) for k, r in enumerate(runs)]
+            router.set(spans, {r.adapter: int(r.cfg.method.rank) for r in runs})
+            logits = _forward_logits(model, inputs)
+            labels = batch["labels"]
+            for name, s, n in spans:
+                part = logits[s:s + n]
+                loss = float(_run_loss(model, part, labels, None))
+                preds = part.argmax(-1).numpy()[:, :-1]
+                lab = labels.numpy()[:, 1:]
+                mask = lab != -100
+                correct = ((preds == lab) | ~mask).all(axis=-1) & mask.any(axis=-1)
+                acc = sums[name]
+                acc[0] += loss * n if np.isfinite(loss) else 0.0
+                acc[1] += n if np.isfinite(loss) else 0
+                acc[2] += int(correct.sum())
+                acc[3] += n
+    model.train(was)
+    runtime = time.perf_counter() - start
+    out = {}
+    for r in runs:
+        loss_rows, rows, exact, total = sums[r.adapter]
+        out[r.adapter] = {"eval_loss": loss_rows / rows if rows else float("nan"),
+                          "eval_exact_match": exact / total if total else 0.0,
+                          "eval_runtime": round(runtime, 4),
+                          "eval_samples_per_second": round(total / runtime, 3),
+                          "eval_steps_per_second": round(n_batches / runtime, 3)}
+    return out
+
+
+def _due_for_eval(run: PackedRun) -> bool:
+    args = run.trainer.args
+    if run.trainer.eval_dataset is None or str(args.eval_strategy) not in ("steps", "IntervalStrategy.STEPS"):
+        return False
+    return bool(args.eval_steps) and run.global_step % int(args.eval_steps) == 0
+
+
+def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
+                 on_evaluate: Optional[Callable[[int, int, dict], bool]] = None) -> List[Optional[float]]:
+    """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged).
+
+    ``on_evaluate(index, step, metrics)`` is called after each evaluation of run ``index``; True stops
+    that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does).
+    """
+    from ftrun.fit import peak_memory_mb, start_phases
+
+    phases = start_phases()
+    model, runs, data, router = build_pack(cfgs, run_dirs)
+    pad_id = data.tokenizer.pad_token_id
+    phases.mark("prepare")
+    t0 = time.perf_counter()
+    while any(r.active for r in runs):
+        step_start = time.perf_counter()
+        stepping = [r for r in runs if r.active]
+        train_step(model, runs, router, pad_id)
+        spent = time.perf_counter() - step_start
+        for r in stepping:
+            r.train_s += spent
+        due = [r for r in stepping if r.status != "diverged" and (_due_for_eval(r) or (
+            r.status == "finished" and data.eval is not None))]
+        due = [r for r in due if r.last_eval is None or r.last_eval.get("step") != r.global_step]
+        if due:
+            for r, m in zip(due, evaluate(model, due, router, pad_id).values()):
+                r.last_eval = {**m, "epoch": r.epoch, "step": r.global_step}
+                r.history.append(dict(r.last_eval))
+                stop = on_evaluate is not None and on_evaluate(runs.index(r), r.global_step, dict(m))
+                if stop and r.active:  # (the last step's evaluation is reported too; nothing is left to stop)
+                    log.info("%s: pruned at step %d", r.cfg.name, r.global_step)
+                    r.status = "pruned"
+        for r in stepping:
+            if not r.active:
+                _report(r, model, data, phases, peak_memory_mb())
+    log.info("Packed %d runs: %.1f s", len(runs), time.perf_counter() - t0)
+    return [_objective(r) for r in runs]
+
+
+def _objective(run: PackedRun) -> Optional[float]:
+    if run.status not in ("finished", "pruned"):
+        return None
+    result = json.loads((run.run_dir / "result.json").read_text())
+    return result.get("objective")
+
+
+def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
+    """The run's result.json (the alone run's shape), trainer_state.json and its adapter in model/."""
+    from ftrun.contract import LOSS_PLOT, MODEL_DIR, TRAINER_STATE
+    from ftrun.fit import _objective as objective_of, _write_result, plot_loss
+
+    cfg = run.cfg
+    state = {"global_step": run.global_step, "max_steps": run.max_steps, "log_history": run.history,
+             "num_input_tokens_seen": run.tokens}
+    (run.run_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+    if run.status == "diverged":
+        summary = {"status": "diverged", "reason": run.reason, "diverged_at_step": run.diverged_at,
+                   "global_step": run.global_step, "train_time_s": run.train_s, "pruned": False, "packed": True}
+        _write_result(run.run_dir, cfg, None, {}, summary)
+        return
+    run.history.append({"train_loss": run.tr_loss_total / max(run.global_step, 1), "step": run.global_step})
+    (run.run_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+    metrics = {k: v for k, v in (run.last_eval or {}).items() if k.startswith("eval_")}
+    if "eval_loss" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    losses = [h["loss"] for h in run.history if "loss" in h]
+    summary = {"train_time_s": run.train_s, "peak_memory_mb": peak_mb, "global_step": run.global_step}
+    if losses:
+        summary["final_train_loss"] = losses[-1]
+    objective = objective_of(cfg, {**metrics, **summary}, summary)
+    summary["pruned"] = run.status == "pruned"
+    summary["packed"] = True
+    _save_adapter(model, run, data.tokenizer, run.run_dir / MODEL_DIR)
+    plot_loss(run.history, run.run_dir / LOSS_PLOT, title=cfg.name)
+    summary["phases_s"] = {"train": round(run.train_s, 4)}
+    _write_result(run.run_dir, cfg, objective, metrics, summary)
+    log.info("Done: %s %s = %.4f after %d steps (packed)", cfg.name, cfg.objective, objective, run.global_step)
+
+
+def _save_adapter(model, run: PackedRun, tokenizer, model_dir: Path) -> None:
+    """The run's adapter alone, as the alone run saves it (adapter_config.json + weights at the top)."""
+    import shutil
+
+    tmp = model_dir.parent / (model_dir.name + ".packing")
+    model.save_pretrained(str(tmp), selected_adapters=[run.adapter])
+    src = tmp / run.adapter if (tmp / run.adapter).is_dir() else tmp
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.move(str(src), str(model_dir))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(model_dir))

@@ -1,0 +1,121 @@
+"""Packed trials (ftrun.packed): K LoRA runs over one frozen base equal the same runs trained alone;
+a diverging run stops alone; incompatible runs are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_cfg
+
+from ftrun.packed import compatible, train_packed
+from ftrun.train import run
+
+# small enough for a few seconds per run on one core: 16 examples, 4 per batch, 50 steps = 12.5 epochs
+# (every epoch reshuffled by the run's own data seed), evaluated at steps 25 and 50 on 8 examples
+SMALL = ["data.num_train=16", "data.num_eval=8", "batch_size=4", "max_steps=50", "train.logging_steps=5",
+         "train.eval_steps=25", "train.save_steps=0", "train.eval_batch_size=8", "tracking.enabled=false"]
+RUNS = {  # name: overrides; r8short leaves the pack at step 30, while the other rank-8 run shares its bmm;
+    # r64 and r8short use LoRA dropout (their masks come from their own generators, equal to the alone run's)
+    "r8": ["rank=8", "alpha=16", "lr=1e-3", "seed=1"],
+    "r64": ["rank=64", "alpha=32", "lr=3e-4", "seed=2", "scheduler=linear", "optimizer.weight_decay=0.01",
+            "method.dropout=0.1"],
+    "r8short": ["rank=8", "alpha=8", "lr=2e-3", "seed=3", "max_steps=30", "train.eval_steps=15",
+                "method.dropout=0.05"],
+}
+
+
+def cfg_of(name, extra=()):
+    return compose_cfg([*SMALL, *RUNS[name], f"name={name}", *extra])
+
+
+def read(run_dir):
+    result = json.loads((run_dir / "result.json").read_text())
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    result["tokens_seen"] = state["num_input_tokens_seen"]
+    return result, state["log_history"]
+
+
+@pytest.fixture(scope="module")
+def alone_and_packed(tmp_path_factory, tiny_dir):
+    tmp = tmp_path_factory.mktemp("packed")
+    for name in RUNS:
+        run(cfg_of(name), tmp / "alone" / name)
+    objectives = train_packed([cfg_of(n) for n in RUNS], [tmp / "packed" / n for n in RUNS])
+    return tmp, objectives
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_packed_run_equals_the_same_run_alone(alone_and_packed, name):
+    tmp, objectives = alone_and_packed
+    alone, alone_hist = read(tmp / "alone" / name)
+    packed, packed_hist = read(tmp / "packed" / name)
+    assert packed["status"] == "finished" and packed["global_step"] == alone["global_step"]
+    assert packed["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5)
+    assert objectives[list(RUNS).index(name)] == pytest.approx(alone["objective"], rel=1e-5)
+    assert packed["eval_exact_match"] == alone["eval_exact_match"]
+    assert packed["tokens_seen"] == alone["tokens_seen"]  # the same batches
+    for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+        a = [(h["step"], h[key]) for h in alone_hist if key in h]
+        p = [(h["step"], h[key]) for h in packed_hist if key in h]
+        assert [s for s, _ in p] == [s for s, _ in a], key
+        torch.testing.assert_close(torch.tensor([v for _, v in p]), torch.tensor([v for _, v in a]),
+                                   rtol=1e-5, atol=1e-7, msg=key)
+    # the same keys a normal run's result.json has (phases differ: a packed run has no setup of its own)
+    assert set(alone) - set(packed) <= {"phases_s", "peak_memory_breakdown_mb"}
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp / "alone" / name / "model" / "adapter_model.safetensors"))
+    wp = load_file(str(tmp / "packed" / name / "model" / "adapter_model.safetensors"))
+    assert wa.keys() == wp.keys()
+    for k in wa:
+        torch.testing.assert_close(wp[k], wa[k], rtol=1e-4, atol=1e-6)
+    cfg_a = json.dumps(sorted((tmp / "alone" / name / "config_resolved.yaml").read_text().splitlines()))
+    assert cfg_a == json.dumps(sorted((tmp / "packed" / name / "config_resolved.yaml").read_text().splitlines()))
+
+
+def test_a_diverging_run_stops_alone_and_the_others_go_on(alone_and_packed):
+    tmp, _ = alone_and_packed
+    bad = cfg_of("r64", ["lr=1e6", "name=absurd", "optimizer.max_grad_norm=0", "max_steps=20"])
+    pruned = cfg_of("r8short", ["name=pruned", "seed=4"])
+    seen = []
+
+    def prune_run_2(index, step, metrics):  # a sweep's pruner stopping one run at its first evaluation
+        seen.append((index, step))
+        return index == 2
+
+    train_packed([cfg_of("r8short"), bad, pruned], [tmp / "nan" / n for n in ("r8short", "absurd", "pruned")],
+                 on_evaluate=prune_run_2)
+    assert (2, 15) in seen and (0, 30) in seen and not any(i == 1 for i, _ in seen)
+    stopped, _ = read(tmp / "nan" / "pruned")
+    assert stopped["pruned"] is True and stopped["global_step"] == 15 and stopped["objective"] is not None
+    result, _ = read(tmp / "nan" / "absurd")
+    assert result["status"] == "diverged" and result["objective"] is None
+    assert result["diverged_at_step"] < 20 and "step" in result["reason"]
+    good, _ = read(tmp / "nan" / "r8short")
+    alone, _ = read(tmp / "alone" / "r8short")
+    assert good["status"] == "finished" and good["global_step"] == 30
+    assert good["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("other, words", [
+    (["batch_size=8"], "micro-batch size differs"),
+    (["data.cutoff_len=64"], "data"),
+    (["precision=bf16"], "precision differs"),
+    (["method=full"], "method=lora"),
+    (["data.packing=true"], "data.packing=false"),
+])
+def test_incompatible_runs_are_refused_with_the_reason(other, words):
+    a = compose_cfg(["rank=8", "name=a"])
+    b = compose_cfg(["rank=64", "name=b", *other])
+    reason = compatible([a, b])
+    assert reason is not None and words in reason, reason
+
+
+def test_runs_differing_in_what_each_trial_owns_are_compatible():
+    a = compose_cfg(["rank=8", "lr=1e-3", "seed=1", "name=a"])
+    b = compose_cfg(["rank=64", "alpha=8", "lr=1e-4", "seed=2", "method.dropout=0.1", "max_steps=7",
+                     "scheduler=linear", "name=b"])
+    assert compatible([a, b]) is None
+    assert "share a name" in compatible([a, a])
