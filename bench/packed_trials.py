@@ -247,7 +247,7 @@ def report(result: dict) -> str:
         lines += ["", "A difference over 1e-5 is one trial whose training amplifies float rounding: its rows are padded "
                   "to the pack's widest micro-batch, which changes rounding at ~1e-8, and that trial (lr 4e-3, rank 64, "
                   "alpha 128, every gradient clipped) grows it to ~2% by step 50; alone in a pack, or packed with runs of "
-                  "its own width, it stays within 1e-7 (see \"Rounding\" in `ftrun/packed.py`)."]
+                  "its own width, it stays within 1e-7 (see \"Rounding\" in `ftrun/packed/__init__.py`)."]
     return "\n".join(lines) + "\n" + PAPER
 
 

@@ -273,15 +273,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         if extra_metrics is not None:
             summary.update(extra_metrics(history))
         objective = _objective(cfg, {**metrics, **summary}, summary)
-        summary["pruned"] = bool(pruning is not None and pruning.pruned)  # stopped early by the sweep's pruner
-        if summary["pruned"]:
-            from sweeper.trial import mark_pruned
-
-            log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
-            mark_pruned(tracker, pruning.pruned_at_step)
-        if pruning is not None and pruning.branch_steps:  # rung decay branches: their cost, apart from training
-            summary.update({ATTR_BRANCH_STEPS: pruning.branch_steps, ATTR_BRANCH_S: round(pruning.branch_s, 3)})
-            phases.move(pruning.branch_s, "train", "branch")
+        summary.update(_sweep_summary(pruning, tracker, phases))
 
         model_dir = run_dir / MODEL_DIR
         trainer.save_model(str(model_dir))  # collective under DDP: every rank calls it
@@ -359,6 +351,21 @@ def _load_final_checkpoint(trainer, checkpoint: Path) -> None:
     log.info("%s is at the last step: nothing left to train, loading it", checkpoint)
     trainer._load_from_checkpoint(str(checkpoint))
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+
+
+def _sweep_summary(pruning, tracker, phases: Phases) -> dict:
+    """What a sweep trial adds to its summary: whether its pruner stopped it (tagged in MLflow), and its rung decay
+    branches' cost, moved apart from training."""
+    summary = {"pruned": bool(pruning is not None and pruning.pruned)}
+    if summary["pruned"]:
+        from sweeper.trial import mark_pruned
+
+        log.info("Pruned by the sweep at step %d", pruning.pruned_at_step)
+        mark_pruned(tracker, pruning.pruned_at_step)
+    if pruning is not None and pruning.branch_steps:
+        summary.update({ATTR_BRANCH_STEPS: pruning.branch_steps, ATTR_BRANCH_S: round(pruning.branch_s, 3)})
+        phases.move(pruning.branch_s, "train", "branch")
+    return summary
 
 
 PAUSED_RUN_STATUS = "SCHEDULED"
