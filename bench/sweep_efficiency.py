@@ -300,6 +300,8 @@ def median_to_within(hits: List[Optional[dict]]) -> Optional[float]:
 
 def chain(parts: List[dict]) -> dict:
     """Sweeps run one after the other as one procedure: their records in order, wall times offset."""
+    if len(parts) == 1:
+        return parts[0]
     records, offset = [], 0.0
     for part in parts:
         records += [{**r, "end": r["end"] + offset} for r in part["records"]]
@@ -405,8 +407,10 @@ def task_report(task: str, data: dict) -> List[str]:
 
 
 def report(tasks: Dict[str, dict], meta: dict) -> str:
+    space = next(iter(tasks.values())).get("space") or {"lr": LRS, "rank": RANKS, "batch_size": BATCHES}
     lines = [f"# Sweep efficiency ({meta['date']}; {meta['machine']})", "",
-             f"Space: lr in {LRS} x rank in {RANKS} x batch_size in {BATCHES} = {grid_size()} configurations, LoRA; "
+             "Space: " + " x ".join(f"{k} in {v}" for k, v in space.items())
+             + f" = {math.prod(len(v) for v in space.values())} configurations, LoRA; "
              "every trial on one core with one thread (nice -n 10); MLflow on. Load average at the start: "
              f"{meta['load']:.1f}." + (f" {meta['note']}" if meta.get("note") else ""), "",
              "Rows: per sampler seed. 'trial-s to within 1%': trial-seconds summed in finishing order until a "
@@ -478,6 +482,8 @@ def main() -> None:
                     help="one_epoch: how many of the best first evaluations to train fully (default %(default)s)")
     ap.add_argument("--out-dir", help="run directory (default outputs/bench/sweep_efficiency/<time>); "
                                       "an existing one is continued")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: record the sweeps of --configs/--seeds that finished (after an interrupted run)")
     ap.add_argument("--grid-only", action="store_true", help="stop after the tasks' grids")
     ap.add_argument("--report", metavar="DIR", help="only rewrite the report from DIR/<task>/runs.json")
     ap.add_argument("--publish", action="store_true", help="also write bench/results/sweep_efficiency.{json,md}")
@@ -515,6 +521,8 @@ def main() -> None:
         meta_file.write_text(json.dumps(meta))
         grids, budgets = {}, {}
         for name in tasks:
+            if args.collect and not all((out / name / f"grid_b{b}" / "done").is_file() for b in BATCHES):
+                raise SystemExit(f"--collect: {out / name} has no finished grid; run without --collect first")
             print(f"{name}: grid ...", flush=True)
             grids[name] = run_task_grid(TASKS[name], out / name)
             budgets[name] = sum(r["seconds"] for part in grids[name] for r in part["records"]) * args.budget_share
@@ -528,15 +536,17 @@ def main() -> None:
                         j["then"] = (lambda name=name, j=j: top_k_job(TASKS[name], out / name, j, args.one_epoch_k))
             # seed by seed across the tasks, so that an interrupted run has every configuration's first seeds
             order = sorted((j for js in jobs.values() for j in js), key=lambda j: j["seed"])
-            run_jobs(order)
+            if not args.collect:
+                run_jobs(order)
             for name in tasks:
                 sweeps = {}
                 for j in jobs[name]:
-                    if j["name"].endswith("_low"):
-                        sweeps[f"one_epoch_s{j['seed']}"] = chain([read_sweep(out / name, j["name"]),
-                                                                  read_sweep(out / name, f"one_epoch_s{j['seed']}_top")])
-                    else:
-                        sweeps[j["name"]] = read_sweep(out / name, j["name"])
+                    parts = [j["name"], f"one_epoch_s{j['seed']}_top"] if j["name"].endswith("_low") else [j["name"]]
+                    if not all((out / name / p / "done").is_file() for p in parts):
+                        print(f"  {name}/{j['name']}: not finished, left out", flush=True)
+                        continue
+                    key = f"one_epoch_s{j['seed']}" if len(parts) == 2 else j["name"]
+                    sweeps[key] = chain([read_sweep(out / name, p) for p in parts])
                 write_runs(out / name, TASKS[name], grids[name], sweeps, args.budget_share, chosen)
     if args.note:
         meta["note"] = args.note
@@ -564,7 +574,7 @@ def write_runs(task_dir: Path, task: Task, grid: List[dict], sweeps: Dict[str, d
     old = json.loads(path.read_text()) if path.is_file() else {}
     labels = {c[0]: c[1] for c in configs(task)}
     names = list(dict.fromkeys([n for n, _ in old.get("configs", [])] + chosen))
-    data = {"label": task.label, "trial": task.trial(task_dir), "load": json.loads((task_dir / "load.json").read_text()),
+    data = {"label": task.label, "space": {"lr": LRS, "rank": RANKS, "batch_size": BATCHES}, "trial": task.trial(task_dir), "load": json.loads((task_dir / "load.json").read_text()),
             "budget_share": share, "configs": [[n, labels[n]] for n in names if n in labels],
             "grid": grid, "sweeps": {**old.get("sweeps", {}), **sweeps}}
     path.write_text(json.dumps(data, indent=1, default=str))
