@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from ftrun.contract import ATTR_BRANCH_S, ATTR_BRANCH_STEPS, ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES
+from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES
 from ftrun.contract import ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP, ATTR_PROMOTIONS, ATTR_PRUNED, ATTR_TRIAL_DIR, TRIAL_LOG
 from ftrun.contract import TAG_PROMOTIONS
 from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
@@ -339,9 +339,6 @@ class Sweep:
         for key, value in {ATTR_PAUSED_AT: at, ATTR_PAUSED_AT_STEP: result.get(ATTR_PAUSED_AT_STEP),
                            "duration_s": duration}.items():
             r.trial.set_user_attr(key, value)
-        for key in (ATTR_BRANCH_STEPS, ATTR_BRANCH_S):
-            if result.get(key) is not None:
-                r.trial.set_user_attr(key, result[key])
         value = stale_trials.stored_trial(self.study, r.trial).intermediate_values.get(at)
         log.info("Trial %d paused at the rung of %d examples (%s=%s), after %.0f s; waiting to be promoted",
                  r.trial.number, at, self.s.objectives[0], "n/a" if value is None else f"{value:.4g}", duration)

@@ -84,6 +84,7 @@ class PruningCallback:
         self.paused_at: Optional[int] = None  # examples seen at the rung where the trial paused
         self.paused_at_step: Optional[int] = None
         self._trial = None
+        self._earlier_branches = (0, 0.0)  # (steps, seconds) of a resumed trial's earlier segments
         self._training = False
 
     # -- trainer events ------------------------------------------------------
@@ -108,9 +109,10 @@ class PruningCallback:
                     trial = self._get_trial()
                     seen = examples_seen(args, state, self.every)
                     trial.report(value, step=seen)
-                    if self.branch_steps:
-                        trial.set_user_attr(ATTR_BRANCH_STEPS, self.branch_steps)
-                        trial.set_user_attr(ATTR_BRANCH_S, round(self.branch_s, 3))
+                    if self.branch_steps:  # a promoted trial's earlier segments' branches count too
+                        steps, secs = self._earlier_branches
+                        trial.set_user_attr(ATTR_BRANCH_STEPS, steps + self.branch_steps)
+                        trial.set_user_attr(ATTR_BRANCH_S, round(secs + self.branch_s, 3))
                     # a trial at its last step has nothing left to pause for
                     prune = trial.should_prune() and not (self.pausing and state.global_step >= state.max_steps)
                     log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
@@ -180,6 +182,8 @@ class PruningCallback:
                 pruner=build_pruner(json.loads(os.environ[PRUNER_ENV])),
             )
             self._trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
+            attrs = self._trial.user_attrs  # a trial resumed after a pause: what its branches cost before
+            self._earlier_branches = (int(attrs.get(ATTR_BRANCH_STEPS) or 0), float(attrs.get(ATTR_BRANCH_S) or 0.0))
         return self._trial
 
 

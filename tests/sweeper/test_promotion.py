@@ -141,6 +141,9 @@ def test_a_promoted_trial_ends_as_if_trained_straight_through(promoted_sweep, tm
     assert promoted["global_step"] == alone["global_step"] == 8
     assert promoted["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-6, abs=0)
     assert trial.value == pytest.approx(alone["eval_loss"], rel=1e-6, abs=0)
+    # a decay branch at each rung only (16 and 32 examples: one step each at a quarter of 2 and 4 steps), none at
+    # the evaluation of 48 examples; the study counts the branches of every segment
+    assert trial.user_attrs["branch_steps"] == 2
 
 
 def test_paused_trials_survive_a_kill_and_the_rest_end_pruned_without_checkpoints(promoted_sweep):
