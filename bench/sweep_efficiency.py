@@ -227,7 +227,7 @@ def read_sweep(out: Path, name: str) -> dict:
     for t in trials:
         seconds = float(t.user_attrs.get("duration_s") or (t.datetime_complete - t.datetime_start).total_seconds())
         rec = {"number": t.number, "params": t.params, "state": t.state.name, "seconds": seconds,
-               "end": t.datetime_complete.timestamp() - start,
+               "end": t.datetime_complete.timestamp() - start, "begin": t.datetime_start.timestamp() - start,
                "value": t.value if t.state.name == "COMPLETE" else None,
                "worker_trial": t.user_attrs.get("worker_trial"), "pruned_at": None,
                "first_eval": first_report(t.intermediate_values)}
@@ -267,22 +267,32 @@ def enqueue_arg(params: List[dict]) -> str:
         "{" + ",".join(f"{k}:{v!r}" for k, v in p.items()) + "}" for p in params) + "]"
 
 
-def first_within(records: List[dict], target: float) -> Optional[dict]:
-    """Trial-seconds (summed in finishing order), wall seconds and trials until a complete trial first
-    reaches ``target`` (a pruned trial's value does not count)."""
+def spent_by(records: List[dict], when: float) -> float:
+    """Trial-seconds the sweep had used by ``when`` (seconds from its start): every trial that ended by then in
+    full, and one still open then (running, or paused at a rung and ended later, hydra.sweeper.pruner=promotion)
+    for as much of its seconds as fit between its start and ``when`` (records without ``begin``: in full)."""
     spent = 0.0
+    for r in records:
+        if r["end"] <= when or "begin" not in r:
+            spent += r["seconds"] if r["end"] <= when else 0.0
+        elif r["begin"] < when:
+            spent += min(r["seconds"], when - r["begin"])
+    return spent
+
+
+def first_within(records: List[dict], target: float) -> Optional[dict]:
+    """Trial-seconds (all that the sweep had used by then, paused trials' included), wall seconds and trials
+    until a complete trial first reaches ``target`` (a pruned trial's value does not count)."""
     for i, r in enumerate(records):
-        spent += r["seconds"]
         if r["value"] is not None and r["value"] <= target:
-            return {"trial_s": spent, "wall_s": r["end"], "trials": i + 1}
+            return {"trial_s": spent_by(records, r["end"]), "wall_s": r["end"], "trials": i + 1}
     return None
 
 
 def best_within_budget(records: List[dict], budget: float) -> Optional[float]:
-    spent, best = 0.0, None
+    best = None
     for r in records:
-        spent += r["seconds"]
-        if spent > budget:
+        if spent_by(records, r["end"]) > budget:
             break
         if r["value"] is not None:
             best = r["value"] if best is None else min(best, r["value"])
@@ -413,9 +423,10 @@ def report(tasks: Dict[str, dict], meta: dict) -> str:
              + f" = {math.prod(len(v) for v in space.values())} configurations, LoRA; "
              "every trial on one core with one thread (nice -n 10); MLflow on. Load average at the start: "
              f"{meta['load']:.1f}." + (f" {meta['note']}" if meta.get("note") else ""), "",
-             "Rows: per sampler seed. 'trial-s to within 1%': trial-seconds summed in finishing order until a "
-             "complete trial first reaches within 1% of the grid's best eval_loss (pruned trials count their "
-             "seconds, not their value). 'one epoch, then the top k' runs once: its outcome does not depend on "
+             "Rows: per sampler seed. 'trial-s to within 1%': the trial-seconds the sweep had used when a "
+             "complete trial first reached within 1% of the grid's best eval_loss (pruned trials count their "
+             "seconds, not their value; a trial still running or paused at a rung then counts the seconds it "
+             "had had since its start). 'one epoch, then the top k' runs once: its outcome does not depend on "
              "the sampler seed; both of its sweeps' trial-seconds count.", ""]
     for task, data in tasks.items():
         lines += task_report(task, data)

@@ -109,3 +109,13 @@ def test_a_mistyped_option_is_one_line_not_a_traceback(argv, message, monkeypatc
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_trial_paused_before_the_hit_counts_its_seconds_though_it_ends_later():
+    from sweep_efficiency import first_within
+
+    records = [  # in finishing order: trial 0 paused at a rung after 5 s and closed at the sweep's end
+        {"number": 1, "value": 1.0, "seconds": 20.0, "begin": 5.0, "end": 25.0},
+        {"number": 0, "value": None, "seconds": 5.0, "begin": 0.0, "end": 90.0},
+    ]
+    assert first_within(records, 1.0)["trial_s"] == 25.0  # not 20: trial 0's 5 s came first
