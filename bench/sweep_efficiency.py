@@ -59,6 +59,10 @@ BATCHES = [8, 16]
 SEEDS = [0, 1, 2]
 TPE = "{name:tpe,n_startup_trials:4}"
 MEDIAN = "{name:median,n_startup_trials:3,n_warmup_steps:0}"
+# pause and promote as sweep=auto was first set up (TPE; trials under warmup-stable-decay, a decay branch at each
+# rung); measured against TPE alone, which sweep=auto ships instead (README, "sweep=auto's defaults")
+PROMOTION = ["hydra.sweeper.sampler=tpe", "hydra.sweeper.pruner={name:promotion,reduction_factor:3}",
+             "hydra.sweeper.rung_branch=0.15", "scheduler=wsd", "hydra.sweeper.n_trials=30"]
 NO_TRIAL_PASSES = "{name:threshold,upper:0.0}"  # a loss is never <= 0: every trial stops at its first evaluation
 SMOKE = False
 
@@ -139,6 +143,7 @@ def configs(task: Task) -> List[tuple]:
         ("random", "random", ["hydra.sweeper.sampler=random", "hydra.sweeper.pruner=none"], 1, True),
         ("one_epoch", "one epoch, then the top k (Egele et al. 2023)", [], 1, True),
         ("auto", "sweep=auto as shipped", ["sweep=auto"], 1, False),
+        ("promotion", "TPE + pause and promote (WSD, rung decay branches)", PROMOTION, 1, False),
         ("tpe_median", "TPE + median pruning", ["hydra.sweeper.sampler=" + TPE, "hydra.sweeper.pruner=" + MEDIAN],
          1, False),
         ("tpe_hyperband", "TPE + Hyperband", ["hydra.sweeper.sampler=" + TPE, "hydra.sweeper.pruner=" + hb], 1, False),
@@ -461,7 +466,8 @@ def sweep_jobs(task: Task, task_dir: Path, chosen: List[str], seeds: List[int], 
                              "args": [*common, "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=" + NO_TRIAL_PASSES,
                                       f"hydra.sweeper.n_trials={grid_size()}"]})
                 continue
-            trials = [] if name == "auto" else ["hydra.sweeper.n_trials=36", f"hydra.sweeper.n_jobs={slots}"]
+            trials = [] if name in ("auto", "promotion") else ["hydra.sweeper.n_trials=36",
+                                                                 f"hydra.sweeper.n_jobs={slots}"]
             jobs.append({"name": f"{name}_s{seed}", "slots": slots, "out": task_dir, "seed": seed,
                          "args": [*extra, *common, *trials, f"hydra.sweeper.budget_trial_s={budget:.1f}"]})
     return jobs
