@@ -17,8 +17,8 @@ from typing import Callable, Dict, Optional
 
 from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
                           last_checkpoint)
-from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, LOSS_PLOT, MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON,
-                            TAG_PAUSED_AT_STEP, TRAINER_STATE)
+from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, ATTR_PAUSED_AT, LOSS_PLOT, MODEL_DIR, RESULT_FILE,
+                            TAG_FAIL_REASON, TAG_PAUSED_AT_STEP, TRAINER_STATE)
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def _report_pause(cfg, trainer, tracker, run_dir: Path, pruning, train_time: flo
     if pruning.branch_steps:
         tracker.log_metrics({ATTR_BRANCH_STEPS: pruning.branch_steps, ATTR_BRANCH_S: pruning.branch_s}, step=step)
     if trainer.is_world_process_zero():
-        summary = {"status": "paused", "paused_at": pruning.paused_at, TAG_PAUSED_AT_STEP: step,
+        summary = {"status": "paused", ATTR_PAUSED_AT: pruning.paused_at, TAG_PAUSED_AT_STEP: step,
                    "global_step": step, "train_time_s": train_time, "pruned": False}
         _write_result(run_dir, cfg, None, {}, summary)
 

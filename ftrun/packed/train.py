@@ -412,7 +412,9 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
 def _objective(run: PackedRun) -> Optional[float]:
     if run.status not in ("finished", "pruned"):
         return None
-    result = json.loads((run.run_dir / "result.json").read_text())
+    from ftrun.contract import RESULT_FILE
+
+    result = json.loads((run.run_dir / RESULT_FILE).read_text())
     return result.get("objective")
 
 
