@@ -114,10 +114,12 @@ def promoted_sweep(tmp_path_factory, tiny_dir):
                             stderr=subprocess.DEVNULL)
     deadline, killed = time.time() + 400, []
     while proc.poll() is None and time.time() < deadline:  # until the sweep has recorded trial 0's second pause
-        studies = list((tmp / "sweeps").glob("*/study.db"))
-        killed = _load(tmp / "sweeps").trials if studies else []
-        if killed and killed[0].user_attrs.get(ATTR_PAUSED_AT) == 32:
-            break
+        # read the study only once the sweeper has made it (its first trial's directory exists): opening a
+        # study.db whose schema is still being written would race the sweeper to create it
+        if list((tmp / "sweeps").glob("*/trial_0000")):
+            killed = _load(tmp / "sweeps").trials
+            if killed and killed[0].user_attrs.get(ATTR_PAUSED_AT) == 32:
+                break
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
