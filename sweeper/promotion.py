@@ -155,11 +155,9 @@ def last_resort(study) -> Optional[FrozenTrial]:
 
 def paused_trials(trials: Iterable[FrozenTrial]) -> List[FrozenTrial]:
     """RUNNING trials that wait at a rung (their process has ended; a checkpoint holds their state)."""
-    return [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get(ATTR_PAUSED_AT) is not None]
+    from sweeper.compute import trial_kind  # the one rule for "paused"
 
-
-def is_paused(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.RUNNING and trial.user_attrs.get(ATTR_PAUSED_AT) is not None
+    return [t for t in trials if trial_kind(t) == "paused"]
 
 
 def _counted(t: FrozenTrial) -> bool:
