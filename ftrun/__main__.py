@@ -62,6 +62,9 @@ def _refuse(e: ConfigError, hc) -> None:
 
 def main() -> None:
     """The ``ftrun`` console script; ``ftrun board`` serves the web board (:mod:`ftrun.board`)."""
+    from ftrun.allocator import reexec
+
+    reexec()  # once, with jemalloc preloaded where the machine has it (ftrun.allocator)
     if sys.argv[1:2] == ["board"]:
         from ftrun.board.__main__ import main as board
 

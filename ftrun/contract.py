@@ -61,6 +61,8 @@ COMPOSE_ERRORS_ENV = "FTRUN_COMPOSE_ERRORS"
 """Set by ftrun.compose with HYDRA_FULL_ERROR: marks it as set by ftrun, not the user (trials inherit both)."""
 MEASURING_BASELINE_ENV = "FTRUN_MEASURING_BASELINE"
 """Set in the run that measures the process baseline: its own estimate needs no baseline."""
+MALLOC_ENV = "FTRUN_MALLOC"
+"""The C allocator a run preloads (ftrun.allocator): jemalloc (default), tcmalloc or system; children inherit it."""
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 """MLflow's own variable: the tracking URI when tracking.uri is null."""
 

@@ -49,7 +49,9 @@ def cache_file(method: str) -> Path:
             versions.append(f"{lib}={version(lib if lib != 'hydra' else 'hydra-core')}")
         except PackageNotFoundError:
             versions.append(f"{lib}=none")
-    key = "|".join([platform.node(), platform.machine(), sys.version, *versions])
+    from ftrun.allocator import chosen
+
+    key = "|".join([platform.node(), platform.machine(), sys.version, *versions, f"malloc={chosen()}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root() / "estimate" / f"baseline-{method_key(method)}-{digest}.json"
 
