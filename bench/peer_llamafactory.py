@@ -6,6 +6,8 @@ The job: the built-in tiny Llama, LoRA r16 (alpha 32, dropout 0) on all linear l
 cutoff 512, 256 alpaca rows, 1 epoch, lr 1e-3 cosine, no evaluation, no checkpoints, on CPU;
 with and without packing (LLaMA-Factory: ``packing`` with ``neat_packing``, i.e. no attention
 across samples, as ftrun's ``data.packing``), plus transformers' Trainer + PEFT padded per batch.
+All three render the rows with the tiny model's own chat template, ChatML (LLaMA-Factory's ``chatml``),
+so the tokens and the first batches' losses are comparable.
 
 LLaMA-Factory is installed once in its own venv under ``$FTRUN_CACHE/peer/llamafactory-0.9.5``
 (``--system-site-packages`` for this machine's torch; ``pip install llamafactory==0.9.5`` with its
@@ -125,14 +127,14 @@ def from_state(state_file: Path) -> dict:
             "steps": state["global_step"], "losses": [h["loss"] for h in hist if "loss" in h][:10]}
 
 
-def run_ftrun(work: Path, data: Path, packing: bool, extra=()) -> dict:
+def run_ftrun(work: Path, data: Path, packing: bool, extra=(), env=None) -> dict:
     out = work / "ftrun"
     cmd = [sys.executable, "-m", "ftrun", "data=alpaca", f"data.path={data}", "data.val_size=0",
            f"data.packing={str(packing).lower()}", f"epochs={JOB['epochs']}", f"batch_size={JOB['batch']}",
            f"cutoff_len={JOB['cutoff']}", f"rank={JOB['rank']}", f"alpha={JOB['alpha']}", f"lr={JOB['lr']}",
            "scheduler.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=0", f"seed={JOB['seed']}",
            f"output_root={out}", f"tracking.uri=sqlite:///{work}/mlflow.db", "name=bench", *extra]
-    got = run_timed(cmd, work, _env(), work / "ftrun.log")
+    got = run_timed(cmd, work, {**_env(), **(env or {})}, work / "ftrun.log")
     run_dir = sorted((out / "bench").iterdir())[-1]
     got.update(from_state(run_dir / "trainer_state.json"))
     result = json.loads((run_dir / "result.json").read_text())
@@ -147,7 +149,7 @@ def run_llamafactory(py: Path, work: Path, data: Path, model: Path, packing: boo
     out = work / "lf-out"
     cfg = {"model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
            "lora_target": "all", "lora_rank": JOB["rank"], "lora_alpha": JOB["alpha"], "lora_dropout": 0.0,
-           "dataset": "alpaca_bench", "dataset_dir": str(data.parent), "template": "default",
+           "dataset": "alpaca_bench", "dataset_dir": str(data.parent), "template": "chatml",
            "cutoff_len": JOB["cutoff"], "overwrite_cache": True, "preprocessing_num_workers": 1,
            "packing": packing, "neat_packing": packing, "output_dir": str(out), "overwrite_output_dir": True,
            "logging_steps": 1, "save_strategy": "no", "per_device_train_batch_size": JOB["batch"],
@@ -272,13 +274,18 @@ def write_results(runs: list, args) -> None:
 
 
 def configs(only):
+    """(name, kind, packing, extra ftrun overrides, extra environment) per configuration ``--only`` names;
+    ``ftrun-ablation`` adds ftrun's packing without its defaults: sdpa's block mask, glibc's malloc."""
     out = []
     if "llamafactory" in only:
-        out += [("llamafactory packing", "lf", True), ("llamafactory no packing", "lf", False)]
+        out += [("llamafactory packing", "lf", True, (), {}), ("llamafactory no packing", "lf", False, (), {})]
     if "ftrun" in only:
-        out += [("ftrun packing", "ftrun", True), ("ftrun no packing", "ftrun", False)]
+        out += [("ftrun packing", "ftrun", True, (), {}), ("ftrun no packing", "ftrun", False, (), {})]
+    if "ftrun-ablation" in only:
+        out += [("ftrun packing, sdpa (masked)", "ftrun", True, ("model.attn_implementation=sdpa",), {}),
+                ("ftrun packing, glibc malloc", "ftrun", True, (), {"FTRUN_MALLOC": "system"})]
     if "hf" in only:
-        out += [("transformers Trainer + PEFT", "hf", False)]
+        out += [("transformers Trainer + PEFT", "hf", False, (), {})]
     return out
 
 
@@ -299,13 +306,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftrun-peer-") as tmp:
         data, model = write_data(Path(tmp) / "data", args.rows), tiny_model()
         for rep in range(args.repeats):
-            for name, kind, packing in configs(only):
-                work = Path(tmp) / f"{kind}-{int(packing)}-{rep}"
+            for name, kind, packing, extra, env in configs(only):
+                work = Path(tmp) / f"{kind}-{int(packing)}-{rep}-{len(runs)}"
                 work.mkdir()
                 if kind == "lf":
                     got = run_llamafactory(py, work, data, model, packing)
                 elif kind == "ftrun":
-                    got = run_ftrun(work, data, packing)
+                    got = run_ftrun(work, data, packing, extra, env)
                 else:
                     got = run_hf(work, data, model)
                 got.update(config=name, repeat=rep)

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Tuple
 
-from ftrun import worker_cache
+from ftrun import attention, worker_cache
 from ftrun.config import ConfigError, read_config_json
 from ftrun.config.model_dir import require_model_files
 
@@ -76,7 +76,8 @@ def load_model(cfg, auto_class=None, **extra):
 
     m, method = cfg.model, cfg.method
     auto_class = auto_class or AutoModelForCausalLM
-    kwargs = {"trust_remote_code": m.trust_remote_code, "attn_implementation": m.attn_implementation, **extra}
+    kwargs = {"trust_remote_code": m.trust_remote_code, "attn_implementation": attention.loading_name(m.attn_implementation),
+              **extra}
     if cfg.precision == "pure_bf16":
         kwargs["dtype"] = torch.bfloat16
     elif m.dtype != "auto":
@@ -113,6 +114,7 @@ def load_model(cfg, auto_class=None, **extra):
     else:  # a warm sweep worker keeps the base weights and gives each run its own copy
         key = {"path": path, "class": auto_class.__name__, **{k: str(v) for k, v in kwargs.items()}}
         model = worker_cache.shared("base model", key, build, copy=worker_cache.deepcopy)
+    attention.use(model, m.attn_implementation)  # sdpa_varlen where the model's attention allows
     if m.get("resize_vocab", False):
         resize_vocab(model, len(load_tokenizer(m)))
     if cfg.train.gradient_checkpointing:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ftrun.attention import loading_name
 from ftrun.config import ConfigError
 from ftrun.contract import HYDRA_CONFIG, MODEL_DIR, RESOLVED_CONFIG, RUN_ID_FILE, TAG_RUN_DIR
 
@@ -228,7 +229,7 @@ def load_base(run: Run, dtype=None, device: str = "cpu", quantized: bool = True)
         cfg.train.gradient_checkpointing = False
         return load_model(cfg)  # quantized exactly as in training (on the GPU when there is one)
     kwargs = {"trust_remote_code": bool(m.get("trust_remote_code", False)),
-              "attn_implementation": m.get("attn_implementation", "sdpa")}
+              "attn_implementation": loading_name(m.get("attn_implementation", "sdpa"))}  # generation pads
     dtype = dtype if dtype is not None else run_dtype(run)
     if dtype is not None:
         kwargs["dtype"] = dtype

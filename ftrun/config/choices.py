@@ -54,7 +54,7 @@ SCHEDULERS = (
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_bf16")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-ATTN = ("eager", "sdpa", "flash_attention_2")
+ATTN = ("eager", "sdpa", "sdpa_varlen", "flash_attention_2")  # sdpa_varlen: ftrun.attention
 TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "qwen3", "mistral", "glm4")  # ftrun.data.templates
 # what TRL 1.16's DPOTrainer accepts as loss_type
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

@@ -60,8 +60,8 @@ class ModelConfig:
     """Chat template: `auto` uses the tokenizer's own."""
     dtype: Dtype = Dtype.auto
     """Weights dtype when loading: auto, fp32, bf16 or fp16."""
-    attn_implementation: Attn = Attn.sdpa
-    """Attention kernel: eager, sdpa or flash_attention_2."""
+    attn_implementation: Attn = Attn.sdpa_varlen
+    """Attention: eager, sdpa, flash_attention_2 (CUDA), or sdpa_varlen (sdpa per sample over unpadded batches)."""
     trust_remote_code: bool = False
     """Run the model repository's own code; only for repositories you trust."""
     rope_scaling: Optional[RopeType] = None
@@ -176,6 +176,8 @@ class DataConfig:
     """Drop samples longer than cutoff_len instead of truncating them."""
     packing: bool = False
     """Pack several samples into each cutoff_len row (no loss across samples)."""
+    padding_free: bool = True
+    """Unpacked training batches go as one row without padding, where the attention allows (sdpa_varlen, flash)."""
     neat_packing: bool = True
     """packing: position ids restart per sample and attention stays inside it; false: packed samples see each other."""
     strict: bool = False

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ftrun.config import ConfigError
-from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text
+from ftrun.data.collate import PackedCollator, make_collator, pack_dataset, pack_text, with_positions
 from ftrun.data.encode import IGNORE_INDEX, EncodeReport, encode_dataset, encode_messages, encode_rows
 from ftrun.data.files import Locator, file_digest, load_file
 from ftrun.data.formats import Skip, alpaca_messages, read_source, report_skips, source_kind

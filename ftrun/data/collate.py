@@ -10,15 +10,21 @@ every sample is IGNORE_INDEX, so no loss crosses a border. The collator then:
   restarting position ids as packed sequences and builds a block-diagonal
   causal mask, so no token attends across a border. Padding forms a segment
   of its own with labels IGNORE_INDEX.
-* for ``flash_attention_2``/``3``: flattens the batch into one row, as
-  transformers' ``DataCollatorWithFlattening`` does, with the ``cu_seq_lens``
-  the varlen kernel needs; no padding at all.
+* for ``sdpa_varlen`` (:mod:`ftrun.attention`) and ``flash_attention_2``/``3``:
+  flattens the batch into one row, as transformers' ``DataCollatorWithFlattening``
+  does, with the ``cu_seq_lens`` the varlen kernels need; no padding at all.
 
 With ``data.neat_packing=false`` (LLaMA-Factory's plain ``packing``) the
 position ids run on across the whole row instead, so transformers builds one
 causal mask over it and every sample attends to the ones packed before it.
 
-Unpacked data (and evaluation, which is never packed) is padded with
+With ``data.padding_free=true`` (the default) and such an attention, the sft
+recipe gives unpacked training samples ``position_ids`` too (:func:`with_positions`):
+each is a "packed row" of one sample, so a micro-batch of them is flattened the
+same way, the same batches as padded ones without the padding. Every sample's first label is
+IGNORE_INDEX in a flattened row (it is never a target in a padded one either).
+
+Evaluation data (never packed, no position ids) is padded with
 ``DataCollatorForSeq2Seq``.
 """
 
@@ -27,9 +33,9 @@ from __future__ import annotations
 import bisect
 from typing import Dict, List, Sequence
 
+from ftrun.attention import FLATTEN_ATTN
 from ftrun.data.encode import IGNORE_INDEX
 
-FLATTEN_ATTN = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3")
 PACKABLE_ATTN = ("sdpa", "eager", "flex_attention", *FLATTEN_ATTN)
 
 
@@ -75,6 +81,16 @@ def pack_dataset(ds, cutoff_len: int, neat: bool = True):
     features = Features({"input_ids": DList(Value("int32")), "labels": DList(Value("int32")),
                          "position_ids": DList(Value("int32"))})
     return Dataset.from_generator(rows, features=features, keep_in_memory=True) if bins else ds
+
+
+def with_positions(ds):
+    """Unpacked tokenized samples with ``position_ids`` 0..n-1: rows the collator flattens (padding-free)."""
+    from datasets import List as DList, Value
+
+    features = ds.features.copy()
+    features["position_ids"] = DList(Value("int32"))
+    return ds.map(lambda b: {"position_ids": [list(range(len(x))) for x in b["input_ids"]]}, batched=True,
+                  features=features, keep_in_memory=True)
 
 
 def pack_text(docs, tokenizer, block_size: int):
@@ -123,7 +139,7 @@ class PackedCollator:
             ids, labels, pos = [], [], []
             for f in features:
                 ids += list(f["input_ids"])
-                labels += list(f["labels"])
+                labels += [IGNORE_INDEX] + list(f["labels"])[1:]  # no target across a border
                 pos += list(f["position_ids"])
             p = torch.tensor(pos, dtype=torch.long)
             starts = torch.nonzero(p == 0).flatten().tolist() + [len(pos)]
@@ -147,8 +163,9 @@ class PackedCollator:
 
 
 def make_collator(data_cfg, tokenizer, attn_implementation: str = "sdpa"):
-    """The Trainer's data collator for ``data_cfg`` (packing-aware)."""
-    if data_cfg is not None and data_cfg.get("packing", False):
+    """The Trainer's data collator: rows with ``position_ids`` (packed, or padding-free) are batched as the
+    module doc says, the others padded; ``data_cfg`` without packing or padding_free pads everything."""
+    if data_cfg is not None and (data_cfg.get("packing", False) or data_cfg.get("padding_free", True)):
         return PackedCollator(tokenizer, attn_implementation)
     from transformers import DataCollatorForSeq2Seq
 

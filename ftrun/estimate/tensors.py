@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence, Tuple
 
+from ftrun.attention import FLATTEN_ATTN
 from ftrun.config import ConfigError, has_eval
 from ftrun.estimate.breakdown import Estimate
 from ftrun.estimate.shapes import Shapes, layer_of, shapes
@@ -271,12 +272,12 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
 
 
 def _packed_attention(cfg, s: Shapes, tokens: int, a: int, saving_layers: int) -> float:
-    """Packed rows (``data.packing``, sdpa or eager attention) carry a block-diagonal mask, and attention
+    """Packed rows (``data.packing``, sdpa or eager attention; not flattened ones, see ftrun/data/collate.py) carry a block-diagonal mask, and attention
     with a mask keeps its probabilities (heads x cutoff_len per token) for the backward pass in every
     layer that saves activations, plus one more such tensor while a layer runs backward. Measured on
     CPU (bench/process_memory.py): without this term the tiny model's packed case came out 18 % low."""
     data = cfg.get("data")
-    if not data or not data.get("packing", False) or str(cfg.model.attn_implementation).find("flash") >= 0:
+    if not data or not data.get("packing", False) or cfg.model.attn_implementation in FLATTEN_ATTN:
         return 0.0
     per_layer = tokens * int(data.cutoff_len) * s.heads * a
     layers = 1 if cfg.train.gradient_checkpointing else saving_layers

@@ -43,7 +43,10 @@ relative), and for most runs the losses stay within 1e-7 of the alone run's over
 whose training amplifies noise (in bench/packed_trials.py at micro-batch 2: lr 4e-3, rank 64, alpha
 128, every step's gradient clipped) drifts from that rounding: 1e-8 at step 30, 2% by step 50. The
 same run alone in a pack of K = 1, or packed with runs of its own width, stays within 1e-7, so the
-drift comes from the padding, not from routing, bmm, or the optimizer. Packing rows without padding
+drift comes from the padding, not from routing, bmm, or the optimizer. A pack trains padded rows whatever
+``data.padding_free`` says, so its runs equal their alone runs with ``data.padding_free=false``; against the
+padding-free default they agree to rounding without dropout, and with dropout draw their masks over other
+shapes (valid runs of the same distribution, not the same bits). Packing rows without padding
 (one flattened row per micro-batch with restarting ``position_ids``, as ``data.packing`` does, routed
 by token ranges instead of rows) would remove it; not done yet.
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-log = logging.getLogger(__name__)
-
-
+from ftrun.allocator import in_use as allocator_in_use
 from ftrun.packed.compat import compatible
 from ftrun.packed.routing import Router, _routed_forward
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------
 # one run in the pack
@@ -170,7 +170,7 @@ def build_pack(cfgs: Sequence, run_dirs: Sequence[Path]):
             patched += 1
     if patched == 0:
         raise RuntimeError("no peft LoRA Linear layer found to route")
-    collator = make_collator(first.data, data.tokenizer, first.model.attn_implementation)
+    collator = make_collator(first.data, data.tokenizer, "sdpa")  # rows, not one flattened row: Router routes rows
     for run in runs:
         cfg = run.cfg
         args = training_arguments(cfg, run.run_dir, has_eval=data.eval is not None, num_examples=len(data.train))
@@ -438,7 +438,8 @@ def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     losses = [h["loss"] for h in run.history if "loss" in h]
-    summary = {"train_time_s": run.train_s, "peak_memory_mb": peak_mb, "global_step": run.global_step}
+    summary = {"train_time_s": run.train_s, "peak_memory_mb": peak_mb, "malloc": allocator_in_use(),
+               "global_step": run.global_step}
     if losses:
         summary["final_train_loss"] = losses[-1]
     objective = objective_of(cfg, {**metrics, **summary}, summary)

@@ -41,7 +41,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
     """transformers' Trainer with ftrun's settings, data collator, metrics and callbacks."""
     from transformers import Trainer
 
-    from ftrun.data import make_collator
+    from ftrun.data import make_collator, with_positions
     from ftrun.fit import argmax_logits, custom_optimizer, training_arguments
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
@@ -61,13 +61,18 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
 
         metrics = EvalMetrics(tokenizer, eval_ds, cfg.train.generate)
         metrics.model = model
+    collator = make_collator(cfg.data, tokenizer, model.config._attn_implementation)  # the attention as loaded
+    if getattr(collator, "flatten", False):  # padding-free: every training micro-batch is one row (data/collate.py)
+        if cfg.data.padding_free and "position_ids" not in train_ds.column_names:
+            train_ds = with_positions(train_ds)
+        args.include_num_input_tokens_seen = "all"  # no padding to leave out, and EOS (the pad token) counts
     return Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=make_collator(cfg.data, tokenizer, cfg.model.attn_implementation),
+        data_collator=collator,
         compute_metrics=metrics,
         preprocess_logits_for_metrics=argmax_logits if eval_ds is not None else None,
         optimizers=optimizers,

@@ -163,6 +163,7 @@ BAD = {
     "method.pissa": ["method=qlora", "method.pissa=true"], "method.pissa_iters": ["method.pissa_iters=0"],
     "method.adapter": ["method.adapter=/no/such/adapter"], "method.create_new_adapter": ["method.create_new_adapter=true"],
     "method.quant_method": ["method.quant_method=hqq"], "data.neat_packing": ["data.neat_packing=maybe"],
+    "data.padding_free": ["data.padding_free=maybe"],
     "optimizer.target_modules": ["method=full", "optimizer=galore", "optimizer.target_modules=[]"],
     "optimizer.proj_rank": ["method=full", "optimizer=galore", "optimizer.proj_rank=0"],
     "optimizer.update_proj_gap": ["method=full", "optimizer=apollo", "optimizer.update_proj_gap=0"],
