@@ -254,11 +254,14 @@ def write_results(runs: list, args) -> None:
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / "peer_llamafactory.json").write_text(json.dumps({"machine": machine(), "job": JOB, "rows": args.rows,
+                                                            "args": {"repeats": args.repeats, "rows": args.rows,
+                                                                     "only": args.only},
                                                             "summary": summary, "runs": runs}, indent=2))
     lf_best = max((v["best_useful_tokens_per_s"] for k, v in summary.items() if k.startswith("llamafactory")),
                   default=None)
     lines = ["# ftrun vs LLaMA-Factory 0.9.5 vs transformers Trainer + PEFT (CPU)", "",
-             f"Machine: {machine()}.", f"Command: `python bench/peer_llamafactory.py --repeats {args.repeats}`. "
+             f"Machine: {machine()}.", f"Command: `python bench/peer_llamafactory.py --repeats {args.repeats}"
+             + (f" --only {args.only}" if args.only != "ftrun,llamafactory,hf" else "") + "`. "
              f"Job: tiny Llama, LoRA r{JOB['rank']} all linear, batch {JOB['batch']}, cutoff {JOB['cutoff']}, "
              f"{args.rows} alpaca rows, {JOB['epochs']} epoch. Configurations alternate; best of {args.repeats} "
              "runs each; the load average before each run is listed (the 2 cores are shared: figures are noisy).",
@@ -270,6 +273,12 @@ def write_results(runs: list, args) -> None:
         lines.append(f"| {name} | {v['best_useful_tokens_per_s']:.0f} | {ratio} | {v['train_runtime_best']:.1f} | "
                      f"{v['wall_s_best']:.1f} | {v['peak_rss_mb_max']:.0f} | {v['steps']} | "
                      f"{', '.join(map(str, v['loads']))} | {losses} |")
+    lines += ["", "Useful tokens differ by one per row: LLaMA-Factory's `chatml` and the Trainer + PEFT row (the "
+              "tokenizer's template) train on the newline after `<|im_end|>`, ftrun's rows end at `<|im_end|>`. "
+              "ftrun's rows use its defaults: `model.attn_implementation=sdpa_varlen` (each sample attended alone "
+              "in a flattened batch), `data.padding_free=true` and jemalloc; the `ftrun-ablation` rows take one "
+              "default back each (`model.attn_implementation=sdpa`: packed rows under a block-diagonal mask; "
+              "`FTRUN_MALLOC=system`: glibc's malloc)."]
     (res / "peer_llamafactory.md").write_text("\n".join(lines) + "\n")
 
 
@@ -292,6 +301,9 @@ def configs(only):
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--hf-worker":
         return hf_worker(json.loads(sys.argv[2]))
+    if len(sys.argv) == 2 and sys.argv[1] == "--report":  # the tables again from the committed JSON
+        saved = json.loads((ROOT / "bench" / "results" / "peer_llamafactory.json").read_text())
+        return write_results(saved["runs"], argparse.Namespace(**saved["args"]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rows", type=int, default=256)
