@@ -14,11 +14,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from ftrun.allocator import reexec
 
-from ftrun.compose import CONF_PATH, CONFIG_NAME, discard_unstarted_run_dir, exit_2_on_compose_error, task_started
-from ftrun.config import ConfigError, canonical_overrides, register_configs, validate
+if __name__ == "__main__" or Path(sys.argv[0]).name == "ftrun":
+    reexec()  # before hydra and the rest import: the preloaded process imports them once (ftrun.allocator)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ftrun.compose import CONF_PATH, CONFIG_NAME, discard_unstarted_run_dir, exit_2_on_compose_error, task_started  # noqa: E402,E501
+from ftrun.config import ConfigError, canonical_overrides, register_configs, validate  # noqa: E402
 
 register_configs()
 
@@ -62,9 +67,7 @@ def _refuse(e: ConfigError, hc) -> None:
 
 def main() -> None:
     """The ``ftrun`` console script; ``ftrun board`` serves the web board (:mod:`ftrun.board`)."""
-    from ftrun.allocator import reexec
-
-    reexec()  # once, with jemalloc preloaded where the machine has it (ftrun.allocator)
+    reexec()  # once, with jemalloc preloaded where the machine has it (done already by `python -m ftrun`)
     if sys.argv[1:2] == ["board"]:
         from ftrun.board.__main__ import main as board
 
