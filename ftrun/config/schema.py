@@ -176,8 +176,9 @@ class DataConfig:
     """Drop samples longer than cutoff_len instead of truncating them."""
     packing: bool = False
     """Pack several samples into each cutoff_len row (no loss across samples)."""
-    padding_free: bool = True
-    """Unpacked training batches go as one row without padding, where the attention allows (sdpa_varlen, flash)."""
+    padding_free: bool = False
+    """Unpacked training batches go as one row without padding, where the attention allows (sdpa_varlen, flash);
+    worth it when lengths spread widely (a batch of similar lengths runs faster padded, in one attention call)."""
     neat_packing: bool = True
     """packing: position ids restart per sample and attention stays inside it; false: packed samples see each other."""
     strict: bool = False

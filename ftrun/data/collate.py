@@ -18,7 +18,7 @@ With ``data.neat_packing=false`` (LLaMA-Factory's plain ``packing``) the
 position ids run on across the whole row instead, so transformers builds one
 causal mask over it and every sample attends to the ones packed before it.
 
-With ``data.padding_free=true`` (the default) and such an attention, the sft
+With ``data.padding_free=true`` and such an attention, the sft
 recipe gives unpacked training samples ``position_ids`` too (:func:`with_positions`):
 each is a "packed row" of one sample, so a micro-batch of them is flattened the
 same way, the same batches as padded ones without the padding. Every sample's first label is
@@ -165,7 +165,7 @@ class PackedCollator:
 def make_collator(data_cfg, tokenizer, attn_implementation: str = "sdpa"):
     """The Trainer's data collator: rows with ``position_ids`` (packed, or padding-free) are batched as the
     module doc says, the others padded; ``data_cfg`` without packing or padding_free pads everything."""
-    if data_cfg is not None and (data_cfg.get("packing", False) or data_cfg.get("padding_free", True)):
+    if data_cfg is not None and (data_cfg.get("packing", False) or data_cfg.get("padding_free", False)):
         return PackedCollator(tokenizer, attn_implementation)
     from transformers import DataCollatorForSeq2Seq
 

@@ -113,7 +113,7 @@ def test_sft_flattens_unpacked_training_rows_only(tiny_dir, model, tmp_path):
     from ftrun.stages.sft import build_trainer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    cfg = compose_cfg(["data.num_train=16", "data.num_eval=4"])
+    cfg = compose_cfg(["data.num_train=16", "data.num_eval=4", "data.padding_free=true"])
     train, evals, _ = build_datasets(cfg.data, tok)
     assert "position_ids" not in train.column_names  # the data layer's rows stay as they are
     trainer = build_trainer(cfg, model, tok, train, evals, tmp_path)
@@ -128,18 +128,18 @@ def test_sft_flattens_unpacked_training_rows_only(tiny_dir, model, tmp_path):
     assert trainer.data_collator([evals[i] for i in range(4)])["input_ids"].shape[0] == 4  # evaluation: padded
     assert make_collator(cfg.data, tok, "sdpa")(feats)["input_ids"].shape[0] == 4  # an attention that cannot: rows
 
-    off = compose_cfg(["data.num_train=16", "data.num_eval=4", "data.padding_free=false"])
+    off = compose_cfg(["data.num_train=16", "data.num_eval=4"])  # the default: padded
     trainer = build_trainer(off, model, tok, train, evals, tmp_path)
     assert isinstance(trainer.data_collator, DataCollatorForSeq2Seq)
     assert "position_ids" not in trainer.train_dataset.column_names
 
 
 def test_padding_free_run_has_the_padded_run_s_losses(tmp_path, mlflow_uri):
-    """The default (padding-free, sdpa_varlen) against padded batches: the same run, loss for loss."""
+    """Padding-free batches under sdpa_varlen against padded ones under sdpa: the same run, loss for loss."""
     from ftrun.train import run
 
     losses = {}
-    for name, extra in (("free", []), ("padded", ["data.padding_free=false", "model.attn_implementation=sdpa"])):
+    for name, extra in (("free", ["data.padding_free=true"]), ("padded", ["model.attn_implementation=sdpa"])):
         cfg = compose_cfg(["max_steps=10", "train.logging_steps=1", "train.eval_steps=10",
                            f"data.cache_dir={tmp_path / 'c'}", *extra], fast=True)
         run(cfg, tmp_path / name)
