@@ -128,6 +128,9 @@ ATTR_PAUSED_AT = "paused_at"
 """On a paused trial: the examples seen (the reported step) of the rung it waits at; None once promoted."""
 ATTR_PAUSED_AT_STEP = TAG_PAUSED_AT_STEP
 ATTR_PROMOTIONS = TAG_PROMOTIONS
+ATTR_PACKED_WITH = "packed_with"
+"""On a trial trained in a pack (hydra.sweeper.pack): the numbers of the pack's trials; its duration_s is the pack's
+wall time while it was in it, divided by their count."""
 ATTR_BRANCH_STEPS = "branch_steps"
 """Optimizer steps a trial spent in rung decay branches (hydra.sweeper.rung_branch); also in result.json."""
 ATTR_BRANCH_S = "branch_s"

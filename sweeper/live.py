@@ -38,6 +38,8 @@ class TrialRow:
     started: float = field(default_factory=time.time)
     duration_s: Optional[float] = None
     reason: str = ""
+    share: float = 1.0
+    """1/K for a trial trained in a pack of K (its trial-seconds are its wall time x share)."""
 
 
 def rows_from_study(study) -> List[TrialRow]:
@@ -82,8 +84,9 @@ class SweepView:
             self._display.__enter__()
         return self
 
-    def trial_started(self, number: int, params: Dict[str, object], overrides: Sequence[str] = ()) -> None:
-        self.rows[number] = TrialRow(number, "RUNNING", dict(params), list(overrides))
+    def trial_started(self, number: int, params: Dict[str, object], overrides: Sequence[str] = (),
+                      share: float = 1.0) -> None:
+        self.rows[number] = TrialRow(number, "RUNNING", dict(params), list(overrides), share=share)
         self._parallel = max(self._parallel, len(self._running()))
 
     def trial_finished(self, number: int, state: str, value: Optional[float], duration_s: float,
@@ -111,11 +114,12 @@ class SweepView:
     def trial_seconds(self) -> float:
         now = time.time()
         finished = sum(r.duration_s or 0.0 for r in self.rows.values() if r.state != "RUNNING")
-        return finished + sum(now - r.started for r in self._running())
+        return finished + sum((now - r.started) * r.share for r in self._running())
 
     def eta_s(self) -> Optional[float]:
         """Mean trial time x trials left / trials in parallel, capped by the budget left."""
-        times = [r.duration_s for r in self.rows.values() if r.state in ("COMPLETE", "PRUNED") and r.duration_s]
+        times = [r.duration_s / r.share for r in self.rows.values()  # wall times: a pack's members share theirs
+                 if r.state in ("COMPLETE", "PRUNED") and r.duration_s]
         left = self.n_trials - self.done()
         if left <= 0:
             return 0.0

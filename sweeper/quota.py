@@ -111,3 +111,16 @@ class TrialQuota:
             self.study.tell(trial, state=TrialState.FAIL)
             return f"trial {busy.number} is training the same configuration now; asking again"
         return None
+
+
+def not_run(study, trial, why: str) -> None:
+    """Tell ``trial`` (asked, never started) FAIL as not run, and put its configuration back into the queue."""
+    from optuna.trial import TrialState
+
+    params = dict(trial.params)
+    trial.set_user_attr(ATTR_SURPLUS, True)
+    trial.set_user_attr(ATTR_FAIL_REASON, f"not run: {why}")
+    study.tell(trial, state=TrialState.FAIL)
+    if params:
+        study.enqueue_trial(params)
+    log.info("Trial %d not run (%s); its configuration goes back into the queue", trial.number, why)

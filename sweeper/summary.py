@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, List, Mapping, Optional, Sequence
 
-from ftrun.contract import (ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PAUSED_AT, ATTR_PROMOTIONS,
-                            ATTR_SURPLUS, TAG_RETRY_OF)
+from ftrun.contract import (ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES, ATTR_PACKED_WITH, ATTR_PAUSED_AT,
+                            ATTR_PROMOTIONS, ATTR_SURPLUS, TAG_RETRY_OF)
 from sweeper.compute import KINDS, compute_account, compute_text, grid_cost, trial_kind, trial_seconds
 from sweeper.space import SearchSpace
 
@@ -72,6 +72,9 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             note = f"paused at {t.user_attrs[ATTR_PAUSED_AT]} examples, waiting to be promoted"
         if t.user_attrs.get(TAG_RETRY_OF) is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
+        if t.user_attrs.get(ATTR_PACKED_WITH):  # sweeper.pack: its time is the pack's wall time / K
+            pack = t.user_attrs[ATTR_PACKED_WITH]
+            note = f"packed with {len(pack)} (trials {', '.join(map(str, pack))}) {note}".strip()
         dur = trial_seconds(t)
         state = "PAUSED" if trial_kind(t) == "paused" else t.state.name
         lines.append(f"| {t.number} | {state} | " + " | ".join(vals) + f" | {_params(t.params)} | "

@@ -36,14 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ftrun.contract import ATTR_FAIL_REASON, ATTR_OOM_RETRY, ATTR_OVERRIDES
-from ftrun.contract import ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP, ATTR_PROMOTIONS, ATTR_PRUNED, ATTR_TRIAL_DIR, TRIAL_LOG
-from ftrun.contract import TAG_PROMOTIONS
+from ftrun.contract import ATTR_PACKED_WITH, ATTR_PRUNED, ATTR_TRIAL_DIR, TRIAL_LOG
 from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
 from sweeper import stale_trials
 from sweeper.budget import Budget
 from sweeper.compute import compute_account
 from sweeper.outcome import Outcome, classify, diverged, has_checkpoint, is_oom, log_tail, read_result
 from sweeper.parent import ParentRun
+from sweeper.pausing import PAUSED, PauseAndPromote, earlier_seconds
 from sweeper.quota import TrialQuota
 from sweeper.setting_checks import check_rung_branch, check_shared_run
 from sweeper.settings import Settings, plain, read_settings, select as cfg_select
@@ -77,6 +77,7 @@ class Running:
     extra: List[str]
     started: float
     oom_retried: bool = False
+    share: float = 1.0  # its share of the slot: 1/K in a pack of K (sweeper.pack), its trial-seconds scaled by it
 
 
 @dataclass
@@ -126,7 +127,7 @@ def run_sweep(conf: Mapping[str, Any], arguments: Sequence[str], job_cfg: Union[
     return Sweep(read_settings(conf, space, job_cfg, Path(sweep_root), entry_args)).run()
 
 
-class Sweep:
+class Sweep(PauseAndPromote):
     """One run of a sweep: its study, slots, running trials, workers, budget and MLflow parent run."""
 
     def __init__(self, s: Settings):
@@ -137,7 +138,9 @@ class Sweep:
         self.parent: Optional[ParentRun] = None
         self.failures = 0
         self._repeats = 0  # configurations proposed again and answered from the study, this run
-        self.running: Dict[int, Running] = {}  # slot index -> its trial
+        self.running: Dict[int, Running] = {}  # trial number -> the trial (a slot runs one, or a pack of them)
+        self.pending: List[tuple] = []  # trials asked for a pack that could not join it: the next free slot's
+        self._composed: Dict[int, Any] = {}  # trial number -> its composed config (sweeper.pack.gather)
         self.pool = WorkerPool(s.conf, s.sweep_dir / "workers")
         self.budget = Budget(s.budget_trial_s, s.budget_wall_s)
         self.signals = StopSignals()
@@ -191,17 +194,21 @@ class Sweep:
                 raise SweepError(f"interrupted by signal {self.signals.signum}; rerun the same command to "
                                  "resume (the running trials will be retried)")
             for r in list(self.running.values()):
-                if r.proc.poll() is not None and self._finish(r):
+                if r.proc.poll() is not None and self._finish(r) and not self._busy(r.slot):
                     free.append(r.slot)
                     free.sort(key=lambda slot: slot.index)
             stopped = self._check_limits(stopped)
             while free and stopped is None and not self.budget.spent and self._promote(free[0]):
                 free.pop(0)
+            while self.pending and free and stopped is None and not self.budget.spent:
+                if self._launch_some(free[0], max(0, self.quota.need())):  # trials that could not join a pack
+                    free.pop(0)
             need = self.quota.need() if stopped is None and not self.budget.spent else 0
             while need > 0 and free:
-                if self._launch(free[0]):
+                started = self._launch_some(free[0], need)
+                if started:
                     free.pop(0)
-                    need -= 1
+                    need -= started
                 else:  # a configuration already trained, or one that cannot fit: ask again
                     need = self.quota.need()
             now = time.time()
@@ -211,6 +218,7 @@ class Sweep:
                 free.pop(0)
                 continue
             if not self.running:
+                self._drop_pending("the sweep stopped starting trials before a slot was free for it")
                 if stopped is not None or self.budget.spent or not self._others_running():
                     if not self._others_running():  # nothing can promote the paused trials any more
                         self._close_paused()
@@ -223,8 +231,8 @@ class Sweep:
                 self._wait(1.0)
                 continue
             if beat_due:
-                for r in self.running.values():
-                    stale_trials.beat(self.study, r.trial, now)
+                for t in [r.trial for r in self.running.values()] + [p[0] for p in self.pending]:
+                    stale_trials.beat(self.study, t, now)
                 if self.s.shared:  # another host's trials may have been left behind meanwhile
                     self._recover_left_behind()
                 last_beat = now
@@ -244,7 +252,8 @@ class Sweep:
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a warm trial replies or ``timeout`` passes (fresh trials are polled)."""
-        replies = [r.proc.worker.reply_file for r in self.running.values() if isinstance(r.proc, WarmTrial)]
+        replies = [r.proc.worker.reply_file for r in self.running.values()
+                   if isinstance(r.proc, WarmTrial) and not r.proc.worker.reply_file.closed]
         if replies:
             select.select(replies, [], [], timeout)
         else:
@@ -254,31 +263,106 @@ class Sweep:
         """Compute spent on this study (its compute account, all runs of the sweep) plus the running trials'."""
         now = time.time()
         done = compute_account(self.study.get_trials(deepcopy=False)).used_s
-        return done + sum(now - r.started for r in self.running.values())
+        return done + sum((now - r.started) * r.share for r in self.running.values())
 
     def _others_running(self) -> bool:
-        return self.quota.others_running({r.trial.number for r in self.running.values()})
+        return self.quota.others_running({r.trial.number for r in self.running.values()}
+                                         | {p[0].number for p in self.pending})
+
+    def _busy(self, slot: Slot) -> bool:
+        """Whether a trial still runs in ``slot`` (the other members of a pack)."""
+        return any(r.slot.index == slot.index for r in self.running.values())
 
     # -- one trial ---------------------------------------------------------------
+    def _launch_some(self, slot: Slot, want: int) -> int:
+        """Start trials in the free ``slot``: a pack of up to ``hydra.sweeper.pack`` (at most ``want`` new ones) where
+        packing can run, else one trial (a waiting one first); how many started."""
+        from sweeper.pack import pack_reason
+
+        if int(self.s.conf.get("pack") or 1) > 1 and pack_reason(self.s.conf, self.pool.warm(slot)) is None:
+            return self._launch_pack(slot, int(self.s.conf["pack"]), want)
+        return int(self._launch(slot, picked=self.pending.pop(0) if self.pending else None))
+
+    def _launch_pack(self, slot: Slot, k: int, want: int) -> int:
+        """Start up to ``k`` trials that can train in one pack in ``slot`` (:mod:`sweeper.pack`): waiting ones first,
+        then up to ``want`` new ones from the study."""
+        from sweeper.pack import Pack, PackMember, gather
+
+        asked = [0]
+
+        def ask():
+            if asked[0] >= want:
+                return None
+            asked[0] += 1
+            return self._next_trial()
+
+        members, self.pending = gather(self.pending, ask, self._trial_args, k, self._composed)
+        specs = []
+        for picked, args in members:
+            trial, params, extra, trial_dir = picked
+            if self._too_big(trial, slot, args):
+                continue
+            specs.append((trial, trial_dir, args, extra, self._prepare(slot, trial, params, extra, trial_dir, args)))
+        worker = self.pool.get(slot)
+        pack = Pack(worker, [{"number": t.number, "args": a, "env": p[1], "log": str(d / TRIAL_LOG)}
+                             for t, d, a, _, p in specs]) if len(specs) > 1 else None
+        if pack is not None:
+            log.info("Trials %s train in one pack (%s, warm worker %d)", ", ".join(str(t.number) for t, *_ in specs),
+                     slot.describe(), worker.pid)
+        for trial, trial_dir, args, extra, (overrides, env, cmd) in specs:
+            if pack is None:
+                proc = WarmTrial(worker, {"args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)})
+            else:
+                trial.set_user_attr(ATTR_PACKED_WITH, pack.numbers)
+                proc = PackMember(pack, trial.number)
+            self._start(slot, trial, trial_dir, overrides, extra, args, env, cmd, True, proc=proc,
+                        share=1.0 / len(specs))
+        return len(specs)
+
+    def _drop_pending(self, why: str) -> None:
+        """Trials asked for a pack that will never get a slot: told FAIL as not run, their configuration put back
+        into the queue (a resumed sweep runs them)."""
+        from sweeper.quota import not_run
+
+        while self.pending:
+            not_run(self.study, self.pending.pop(0)[0], why)
+
+    def _trial_args(self, trial, params: Dict[str, Any], extra: Sequence[str], trial_dir: Path) -> List[str]:
+        """The trial's command-line arguments (``python -m ftrun <these>``)."""
+        overrides = [f"{k}={v}" for k, v in self.s.space.fixed.items()] + [to_override(k, v) for k, v in params.items()]
+        return [*self.s.entry_args, *_replace(overrides, extra), f"hydra.run.dir={trial_dir}"]
+
     def _launch(self, slot: Slot, trial=None, extra: Sequence[str] = (), trial_dir: Optional[Path] = None,
-                oom_retried: bool = False, promoted: bool = False) -> bool:
-        """Start a trial in ``slot``: a new one from the study, or ``trial`` again (an OOM retry, or a paused trial
-        promoted). False when none started (a configuration already trained or training, none wanted, or one too
-        big for the slot)."""
-        s = self.s
+                oom_retried: bool = False, promoted: bool = False, picked=None) -> bool:
+        """Start a trial in ``slot``: a new one from the study (or ``picked``, one asked already), or ``trial`` again
+        (an OOM retry, or a paused trial promoted). False when none started (a configuration already trained or
+        training, none wanted, or one too big for the slot)."""
         if trial is None:
-            picked = self._next_trial()
+            picked = picked or self._next_trial()
             if picked is None:
                 return False
             trial, params, extra, trial_dir = picked
         else:
             params = dict(trial.params)
-        overrides = [f"{k}={v}" for k, v in s.space.fixed.items()] + [to_override(k, v) for k, v in params.items()]
-        overrides = _replace(overrides, extra)
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        args = [*s.entry_args, *overrides, f"hydra.run.dir={trial_dir}"]
+        args = self._trial_args(trial, params, extra, trial_dir)
         if not (oom_retried or promoted) and self._too_big(trial, slot, args):
             return False
+        overrides, env, cmd = self._prepare(slot, trial, params, extra, trial_dir, args)
+        warm = self.pool.warm(slot)
+        proc = None
+        if warm:
+            worker = self.pool.get(slot)
+            proc = WarmTrial(worker, {"args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)})
+        self._start(slot, trial, trial_dir, overrides, extra, args, env, cmd, warm, proc=proc,
+                    oom_retried=oom_retried, promoted=promoted)
+        return True
+
+    def _prepare(self, slot: Slot, trial, params, extra, trial_dir: Path, args: List[str]):
+        """(overrides, environment, command) of a trial about to start; its user attributes recorded."""
+        s = self.s
+        overrides = _replace([f"{k}={v}" for k, v in s.space.fixed.items()]
+                             + [to_override(k, v) for k, v in params.items()], extra)
+        trial_dir.mkdir(parents=True, exist_ok=True)
         cmd = trial_command(s.command, args, processes=slot.processes, launcher=s.conf.get("launcher", "accelerate"))
         env = trial_env(s.storage_url, s.study_name, stale_trials.trial_id(trial), trial.number,
                         pruner=None if pruner_key(s.pruner_spec) == "none" else s.pruner_spec,
@@ -288,23 +372,25 @@ class Sweep:
                            "sweeper_host": s.host, "sweeper_pid": os.getpid(),
                            "slot": slot.index, "devices": ",".join(slot.gpus) or "cpu"}.items():
             trial.set_user_attr(key, value)
-        warm = self.pool.warm(slot)
+        return overrides, env, cmd
+
+    def _start(self, slot: Slot, trial, trial_dir: Path, overrides, extra, args, env, cmd, warm: bool, proc=None,
+               oom_retried: bool = False, promoted: bool = False, share: float = 1.0) -> None:
+        """Record the trial as running in ``slot``: by ``proc`` (a warm or packed trial), else a fresh process."""
         with open(trial_dir / TRIAL_LOG, "ab") as f:
             f.write(f"\n$ {shlex.join(cmd)}{'   # in a warm worker' if warm else ''}\n".encode())
         now = time.time()  # the trial's time starts when it is handed to its process
-        if warm:
-            worker = self.pool.get(slot)
-            trial.set_user_attr("worker_pid", worker.pid)
-            trial.set_user_attr("worker_trial", worker.trials + 1)  # 1: the worker's first, which pays its start
-            proc = WarmTrial(worker, {"args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)})
-        else:
+        if proc is None:
             proc = popen(cmd, slot, env, trial_dir / TRIAL_LOG)
-        log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(), ", warm worker" if warm else "",
-                 " ".join(overrides))
-        self.running[slot.index] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
+        else:
+            trial.set_user_attr("worker_pid", proc.worker.pid)
+            trial.set_user_attr("worker_trial", proc.worker.trials)  # 1: the worker's first, which pays its start
+        log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(),
+                 ", packed" if share < 1 else ", warm worker" if warm else "", " ".join(overrides))
+        self.running[trial.number] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried,
+                                             share)
         if not promoted:
-            self.view.trial_started(trial.number, trial.params, overrides)
-        return True
+            self.view.trial_started(trial.number, trial.params, overrides, share)
 
     def _next_trial(self):
         """(trial, params, extra overrides, trial dir) of a new trial to run, or None when the study wants
@@ -313,7 +399,8 @@ class Sweep:
         if trial is None:
             return None
         params = self.s.space.sample(trial, self.s.base_values)
-        busy = next((r.trial for r in self.running.values() if r.trial.params == params), None)
+        busy = next((t for t in [r.trial for r in self.running.values()] + [p[0] for p in self.pending]
+                     if t.params == params), None)
         if busy is None:  # a paused trial holds its configuration too (hydra.sweeper.pruner=promotion)
             from sweeper.promotion import paused_trials
 
@@ -330,75 +417,6 @@ class Sweep:
             trial_dir = Path(resume_dir)  # continue the interrupted trial from its last checkpoint
             extra = [e for e in extra if not e.startswith("resume=")] + ["resume=auto"]
         return trial, params, extra, trial_dir
-
-    # -- pause and promote (hydra.sweeper.pruner=promotion, sweeper.promotion) ----------------
-    def _pause(self, r: Running, result: dict) -> None:
-        """The trial paused at a rung: it stays RUNNING in the study, waiting to be promoted."""
-        duration = time.time() - r.started + _earlier_seconds(r.trial)
-        at = int(result.get("paused_at") or 0)
-        for key, value in {ATTR_PAUSED_AT: at, ATTR_PAUSED_AT_STEP: result.get(ATTR_PAUSED_AT_STEP),
-                           "duration_s": duration}.items():
-            r.trial.set_user_attr(key, value)
-        value = stale_trials.stored_trial(self.study, r.trial).intermediate_values.get(at)
-        log.info("Trial %d paused at the rung of %d examples (%s=%s), after %.0f s; waiting to be promoted",
-                 r.trial.number, at, self.s.objectives[0], "n/a" if value is None else f"{value:.4g}", duration)
-        self.view.trial_finished(r.trial.number, PAUSED.upper(), value, duration, f"paused at {at} examples")
-        if self.parent:
-            self.parent.tag_child(r.trial_dir, r.trial, PAUSED.upper(), None, overrides=r.overrides)
-
-    def _promote(self, slot: Slot, last_resort: bool = False) -> bool:
-        """Resume the paused trial the promotion rule picks, in ``slot``, from its checkpoint; False when none.
-        ``last_resort``: the sweep would end here; with no trial trained to the end, take the best paused one."""
-        from sweeper import promotion
-
-        if not isinstance(self.study.pruner, promotion.PromotionPruner):
-            return False
-        frozen = self.study.pruner.next_promotion(self.study, exclude={r.trial.number for r in self.running.values()})
-        if frozen is None and last_resort and not self._others_running():
-            frozen = promotion.last_resort(self.study)
-        if frozen is None:
-            return False
-        import optuna
-
-        trial = optuna.trial.Trial(self.study, stale_trials.trial_id(frozen))
-        at = frozen.user_attrs[ATTR_PAUSED_AT]
-        promotions = int(frozen.user_attrs.get(ATTR_PROMOTIONS) or 0) + 1
-        trial.set_user_attr(ATTR_PAUSED_AT, None)
-        trial.set_user_attr(ATTR_PROMOTIONS, promotions)
-        trial_dir = Path(frozen.user_attrs[ATTR_TRIAL_DIR])
-        extra = [e for e in frozen.user_attrs.get("extra", []) if not e.startswith("resume=")] + ["resume=auto"]
-        log.info("Trial %d promoted from the rung of %d examples: resuming it from %s", frozen.number, at,
-                 trial_dir)
-        self._launch(slot, trial=trial, extra=extra, trial_dir=trial_dir, promoted=True)
-        self.view.trial_started(frozen.number, frozen.params, self.running[slot.index].overrides)
-        if self.parent:
-            self.parent.tag_child(trial_dir, trial, "RUNNING", None, extra_tags={TAG_PROMOTIONS: str(promotions)})
-        return True
-
-    def _close_paused(self) -> None:
-        """The sweep is over: a trial still paused can no longer be promoted. Record it PRUNED at its rung and
-        delete its checkpoints (its result.json, log and MLflow run stay)."""
-        import shutil
-
-        import optuna
-
-        from ftrun.config import last_checkpoint
-        from sweeper.promotion import paused_trials
-
-        for frozen in paused_trials(self.study.get_trials(deepcopy=False)):
-            trial = optuna.trial.Trial(self.study, stale_trials.trial_id(frozen))
-            at = frozen.user_attrs[ATTR_PAUSED_AT]
-            trial.set_user_attr(ATTR_PRUNED, True)
-            trial.set_user_attr(ATTR_FAIL_REASON, f"paused at {at} examples and not promoted before the sweep ended")
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            trial_dir = Path(frozen.user_attrs.get(ATTR_TRIAL_DIR, ""))
-            while frozen.user_attrs.get(ATTR_TRIAL_DIR) and last_checkpoint(trial_dir) is not None:
-                shutil.rmtree(last_checkpoint(trial_dir))
-            log.info("Trial %d: paused at %d examples and never promoted; recorded PRUNED, checkpoints deleted",
-                     frozen.number, at)
-            if self.parent:
-                self.parent.tag_child(trial_dir, trial, "PRUNED", f"paused at {at} examples, not promoted",
-                                      end_status="FINISHED")
 
     def _too_big(self, trial, slot: Slot, args: List[str]) -> bool:
         """Record the trial as pruned, without running it, when the memory estimate says it cannot fit."""
@@ -419,11 +437,12 @@ class Sweep:
         """Tell the study how the trial ended; False when it was relaunched in the same slot."""
         import optuna
 
-        del self.running[r.slot.index]
+        del self.running[r.trial.number]
         rc = r.proc.returncode
         result = read_result(r.trial_dir, since=r.started)
         tail = log_tail(r.trial_dir / TRIAL_LOG)
-        if not (rc == 0 and result is not None) and not diverged(result) and is_oom(tail) and self._retry_oom(r):
+        if not (rc == 0 and result is not None) and not diverged(result) and is_oom(tail) and r.share == 1.0 \
+                and self._retry_oom(r):
             return False
         if rc == 0 and result is not None and result.get("status") == PAUSED:
             if isinstance(r.proc, WarmTrial):
@@ -433,7 +452,7 @@ class Sweep:
         out = classify(result, self.s.objectives, self.s.multi, rc, tail)
         if isinstance(r.proc, WarmTrial):
             out.reason = self.pool.after_trial(r.slot, r.proc, out.reason)
-        duration = time.time() - r.started + _earlier_seconds(r.trial)
+        duration = (time.time() - r.started) * r.share + earlier_seconds(r.trial)
         for key, value in {**out.attrs(), "duration_s": duration}.items():
             r.trial.set_user_attr(key, value)
         try:
@@ -490,6 +509,7 @@ class Sweep:
     def _interrupt(self) -> None:
         """The sweeper was interrupted: stop the trials and leave them to be retried by the next run."""
         log.warning("Sweep interrupted: stopping %d running trial(s)", len(self.running))
+        self._drop_pending(f"the sweeper got signal {self.signals.signum} before a slot was free for it")
         for r in self.running.values():
             stop(r.proc)
         for r in list(self.running.values()):
@@ -523,14 +543,6 @@ class Sweep:
             if not cfg_select(self.s.job_cfg, "tracking.uri"):
                 env[MLFLOW_URI_ENV] = self.parent.uri
         return env
-
-
-PAUSED = "paused"  # result.json's status for a trial that paused at a rung (ftrun.fit._report_pause)
-
-
-def _earlier_seconds(trial) -> float:
-    """Trial-seconds a promoted trial spent before its last pause (0 for a trial that never paused)."""
-    return float(trial.user_attrs.get("duration_s") or 0.0) if trial.user_attrs.get(ATTR_PROMOTIONS) else 0.0
 
 
 def _replace(overrides: List[str], extra: Sequence[str]) -> List[str]:

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 from ftrun.contract import OPTUNA_OBJECTIVE_ENV as OBJECTIVE_ENV
 from ftrun.contract import OPTUNA_PRUNER_ENV as PRUNER_ENV
@@ -41,16 +41,19 @@ def trial_env(storage: str, study: str, trial_id: int, number: int, pruner=None,
     return env
 
 
-def pruning_callback(cfg):
-    """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None."""
-    if not os.environ.get(STORAGE_ENV) or PRUNER_ENV not in os.environ:
+def pruning_callback(cfg, env: Optional[Mapping[str, str]] = None):
+    """A :class:`PruningCallback` when this run is a sweep trial that may be pruned, else None.
+
+    ``env``: the trial's variables (:func:`trial_env`); None: this process's environment."""
+    env = os.environ if env is None else env
+    if not env.get(STORAGE_ENV) or PRUNER_ENV not in env:
         return None
     from sweeper.study import pruner_key
 
-    branch = os.environ.get(RUNG_BRANCH_ENV)
-    return _callback_class()(os.environ.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples,
+    branch = env.get(RUNG_BRANCH_ENV)
+    return _callback_class()(env.get(OBJECTIVE_ENV) or cfg.objective, every=cfg.train.eval_examples,
                              rung_branch=float(branch) if branch else None,
-                             pausing=pruner_key(json.loads(os.environ[PRUNER_ENV])) == "promotion")
+                             pausing=pruner_key(json.loads(env[PRUNER_ENV])) == "promotion", env=env)
 
 
 def mark_pruned(tracker, step: int) -> None:
@@ -71,8 +74,10 @@ class PruningCallback:
     "pause here": the Trainer saves a checkpoint and stops, and the sweeper resumes the trial from it if the
     trial is promoted later."""
 
-    def __init__(self, objective: str, every: int = 0, rung_branch: Optional[float] = None, pausing: bool = False):
+    def __init__(self, objective: str, every: int = 0, rung_branch: Optional[float] = None, pausing: bool = False,
+                 env: Optional[Mapping[str, str]] = None):
         self.objective = objective
+        self.env = os.environ if env is None else env  # the trial's variables (a packed trial's come in its message)
         self.every = every  # train.eval_examples: report steps are rounded to its multiples
         self.rung_branch = rung_branch
         self.trainer = None  # set by ftrun.fit.train_and_report: a branch trains and evaluates through it
@@ -97,29 +102,9 @@ class PruningCallback:
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self._training or self.pruned or self.paused_at_step is not None:
             return
-        prune, seen = False, 0
+        prune, seen = False, examples_seen(args, state, self.every)
         if state.is_world_process_zero:
-            value = self._value(metrics or {})
-            # the run's last step already ends its own decay; under promotion only a rung's evaluation decides
-            if value is not None and self.rung_branch and state.global_step < state.max_steps \
-                    and self._at_rung(examples_seen(args, state, self.every)):
-                value = self._branch_value(state)
-            try:
-                if value is not None:
-                    trial = self._get_trial()
-                    seen = examples_seen(args, state, self.every)
-                    trial.report(value, step=seen)
-                    if self.branch_steps:  # a promoted trial's earlier segments' branches count too
-                        steps, secs = self._earlier_branches
-                        trial.set_user_attr(ATTR_BRANCH_STEPS, steps + self.branch_steps)
-                        trial.set_user_attr(ATTR_BRANCH_S, round(secs + self.branch_s, 3))
-                    # a trial at its last step has nothing left to pause for
-                    prune = trial.should_prune() and not (self.pausing and state.global_step >= state.max_steps)
-                    log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
-                             value, state.global_step, seen,
-                             (" -> paused at this rung" if self.pausing else " -> pruned") if prune else "")
-            except Exception as e:  # the study unreachable: keep training (and never leave other ranks waiting)
-                log.warning("Optuna: could not report to the study (%s); training goes on", e)
+            prune = self.decide(metrics or {}, state, seen)
         prune = _broadcast_from_rank0(prune)
         if prune and self.pausing:  # a checkpoint to resume from when promoted (every rank takes part)
             self.paused_at, self.paused_at_step = seen, state.global_step
@@ -129,6 +114,32 @@ class PruningCallback:
             self.pruned = True
             self.pruned_at_step = state.global_step
             control.should_training_stop = True
+
+    def decide(self, metrics: dict, state, seen: int) -> bool:
+        """Report this evaluation's objective to the trial (after ``seen`` training examples) and return whether the
+        pruner stops it (or, ``pausing``, pauses it). ``state``: ``global_step`` and ``max_steps``."""
+        value = self._value(metrics)
+        # the run's last step already ends its own decay; under promotion only a rung's evaluation decides
+        if value is not None and self.rung_branch and state.global_step < state.max_steps and self._at_rung(seen):
+            value = self._branch_value(state)
+        if value is None:
+            return False
+        try:
+            trial = self._get_trial()
+            trial.report(value, step=seen)
+            if self.branch_steps:  # a promoted trial's earlier segments' branches count too
+                steps, secs = self._earlier_branches
+                trial.set_user_attr(ATTR_BRANCH_STEPS, steps + self.branch_steps)
+                trial.set_user_attr(ATTR_BRANCH_S, round(secs + self.branch_s, 3))
+            # a trial at its last step has nothing left to pause for
+            prune = trial.should_prune() and not (self.pausing and state.global_step >= state.max_steps)
+            log.info("Optuna trial %d: %s=%.4f at step %d (%d examples)%s", trial.number, self.objective,
+                     value, state.global_step, seen,
+                     (" -> paused at this rung" if self.pausing else " -> pruned") if prune else "")
+            return prune
+        except Exception as e:  # the study unreachable: keep training (and never leave other ranks waiting)
+            log.warning("Optuna: could not report to the study (%s); training goes on", e)
+            return False
 
     # -- helpers ---------------------------------------------------------------
     def _branch_value(self, state) -> Optional[float]:
@@ -175,13 +186,14 @@ class PruningCallback:
             from sweeper.study import build_pruner, open_storage
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
+            env = self.env
             study = optuna.load_study(
-                study_name=os.environ[STUDY_ENV],
-                storage=open_storage(os.environ[STORAGE_ENV]),
+                study_name=env[STUDY_ENV],
+                storage=open_storage(env[STORAGE_ENV]),
                 sampler=optuna.samplers.RandomSampler(),  # the trial only reports; the sweeper samples
-                pruner=build_pruner(json.loads(os.environ[PRUNER_ENV])),
+                pruner=build_pruner(json.loads(env[PRUNER_ENV])),
             )
-            self._trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
+            self._trial = optuna.trial.Trial(study, int(env[TRIAL_ID_ENV]))
             attrs = self._trial.user_attrs  # a trial resumed after a pause: what its branches cost before
             self._earlier_branches = (int(attrs.get(ATTR_BRANCH_STEPS) or 0), float(attrs.get(ATTR_BRANCH_S) or 0.0))
         return self._trial

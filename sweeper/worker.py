@@ -176,8 +176,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not line:
             return 0
         request = json.loads(line)
-        rc, info = run_trial(request)
-        reply.write(json.dumps({"rc": rc, **info}) + "\n")
+        if "pack" in request:  # hydra.sweeper.pack: several trials at once, a reply as each ends (sweeper.pack)
+            from sweeper.pack import run_pack
+
+            run_pack(request, lambda message: reply.write(json.dumps(message) + "\n"))
+        else:
+            rc, info = run_trial(request)
+            reply.write(json.dumps({"rc": rc, **info}) + "\n")
         _release_memory()  # after the reply: the sweeper need not wait for it
 
 

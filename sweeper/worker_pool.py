@@ -51,6 +51,8 @@ class WorkerPool:
             why = reason or f"exit status {proc.returncode}"
             return (f"its warm worker (pid {worker.pid}) died: {why}; the slot starts a new worker "
                     f"(rerun with hydra.sweeper.workers=fresh to see the trial alone)")
+        if getattr(proc, "others_running", lambda: False)():  # a packed trial: its pack is still training
+            return reason
         rss = worker.rss_mb() if self.max_rss_mb else 0.0
         if (self.max_trials and worker.trials >= self.max_trials) or (self.max_rss_mb and rss > self.max_rss_mb):
             log.info("Retiring warm worker %d after %d trials (%.0f MB resident)", worker.pid, worker.trials,

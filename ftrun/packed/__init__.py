@@ -52,29 +52,14 @@ by token ranges instead of rows) would remove it; not done yet.
 
 Nothing heavy is imported at module level: torch, transformers and peft load inside the functions.
 
-Not wired into the sweeper yet. What that needs (issue 23):
-
-* ``sweeper/sweep.py`` (``_keep_slots_busy``): with a new ``hydra.sweeper.pack: K`` setting (checked in
-  ``sweeper/setting_checks.py``), ask up to K trials for a free slot, compose them, group them with
-  :func:`compatible` (the rest run alone as now), and hand a group to the slot's worker as one job.
-* ``sweeper/worker.py``: a "pack" message carrying K trial specs; the worker composes each config as it
-  does now and calls :func:`train_packed` with each trial's own run dir. The per-trial environment the
-  worker sets today (``FTRUN_OPTUNA_TRIAL_ID`` ... in ``ftrun.contract``) is per process, so the trial ids
-  must travel in the message instead; the worker answers with K outcomes.
-* pruning (``sweeper/trial.py``): the ``on_evaluate`` hook of :func:`train_packed` is where the study's
-  ``trial.report`` / ``should_prune`` go for each run (True stops that run alone, ``pruned: true``);
-  ``hydra.sweeper.rung_branch`` needs its decay branch trained per run and is refused in a pack for now.
-* tracking: one ``ftrun.tracking.make_tracker`` per run (child of the sweep's parent run), fed from each
-  run's log history and finished with its status; today a packed run records no MLflow run.
-* ``sweeper/slot_memory.py``: a pack's estimate is the base once plus K x (adapter, optimizer state, the
-  activations of K micro-batches); ``ftrun/estimate`` has the pieces.
-* ``sweeper/compute.py`` and ``sweeper/budget.py``: each packed run's ``train_time_s`` is the pack's wall
-  time while it was in the pack, so trial-seconds must be divided by the pack's size (or charged once
-  per pack) or the budget counts the device K times; ``result.json`` says ``packed: true``.
-* ``sweeper/outcome.py``: a packed trial's end comes from its ``result.json`` (finished, pruned,
-  diverged), not from the worker's exit status, which the K runs share; a crash of the worker fails
-  all K (``sweeper/stale_trials.py`` recovers each from its own run dir as now).
-* signals: Ctrl-C or SIGTERM during a pack stops all K runs; each must get its KILLED status.
+In a sweep, ``hydra.sweeper.pack=K`` hands packs to a slot's warm worker (:mod:`sweeper.pack`): the sweeper
+composes each trial, packs the :func:`compatible` ones, and the worker calls :func:`train_packed` with each trial's
+run dir; ``on_start`` opens each run's MLflow child run (:mod:`ftrun.packed.tracking`), ``on_evaluate`` reports to
+the run's own Optuna trial and asks its pruner, ``on_end`` finishes its MLflow run and answers the sweeper for that
+trial alone. Not done yet (issue 23): packs under ``hydra.sweeper.pruner=promotion`` or ``rung_branch`` (a pause
+needs a checkpoint per run, a branch a decay per run: those sweeps run unpacked); a trial joining a running pack
+when another leaves; ``pack: auto`` and a memory check of the whole pack (``sweeper/slot_memory.py`` checks each
+trial alone: the base once plus K x (adapter, optimizer state, activations) is what a pack needs).
 """
 
 from ftrun.packed.compat import compatible

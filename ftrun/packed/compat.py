@@ -63,7 +63,4 @@ def compatible(cfgs: Sequence) -> Optional[str]:
             a, b = _get(first, key), _get(cfg, key)
             if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
                 return f"{what} differs: run 0 ({first.name}) has {key}={a}, run {i} ({cfg.name}) has {key}={b}"
-    names = [str(c.name) for c in cfgs]
-    if len(set(names)) != len(names):
-        return f"two runs share a name ({names}); each needs its own"
     return None

@@ -114,6 +114,9 @@ def prepare_runs(cfgs: Sequence, run_dirs: Sequence[Path]):
     reason = compatible(cfgs)
     if reason is not None:
         raise ConfigError(f"these runs cannot train in one pack: {reason}")
+    dirs = [str(Path(d).resolve()) for d in run_dirs]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError(f"two runs of one pack have the same run directory ({dirs}); each needs its own")
     out = []
     for cfg, run_dir in zip(cfgs, run_dirs):
         validate(cfg)
@@ -371,17 +374,24 @@ def _due_for_eval(run: PackedRun) -> bool:
 
 
 def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
-                 on_evaluate: Optional[Callable[[int, int, dict], bool]] = None) -> List[Optional[float]]:
+                 on_evaluate: Optional[Callable[[int, "PackedRun", dict], bool]] = None,
+                 on_end: Optional[Callable[[int, "PackedRun"], None]] = None,
+                 on_start: Optional[Callable[[int, "PackedRun"], None]] = None) -> List[Optional[float]]:
     """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged).
 
-    ``on_evaluate(index, step, metrics)`` is called after each evaluation of run ``index``; True stops
-    that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does).
+    ``on_evaluate(index, run, metrics)`` is called after each evaluation of run ``index`` (at ``run.global_step``);
+    True stops that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does).
+    ``on_end(index, run)`` is called once the run has left the pack and written its result (``run.status``:
+    finished, pruned or diverged). ``on_start(index, run)``: once the pack is built (``run.cfg`` resolved), before
+    its first step.
     """
     from ftrun.fit import peak_memory_mb, start_phases
 
     phases = start_phases()
     model, runs, data, router = build_pack(cfgs, run_dirs)
     pad_id = data.tokenizer.pad_token_id
+    for i, r in enumerate(runs if on_start is not None else []):
+        on_start(i, r)
     phases.mark("prepare")
     t0 = time.perf_counter()
     while any(r.active for r in runs):
@@ -398,13 +408,15 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
             for r, m in zip(due, evaluate(model, due, router, pad_id).values()):
                 r.last_eval = {**m, "epoch": r.epoch, "step": r.global_step}
                 r.history.append(dict(r.last_eval))
-                stop = on_evaluate is not None and on_evaluate(runs.index(r), r.global_step, dict(m))
+                stop = on_evaluate is not None and on_evaluate(runs.index(r), r, dict(m))
                 if stop and r.active:  # (the last step's evaluation is reported too; nothing is left to stop)
                     log.info("%s: pruned at step %d", r.cfg.name, r.global_step)
                     r.status = "pruned"
         for r in stepping:
             if not r.active:
                 _report(r, model, data, phases, peak_memory_mb())
+                if on_end is not None:
+                    on_end(runs.index(r), r)
     log.info("Packed %d runs: %.1f s", len(runs), time.perf_counter() - t0)
     return [_objective(r) for r in runs]
 

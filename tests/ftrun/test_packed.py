@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from ftrun.config import ConfigError
 from ftrun.packed import compatible, train_packed
+from ftrun.packed.train import prepare_runs
 from ftrun.train import run
 
 # small enough for a few seconds per run on one core: 16 examples, 4 per batch, 50 steps = 12.5 epochs
@@ -82,15 +84,17 @@ def test_a_diverging_run_stops_alone_and_the_others_go_on(alone_and_packed):
     tmp, _ = alone_and_packed
     bad = cfg_of("r64", ["lr=1e6", "name=absurd", "optimizer.max_grad_norm=0", "max_steps=20"])
     pruned = cfg_of("r8short", ["name=pruned", "seed=4"])
-    seen = []
+    seen, ended = [], []
 
-    def prune_run_2(index, step, metrics):  # a sweep's pruner stopping one run at its first evaluation
-        seen.append((index, step))
+    def prune_run_2(index, run, metrics):  # a sweep's pruner stopping one run at its first evaluation
+        seen.append((index, run.global_step))
         return index == 2
 
     train_packed([cfg_of("r8short"), bad, pruned], [tmp / "nan" / n for n in ("r8short", "absurd", "pruned")],
-                 on_evaluate=prune_run_2)
+                 on_evaluate=prune_run_2, on_end=lambda index, run: ended.append((index, run.status)))
     assert (2, 15) in seen and (0, 30) in seen and not any(i == 1 for i, _ in seen)
+    assert sorted(ended) == [(0, "finished"), (1, "diverged"), (2, "pruned")]
+    assert [i for i, _ in ended][-1] == 0  # the runs leave the pack as they end, the finished one last
     stopped, _ = read(tmp / "nan" / "pruned")
     assert stopped["pruned"] is True and stopped["global_step"] == 15 and stopped["objective"] is not None
     result, _ = read(tmp / "nan" / "absurd")
@@ -116,9 +120,11 @@ def test_incompatible_runs_are_refused_with_the_reason(other, words):
     assert reason is not None and words in reason, reason
 
 
-def test_runs_differing_in_what_each_trial_owns_are_compatible():
+def test_runs_differing_in_what_each_trial_owns_are_compatible(tmp_path):
     a = compose_cfg(["rank=8", "lr=1e-3", "seed=1", "name=a"])
     b = compose_cfg(["rank=64", "alpha=8", "lr=1e-4", "seed=2", "method.dropout=0.1", "max_steps=7",
                      "scheduler=linear", "name=b"])
     assert compatible([a, b]) is None
-    assert "share a name" in compatible([a, a])
+    assert compatible([a, a]) is None  # a sweep's trials may share a name (lr and rank); each has its own dir
+    with pytest.raises(ConfigError, match="same run directory"):
+        prepare_runs([a, a], [tmp_path / "x", tmp_path / "x"])

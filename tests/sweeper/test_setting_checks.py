@@ -14,6 +14,8 @@ OK = {"n_trials": 20, "n_jobs": 1, "heartbeat_s": 10.0, "stale_after_s": 60.0, "
 @pytest.mark.parametrize("setting, says", [
     ({"n_trials": -1}, "hydra.sweeper.n_trials=-1: must be >= 1"),
     ({"n_jobs": 0}, "hydra.sweeper.n_jobs=0: must be >= 1"),
+    ({"pack": 0}, "hydra.sweeper.pack=0: must be a whole number >= 1"),
+    ({"pack": 2.5}, "hydra.sweeper.pack=2.5: must be a whole number >= 1"),
     ({"budget_wall_s": 0}, "hydra.sweeper.budget_wall_s=0: must be > 0"),
     ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5: must be in [0, 1]"),
     ({"gpus_per_trial": -1}, "hydra.sweeper.gpus_per_trial=-1"),

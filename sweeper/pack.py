@@ -1,0 +1,280 @@
+"""Packed trials in a sweep (``hydra.sweeper.pack=K``, issue 23): up to K compatible LoRA trials trained at once by
+one slot's warm worker, over one copy of the base (:func:`ftrun.packed.train.train_packed`).
+
+The sweeper asks the study for up to K trials for a free slot, composes each trial's config and keeps those
+:func:`ftrun.packed.compatible` with the first (the rest wait for the next free slot, and the log says why:
+:func:`pack_reason`). It sends the worker ONE message with every member's arguments, environment and log; the
+worker answers once per member as that member leaves the pack (finished, pruned or diverged), so the sweeper
+records each trial when it ends. Each member is its own Optuna trial (its pruner decides for it alone,
+:func:`sweeper.trial.pruning_callback` with the member's own variables) and its own MLflow child run
+(:mod:`ftrun.packed.tracking`). The pack's output goes to the first member's ``trial.log``; the others' logs say
+where it is. A worker that dies fails every member still in the pack, as it fails a trial alone.
+
+A member's trial-seconds are the pack's wall time while it was in it, divided by the pack's size (its
+``packed_with`` attribute lists the pack): the device was shared, and a budget counts it once.
+
+The parent side (:class:`Pack`, :class:`PackMember`) imports neither torch nor ftrun's training code;
+:func:`run_pack` runs in the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional
+
+from sweeper.worker import WarmTrial
+
+log = logging.getLogger("ftrun.sweeper")
+
+
+
+def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
+    """Why this sweep's trials cannot be packed at all (None: they can, K > 1)."""
+    if int(conf.get("pack") or 1) <= 1:
+        return "hydra.sweeper.pack=1"
+    if not warm:
+        return "packed trials need warm workers (hydra.sweeper.workers=warm, one process per trial, no command)"
+    from sweeper.study import pruner_key
+
+    if pruner_key(conf.get("pruner", "median")) == "promotion":
+        return "hydra.sweeper.pruner=promotion pauses trials at rungs, which a pack cannot do yet"
+    if conf.get("rung_branch"):
+        return "hydra.sweeper.rung_branch trains a decay branch per trial, which a pack cannot do yet"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# the sweeper's side
+
+
+def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callable[..., List[str]], k: int,
+           composed: Dict[int, Any]):
+    """Up to ``k`` trials that can train in one pack: ``([(picked, args)], left)``.
+
+    ``waiting``: trials asked before that could not join a pack (tried first, in order); ``next_trial()``: a new
+    trial as ``(trial, params, extra, trial_dir)`` or None; ``trial_args(*picked)``: its command-line arguments,
+    composed here as the worker will (:func:`sweeper.worker.compose_trial`, kept in ``composed`` by trial number)
+    to check :func:`ftrun.packed.compatible`. A first trial that cannot be packed at all comes back alone; trials
+    that cannot join the others are ``left`` to wait for the next free slot (at most ``k`` wait). The log says why.
+    """
+    members: List[Any] = []
+    left: List[Any] = []
+    candidates = iter(list(waiting))
+    asks = 0
+    while len(members) < k:
+        picked = next(candidates, None)
+        if picked is None:
+            if len(left) >= k or asks > 2 * k:
+                break
+            asks += 1
+            picked = next_trial()
+            if picked is None:
+                continue
+        args = trial_args(*picked)
+        reason = _pack_reason([composed[m[0].number] for m, _ in members], picked[0].number, args, composed)
+        if reason is None:
+            members.append((picked, args))
+        elif not members:
+            log.info("Trial %d runs unpacked: %s", picked[0].number, reason)
+            return [(picked, args)], [*left, *candidates]
+        else:
+            log.info("Trial %d cannot join the pack of trial %d: %s; it waits for the next free slot",
+                     picked[0].number, members[0][0][0].number, reason)
+            left.append(picked)
+    return members, [*left, *candidates]
+
+
+def _pack_reason(cfgs: List[Any], number: int, args: List[str], composed: Dict[int, Any]) -> Optional[str]:
+    """Why trial ``number`` cannot train in a pack with ``cfgs`` (None: it can)."""
+    from ftrun.config import ConfigError
+    from ftrun.packed import compatible
+    from sweeper.worker import compose_trial
+
+    try:
+        if number not in composed:
+            composed[number] = compose_trial(args)[0]
+    except (ConfigError, ValueError) as e:  # the trial itself fails with this message, alone
+        composed[number] = None
+        return f"its config does not compose ({e})"
+    if composed[number] is None:
+        return "its config does not compose"
+    return compatible([*cfgs, composed[number]])
+
+
+class Pack:
+    """K trials sent to one warm worker as one message; its replies, kept by trial number."""
+
+    def __init__(self, worker, members: List[Dict[str, Any]]):
+        self.worker = worker
+        self.replies: Dict[int, Dict[str, Any]] = {}
+        self.numbers = [int(m["number"]) for m in members]
+        self.open = set(self.numbers)  # members not yet recorded by the sweeper
+        worker.submit({"pack": members})
+        worker.trials += len(members) - 1  # (worker_max_trials counts trials)
+
+    def drain(self) -> None:
+        while not self.worker.reply_file.closed:  # (closed: the pool dropped the dead worker at another member's end)
+            message = self.worker.reply()
+            if message is None:
+                return
+            self.replies[int(message.get("number", -1))] = message
+
+
+class PackMember(WarmTrial):
+    """One trial of a :class:`Pack`, with a warm trial's face (``poll``, ``wait``, ``returncode``, ``info``)."""
+
+    def __init__(self, pack: Pack, number: int):  # noqa: D107 - no request of its own: the pack sent it
+        self.worker = pack.worker
+        self.pack = pack
+        self.number = number
+        self.pid = pack.worker.pid
+        self.returncode: Optional[int] = None
+        self.info: Dict[str, Any] = {}
+        self.worker_died = False
+
+    def others_running(self) -> bool:
+        """Whether other members of its pack are still training (the worker must not be retired yet)."""
+        return bool(self.pack.open - {self.number})
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is not None:
+            return self.returncode
+        self.pack.drain()
+        message = self.pack.replies.get(self.number)
+        if message is None and not self.worker.alive():
+            self.pack.drain()  # a reply written just before it exited
+            message = self.pack.replies.get(self.number)
+            if message is None:
+                self.worker_died = True
+                self.returncode = self.worker.proc.poll()
+        if message is not None:
+            self.info = message
+            self.returncode = int(message.get("rc", 1))
+        if self.returncode is not None:
+            self.pack.open.discard(self.number)
+        return self.returncode
+
+
+# ---------------------------------------------------------------------------
+# the worker's side
+
+
+def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -> None:
+    """Train the request's members as one pack; ``reply`` gets one message per member, as it leaves."""
+    from ftrun.exit_status import EXIT_DIVERGED, exit_status
+    from sweeper.worker import _redirect, _reset_process_state, _restore, compose_trial
+
+    members = request["pack"]
+    started = time.perf_counter()
+    first_log = members[0]["log"]
+    for m in members[1:]:
+        with open(m["log"], "a") as f:
+            f.write(f"Trained in one pack with trials {', '.join(str(x['number']) for x in members)}; "
+                    f"the pack's log is {first_log}\n")
+    log_fd = os.open(first_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    saved = _redirect(log_fd)
+    shared_env = {k: v for k, v in members[0].get("env", {}).items() if k.startswith(("MLFLOW", "FTRUN_MLFLOW"))}
+    env_before = {k: os.environ.get(k) for k in shared_env}
+    os.environ.update(shared_env)  # the MLflow store and parent run: the same for every member
+    _reset_process_state()
+    pack = _PackTrials(members, reply, started)
+    try:
+        composed = [compose_trial(m["args"]) for m in members]
+        from ftrun.packed.train import train_packed
+
+        log.info("Training %d trials in one pack: %s", len(members), ", ".join(str(m["number"]) for m in members))
+        train_packed([c for c, _, _ in composed], [d for _, d, _ in composed],
+                     on_evaluate=pack.on_evaluate, on_end=lambda i, run: pack.on_end(
+                         i, run, EXIT_DIVERGED if run.status == "diverged" else 0),
+                     on_start=lambda i, run: pack.on_start(i, run, composed[i][2]))
+    except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops the pack (and the worker)
+        pack.end_all("KILLED", None, f"stopped by {e}")
+        raise
+    except BaseException as e:  # noqa: BLE001 - the worker outlives the pack
+        pack.end_all("FAILED", exit_status(e), f"{type(e).__name__}: {e}")
+    finally:
+        log.info("Pack finished in the worker after %.2f s", time.perf_counter() - started)
+        _restore(saved)
+        os.close(log_fd)
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _PackTrials:
+    """The members' trackers and pruners, and their replies to the sweeper."""
+
+    def __init__(self, members: List[Dict[str, Any]], reply: Callable[[Dict[str, Any]], None], started: float):
+        self.members = members
+        self.reply = reply
+        self.started = started
+        self.trackers: Dict[int, Any] = {}
+        self.pruners: Dict[int, Any] = {}
+        self.done: set = set()
+
+    def on_start(self, i: int, run, overrides: List[str]) -> None:
+        from ftrun.packed.tracking import make_packed_tracker
+        from sweeper.trial import pruning_callback
+
+        self.trackers[i] = make_packed_tracker(run.cfg, run.run_dir, overrides)
+        self.pruners[i] = pruning_callback(run.cfg, env=self.members[i].get("env", {}))
+
+    def on_evaluate(self, i: int, run, metrics: dict) -> bool:
+        from sweeper.trial import examples_seen
+
+        cb = self.pruners.get(i)
+        if cb is None:
+            return False
+        state = SimpleNamespace(global_step=run.global_step, max_steps=run.max_steps)
+        if run.global_step >= run.max_steps:  # the last step's evaluation decides nothing (as on_train_end)
+            return False
+        prune = cb.decide(metrics, state, examples_seen(run.trainer.args, state, cb.every))
+        if prune:
+            cb.pruned, cb.pruned_at_step = True, run.global_step
+        return prune
+
+    def on_end(self, i: int, run, rc: int) -> None:
+        import json
+
+        from ftrun.contract import MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TAG_PRUNED, TAG_PRUNED_AT_STEP
+
+        tracker = self.trackers.get(i)
+        if tracker is not None:
+            result = json.loads((run.run_dir / RESULT_FILE).read_text())
+            tracker.log_history(run.history)
+            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            tracker.log_metrics({**numbers, "pruned": float(bool(result.get("pruned")))}, step=run.global_step)
+            if result.get("pruned"):
+                tracker.set_tags({TAG_PRUNED: "true", TAG_PRUNED_AT_STEP: str(run.global_step)})
+            if run.status == "diverged":
+                tracker.set_tags({"status": "diverged", TAG_FAIL_REASON: str(run.reason)})
+                tracker.log_metrics({"diverged_at_step": run.diverged_at, "nonfinite_loss": 1.0}, step=run.diverged_at)
+            tracker.log_artifacts(run.run_dir, run.run_dir / MODEL_DIR)
+            tracker.finish("FAILED" if run.status == "diverged" else "FINISHED")
+        self._answer(i, rc)
+
+    def end_all(self, status: str, rc: Optional[int], reason: str) -> None:
+        """The pack stopped or failed: every member still in it ends so."""
+        from ftrun.contract import TAG_FAIL_REASON
+
+        for i in range(len(self.members)):
+            if i in self.done:
+                continue
+            tracker = self.trackers.get(i)
+            if tracker is not None:
+                try:
+                    tracker.set_tags({TAG_FAIL_REASON: reason[:5000]})
+                    tracker.finish(status)
+                except Exception as e:  # noqa: BLE001 - the store may be what failed
+                    log.warning("MLflow: could not end trial %s's run (%s)", self.members[i]["number"], e)
+            if rc is not None:
+                self._answer(i, rc)
+
+    def _answer(self, i: int, rc: int) -> None:
+        self.done.add(i)
+        self.reply({"number": self.members[i]["number"], "rc": rc, "worker_s": time.perf_counter() - self.started})

@@ -1,0 +1,197 @@
+"""Packed trials in a sweep (hydra.sweeper.pack, sweeper.pack): each member is its own Optuna trial and MLflow child
+run with the result it gets unpacked; pruning and divergence act on one member; a trial that cannot join a pack
+waits for another pack, and one that cannot be packed runs unpacked, with the reason logged; a worker killed
+mid-pack fails every member; a resumed sweep packs again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import ROOT, compose_cfg
+
+TRIAL = ["data.num_train=32", "data.num_eval=16", "batch_size=8", "train.logging_steps=2", "train.save_steps=0",
+         "max_steps=6", "train.eval_steps=3"]
+
+
+def sweep(tmp_path: Path, arguments, name: str, uri=None, **conf):
+    """run_sweep in-process with warm workers; (study, the sweep's log records)."""
+    from sweeper.sweep import run_sweep
+
+    swept = {a.split("=", 1)[0] for a in arguments}
+    fixed = [a for a in TRIAL if a.split("=", 1)[0] not in swept] + ([] if uri else ["tracking.enabled=false"])
+    conf = {"study_name": name, "sampler": "grid", "pruner": "none", **conf}
+    with pytest.MonkeyPatch.context() as mp:
+        if uri:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+        result = run_sweep(conf, [*arguments, *fixed], compose_cfg(fixed), tmp_path / "sweeps")
+    return optuna.load_study(study_name=result.study_name, storage=result.storage)
+
+
+@pytest.fixture(scope="module")
+def packed_and_alone(tmp_path_factory):
+    """The same 4-point grid swept with pack=4 (MLflow on) and one trial at a time."""
+    tmp = tmp_path_factory.mktemp("packs")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    packed = sweep(tmp / "packed", ["lr=1e-3,3e-3", "rank=4,64"], "packed", uri=uri, pack=4)
+    alone = sweep(tmp / "alone", ["lr=1e-3,3e-3", "rank=4,64"], "alone")
+    return packed, alone, uri
+
+
+def test_packed_trials_equal_their_unpacked_runs(packed_and_alone):
+    packed, alone, _ = packed_and_alone
+    key = lambda t: (t.params["lr"], t.params["rank"])  # noqa: E731
+    by_alone = {key(t): t for t in alone.trials}
+    assert len(packed.trials) == 4 and all(t.state.name == "COMPLETE" for t in packed.trials)
+    for t in packed.trials:
+        assert t.value == pytest.approx(by_alone[key(t)].value, rel=1e-5), key(t)
+        assert t.user_attrs["packed_with"] == [0, 1, 2, 3]
+        result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+        assert result["packed"] is True and result["global_step"] == 6
+    assert len({t.user_attrs["worker_pid"] for t in packed.trials}) == 1  # one worker, one base
+    assert all("packed_with" not in t.user_attrs for t in alone.trials)
+    # the device was shared: each member is charged a quarter of the pack's wall time
+    durations = [t.user_attrs["duration_s"] for t in packed.trials]
+    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in packed.trials]
+    assert max(durations) < 0.5 * min(walls), (durations, walls)
+    summary = (Path(packed.trials[0].user_attrs["trial_dir"]).parent / "summary.md").read_text()
+    assert "packed with 4 (trials 0, 1, 2, 3)" in summary
+
+
+def test_each_packed_trial_is_its_own_mlflow_child_run(packed_and_alone):
+    from mlflow.tracking import MlflowClient
+
+    packed, _, uri = packed_and_alone
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("ftrun.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" and r.data.tags["packed"] == "true"
+                                      for r in children)
+    by_run = {Path(t.user_attrs["trial_dir"]).joinpath("mlflow_run_id").read_text(): t for t in packed.trials}
+    assert set(by_run) == {r.info.run_id for r in children}
+    for r in children:
+        t = by_run[r.info.run_id]
+        assert float(r.data.params["optimizer.lr"]) == t.params["lr"] and int(r.data.params["method.rank"]) == \
+            t.params["rank"]
+        assert r.data.metrics["eval_loss"] == pytest.approx(t.value, rel=1e-9)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [2, 4, 6]
+
+
+def test_pruning_and_divergence_stop_one_member_and_an_incompatible_trial_runs_unpacked(tmp_path, caplog):
+    """lr 1e6 diverges at its first step, the threshold pruner stops lr 1e-3 at its first evaluation (step 3 of
+    6); the two micro-batch sizes cannot share a pack."""
+    caplog.set_level(logging.INFO, logger="ftrun.sweeper")
+    study = sweep(tmp_path, ["lr=1e-3,1e6", "batch_size=4,8", "optimizer.max_grad_norm=0"], "prune", pack=4,
+                  pruner={"name": "threshold", "upper": 0.1})
+    assert sorted(t.state.name for t in study.trials) == ["PRUNED"] * 4
+    for t in study.trials:
+        result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+        if t.params["lr"] == 1e6:
+            assert t.user_attrs["diverged"] is True and result["status"] == "diverged"
+        else:
+            assert t.user_attrs["pruned"] is True and result["pruned"] is True and result["global_step"] == 3
+            assert list(t.intermediate_values) == [3 * t.params["batch_size"]]  # examples seen at the report
+    packs = {tuple(t.user_attrs.get("packed_with", [t.number])) for t in study.trials}
+    assert all(len({study.trials[n].params["batch_size"] for n in p}) == 1 for p in packs)
+    assert "micro-batch size differs" in caplog.text and "cannot join the pack of trial" in caplog.text
+
+
+def test_gather_packs_compatible_trials_and_says_why_others_wait_or_run_unpacked(tmp_path, caplog):
+    """sweeper.pack.gather on trials as the sweeper asks them (composed, not trained)."""
+    from types import SimpleNamespace
+
+    from sweeper.pack import gather
+
+    caplog.set_level(logging.INFO, logger="ftrun.sweeper")
+    asked = iter([["rank=8"], ["rank=64"], ["batch_size=4"], ["data.packing=true"], ["lr=1e-4"]])
+
+    def next_trial():
+        overrides = next(asked, None)
+        if overrides is None:
+            return None
+        n = next_trial.n = getattr(next_trial, "n", -1) + 1
+        return SimpleNamespace(number=n), {}, overrides, tmp_path / f"trial_{n}"
+
+    def trial_args(trial, params, extra, trial_dir):
+        return [*TRIAL, "tracking.enabled=false", *extra, f"hydra.run.dir={trial_dir}"]
+
+    composed = {}
+    members, left = gather([], next_trial, trial_args, 3, composed)
+    assert [m[0][0].number for m in members] == [0, 1, 4] and [p[0].number for p in left] == [2, 3]
+    assert "Trial 2 cannot join the pack of trial 0: the micro-batch size differs" in caplog.text
+    assert "Trial 3 cannot join the pack of trial 0" in caplog.text and "data.packing=false" in caplog.text
+    # the next free slot: the waiting trials first; one that cannot be packed at all runs alone, unpacked
+    members, left = gather(left[::-1], next_trial, trial_args, 3, composed)
+    assert [m[0][0].number for m in members] == [3] and [p[0].number for p in left] == [2]
+    assert "Trial 3 runs unpacked: run 0" in caplog.text and "a packed run needs data.packing=false" in caplog.text
+    assert set(composed) == {0, 1, 2, 3, 4}  # each trial composed once
+
+
+def test_sweep_auto_packs_and_a_resumed_sweep_packs_its_new_trials(tmp_path):
+    """``python -m ftrun -m sweep=auto hydra.sweeper.pack=2`` as a user runs it, then again with more trials."""
+    from sweeper_helpers import ftrun_multirun
+
+    args = ["sweep=auto", "hydra.sweeper.pack=2", *TRIAL, "tracking.enabled=false", f"hydra.sweep.dir={tmp_path}"]
+    proc = ftrun_multirun([*args, "hydra.sweeper.n_trials=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (db,) = tmp_path.glob("*/study.db")
+    study = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    assert [t.user_attrs["packed_with"] for t in study.trials] == [[0, 1], [0, 1]]
+    assert {"lr", "rank", "epochs"} <= set(study.trials[0].params)  # sweep=auto's space (batch_size fixed here)
+    before = [t.value for t in study.trials]
+    proc = ftrun_multirun([*args, "hydra.sweeper.n_trials=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert [t.user_attrs["packed_with"] for t in trials[2:]] == [[2, 3], [2, 3]]
+    assert [t.value for t in trials[:2]] == before  # kept, not retrained
+
+
+def test_a_worker_killed_mid_pack_fails_every_member(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "ftrun", "-m", *[a for a in TRIAL if not a.startswith("max_steps")],
+           "max_steps=3000", "lr=1e-3,3e-3", "tracking.enabled=false", "hydra.sweeper.sampler=grid",
+           "hydra.sweeper.pruner=none", "hydra.sweeper.pack=2", f"hydra.sweep.dir={sweeps}"]
+    with open(tmp_path / "sweep.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            pid = _wait_for_pack(sweeps, proc)
+            os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, (tmp_path / "sweep.log").read_text()[-4000:]
+    (db,) = sweeps.glob("*/study.db")
+    trials = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    for t in trials:
+        assert f"warm worker (pid {pid}) died" in t.user_attrs["fail_reason"], t.user_attrs
+
+
+def _wait_for_pack(sweeps: Path, proc, timeout: float = 300) -> int:
+    """The pid of the worker once its pack trains (its log shows the first logged loss)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before its pack trained"
+        for db in sweeps.glob("*/study.db"):
+            try:
+                trials = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
+            except Exception:  # the sweeper is still creating the study
+                continue
+            if trials and "worker_pid" in trials[0].user_attrs:
+                log = Path(trials[0].user_attrs["trial_dir"]) / "trial.log"
+                if log.is_file() and "Training 2 trials in one pack" in log.read_text():
+                    return int(trials[0].user_attrs["worker_pid"])
+        time.sleep(0.5)
+    raise AssertionError("the pack never started")
