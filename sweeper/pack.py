@@ -165,7 +165,7 @@ class PackMember(WarmTrial):
 def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -> None:
     """Train the request's members as one pack; ``reply`` gets one message per member, as it leaves."""
     from ftrun.exit_status import EXIT_DIVERGED, exit_status
-    from sweeper.worker import _redirect, _reset_process_state, _restore, compose_trial
+    from sweeper.worker import compose_trial, trial_process
 
     members = request["pack"]
     started = time.perf_counter()
@@ -174,36 +174,27 @@ def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -
         with open(m["log"], "a") as f:
             f.write(f"Trained in one pack with trials {', '.join(str(x['number']) for x in members)}; "
                     f"the pack's log is {first_log}\n")
-    log_fd = os.open(first_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    saved = _redirect(log_fd)
-    shared_env = {k: v for k, v in members[0].get("env", {}).items() if k.startswith(("MLFLOW", "FTRUN_MLFLOW"))}
-    env_before = {k: os.environ.get(k) for k in shared_env}
-    os.environ.update(shared_env)  # the MLflow store and parent run: the same for every member
-    _reset_process_state()
-    pack = _PackTrials(members, reply, started)
-    try:
-        composed = [compose_trial(m["args"]) for m in members]
-        from ftrun.packed.train import train_packed
+    # the MLflow store and parent run are the same for every member; each one's Optuna variables go to its pruner
+    from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
 
-        log.info("Training %d trials in one pack: %s", len(members), ", ".join(str(m["number"]) for m in members))
-        train_packed([c for c, _, _ in composed], [d for _, d, _ in composed],
-                     on_evaluate=pack.on_evaluate, on_end=lambda i, run: pack.on_end(
-                         i, run, EXIT_DIVERGED if run.status == "diverged" else 0),
-                     on_start=lambda i, run: pack.on_start(i, run, composed[i][2]))
-    except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops the pack (and the worker)
-        pack.end_all("KILLED", None, f"stopped by {e}")
-        raise
-    except BaseException as e:  # noqa: BLE001 - the worker outlives the pack
-        pack.end_all("FAILED", exit_status(e), f"{type(e).__name__}: {e}")
-    finally:
+    shared_env = {k: v for k, v in members[0].get("env", {}).items() if k in (MLFLOW_URI_ENV, MLFLOW_PARENT_RUN_ENV)}
+    pack = _PackTrials(members, reply, started)
+    with trial_process(first_log, shared_env):
+        try:
+            composed = [compose_trial(m["args"]) for m in members]
+            from ftrun.packed.train import train_packed
+
+            log.info("Training %d trials in one pack: %s", len(members), ", ".join(str(m["number"]) for m in members))
+            train_packed([c for c, _, _ in composed], [d for _, d, _ in composed],
+                         on_evaluate=pack.on_evaluate, on_end=lambda i, run: pack.on_end(
+                             i, run, EXIT_DIVERGED if run.status == "diverged" else 0),
+                         on_start=lambda i, run: pack.on_start(i, run, composed[i][2]))
+        except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops the pack (and the worker)
+            pack.end_all("KILLED", None, f"stopped by {e}")
+            raise
+        except BaseException as e:  # noqa: BLE001 - the worker outlives the pack
+            pack.end_all("FAILED", exit_status(e), f"{type(e).__name__}: {e}")
         log.info("Pack finished in the worker after %.2f s", time.perf_counter() - started)
-        _restore(saved)
-        os.close(log_fd)
-        for k, v in env_before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class _PackTrials:

@@ -27,6 +27,7 @@ torch nor ftrun's training code; :func:`main` is the worker process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -211,13 +212,8 @@ def run_trial(request: Dict[str, Any]):
     from ftrun.exit_status import EXIT_OK, exit_status
 
     started = time.perf_counter()
-    log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    saved = _redirect(log_fd)
-    env_before = {k: os.environ.get(k) for k in request.get("env", {})}
-    os.environ.update(request.get("env", {}))
-    _reset_process_state()
     info: Dict[str, Any] = {}
-    try:
+    with trial_process(request["log"], request.get("env", {})):
         try:
             cfg, run_dir, overrides = compose_trial(request["args"])
             info["compose_s"] = time.perf_counter() - started
@@ -232,9 +228,24 @@ def run_trial(request: Dict[str, Any]):
             raise
         except BaseException as e:  # noqa: BLE001 - the worker outlives the trial
             rc = exit_status(e)
-        logging.getLogger(__name__).info("Trial finished in the worker after %.2f s", time.perf_counter() - started)
+        finally:
+            info["worker_s"] = time.perf_counter() - started
+        logging.getLogger(__name__).info("Trial finished in the worker after %.2f s", info["worker_s"])
+    return rc, info
+
+
+@contextlib.contextmanager
+def trial_process(log_path: str, env: Dict[str, str]):
+    """What a fresh trial process would have, for the duration: stdout and stderr into ``log_path``, the trial's
+    environment variables, and no state carried over from the previous trial; all restored after."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    saved = _redirect(log_fd)
+    env_before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        _reset_process_state()
+        yield
     finally:
-        info["worker_s"] = time.perf_counter() - started
         _restore(saved)
         os.close(log_fd)
         for k, v in env_before.items():
@@ -242,7 +253,6 @@ def run_trial(request: Dict[str, Any]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return rc, info
 
 
 def compose_trial(args: List[str]):
