@@ -10,6 +10,12 @@ NaN. :func:`ftrun.fit.train_and_report` turns it into ``status: diverged`` in
 ``result.json`` and a FAILED MLflow run tagged with the reason; ``python -m
 ftrun`` (and a warm sweep worker) exits with :data:`ftrun.exit_status.EXIT_DIVERGED`.
 
+A run can also die without a NaN: at an absurd learning rate the activations overflow, RMSNorm's
+``x * rsqrt(mean(x**2))`` turns them into zeros, the model outputs the same distribution for every input
+(its loss sits at log(vocab)) and every gradient is exactly 0 from then on. Whether a CPU or GPU gets NaN or
+zeros there depends on its kernels; :data:`DEAD_PATIENCE` steps in a row whose every trainable gradient is 0
+count as a divergence too (:class:`ZeroGradients`).
+
 Under ``precision=fp16`` the gradient scaler skips steps whose gradients
 overflowed and lowers its scale; that is its job, not a divergence, so only
 :data:`FP16_PATIENCE` such steps in a row count as one.
@@ -22,17 +28,33 @@ from typing import Optional
 
 STATUS = "diverged"
 FP16_PATIENCE = 8  # consecutive overflowing steps the fp16 grad scaler may skip before we call it a divergence
+DEAD_PATIENCE = 3  # consecutive steps with every trainable gradient exactly 0 before we call the run dead
 
 
 class Diverged(RuntimeError):
     """The run's loss or gradient norm became NaN or infinite at ``step``."""
 
-    def __init__(self, what: str, value: float, step: int, lr: Optional[float] = None):
+    def __init__(self, what: str, value: float, step: int, lr: Optional[float] = None, detail: str = ""):
         self.what, self.value, self.step, self.lr = what, value, step, lr
         at_lr = f" (learning rate {lr:g})" if lr is not None else ""
-        self.reason = f"{what} is {value} at step {step}{at_lr}"
+        self.reason = f"{what} is {value} at step {step}{at_lr}{detail}"
         super().__init__(f"diverged: {self.reason}; the run stopped there. "
                          "Lower lr, or keep optimizer.max_grad_norm > 0 to clip gradients")
+
+
+class ZeroGradients:
+    """Counts steps whose every trainable gradient is exactly 0; :meth:`check` raises :class:`Diverged` at the
+    :data:`DEAD_PATIENCE`-th in a row. One rule for the Trainer's callback and for a pack's runs."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def check(self, largest: float, step: int, lr: Optional[float]) -> None:
+        """``largest``: this step's largest |gradient| (or the gradient norm), finite."""
+        self.steps = self.steps + 1 if largest == 0.0 else 0
+        if self.steps >= DEAD_PATIENCE:
+            raise Diverged("every gradient", 0.0, step, lr,
+                           f", {self.steps} steps in a row: the model's outputs collapsed")
 
 
 def _max_abs_grad(model) -> Optional[float]:
@@ -62,11 +84,13 @@ _CLASS = None
 
 
 class DivergenceWatch:
-    """Raises :class:`Diverged` at the first non-finite gradient (before the optimizer step) or logged loss."""
+    """Raises :class:`Diverged` at the first non-finite gradient (before the optimizer step) or logged loss, or
+    at the :data:`DEAD_PATIENCE`-th step in a row whose gradients are all 0."""
 
     def __init__(self, patience: int = 1):
         self.patience = patience
         self._bad_steps = 0
+        self._zero = ZeroGradients()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.fp16:
@@ -76,12 +100,15 @@ class DivergenceWatch:
         if model is None:
             return
         value = _max_abs_grad(model)
-        if value is None or math.isfinite(value):
+        if value is None:
+            return
+        lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+        if math.isfinite(value):
             self._bad_steps = 0
+            self._zero.check(value, state.global_step + 1, lr)
             return
         self._bad_steps += 1
         if self._bad_steps >= self.patience:
-            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
             raise Diverged("the gradient", value, state.global_step + 1, lr)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -45,6 +45,7 @@ class PackedRun:
     status: str = "training"  # training, finished, diverged
     reason: Optional[str] = None
     diverged_at: Optional[int] = None
+    zero_gradients: Any = None  # ftrun.divergence.ZeroGradients, made at the first step
     last_eval: Optional[dict] = None
     train_s: float = 0.0
     tokens: int = 0
@@ -243,7 +244,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     """One optimizer step of every active run: one forward and backward per micro-batch index."""
     import torch
 
-    from ftrun.divergence import Diverged
+    from ftrun.divergence import Diverged, ZeroGradients
 
     active = [r for r in runs if r.active]
     work = {r.adapter: r.next_batches(router.generators.get(r.adapter)) for r in active}
@@ -291,6 +292,12 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
             max((float(p.grad.detach().abs().max()) for p in params if p.grad is not None), default=0.0)
         if not math.isfinite(worst):
             _diverge(r, Diverged("the gradient", worst, r.global_step, lr))
+            continue
+        r.zero_gradients = r.zero_gradients or ZeroGradients()
+        try:
+            r.zero_gradients.check(worst, r.global_step, lr)
+        except Diverged as e:
+            _diverge(r, e)
             continue
         r.optimizer.step()
         r.scheduler.step()

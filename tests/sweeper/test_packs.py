@@ -39,26 +39,29 @@ def sweep(tmp_path: Path, arguments, name: str, uri=None, **conf):
 
 @pytest.fixture(scope="module")
 def packed_and_alone(tmp_path_factory):
-    """The same 4-point grid swept with pack=4 (MLflow on) and one trial at a time."""
+    """A 4-point grid swept with pack=4 (MLflow on), and each of its configurations trained alone."""
+    from ftrun.train import run
+
     tmp = tmp_path_factory.mktemp("packs")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     packed = sweep(tmp / "packed", ["lr=1e-3,3e-3", "rank=4,64"], "packed", uri=uri, pack=4)
-    alone = sweep(tmp / "alone", ["lr=1e-3,3e-3", "rank=4,64"], "alone")
+    alone = {}
+    for lr in (1e-3, 3e-3):
+        for rank in (4, 64):
+            cfg = compose_cfg([*TRIAL, "tracking.enabled=false", f"lr={lr}", f"rank={rank}"])
+            alone[(lr, rank)] = run(cfg, tmp / "alone" / f"lr{lr}-r{rank}")
     return packed, alone, uri
 
 
 def test_packed_trials_equal_their_unpacked_runs(packed_and_alone):
     packed, alone, _ = packed_and_alone
-    key = lambda t: (t.params["lr"], t.params["rank"])  # noqa: E731
-    by_alone = {key(t): t for t in alone.trials}
     assert len(packed.trials) == 4 and all(t.state.name == "COMPLETE" for t in packed.trials)
     for t in packed.trials:
-        assert t.value == pytest.approx(by_alone[key(t)].value, rel=1e-5), key(t)
+        assert t.value == pytest.approx(alone[(t.params["lr"], t.params["rank"])], rel=1e-5), t.params
         assert t.user_attrs["packed_with"] == [0, 1, 2, 3]
         result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
         assert result["packed"] is True and result["global_step"] == 6
     assert len({t.user_attrs["worker_pid"] for t in packed.trials}) == 1  # one worker, one base
-    assert all("packed_with" not in t.user_attrs for t in alone.trials)
     # the device was shared: each member is charged a quarter of the pack's wall time
     durations = [t.user_attrs["duration_s"] for t in packed.trials]
     walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in packed.trials]
@@ -88,10 +91,12 @@ def test_each_packed_trial_is_its_own_mlflow_child_run(packed_and_alone):
 
 
 def test_pruning_and_divergence_stop_one_member_and_an_incompatible_trial_runs_unpacked(tmp_path, caplog):
-    """lr 1e6 diverges at its first step, the threshold pruner stops lr 1e-3 at its first evaluation (step 3 of
-    6); the two micro-batch sizes cannot share a pack."""
+    """lr 1e6 diverges (its gradients NaN at once, or all 0 from step 3 on: ftrun.divergence) before the first
+    evaluation (step 6 of 8), where the threshold pruner stops lr 1e-3; the two micro-batch sizes cannot share a
+    pack."""
     caplog.set_level(logging.INFO, logger="ftrun.sweeper")
-    study = sweep(tmp_path, ["lr=1e-3,1e6", "batch_size=4,8", "optimizer.max_grad_norm=0"], "prune", pack=4,
+    study = sweep(tmp_path, ["lr=1e-3,1e6", "batch_size=4,8", "optimizer.max_grad_norm=0", "max_steps=8",
+                             "train.eval_steps=6"], "prune", pack=4,
                   pruner={"name": "threshold", "upper": 0.1})
     assert sorted(t.state.name for t in study.trials) == ["PRUNED"] * 4
     for t in study.trials:
@@ -99,8 +104,8 @@ def test_pruning_and_divergence_stop_one_member_and_an_incompatible_trial_runs_u
         if t.params["lr"] == 1e6:
             assert t.user_attrs["diverged"] is True and result["status"] == "diverged"
         else:
-            assert t.user_attrs["pruned"] is True and result["pruned"] is True and result["global_step"] == 3
-            assert list(t.intermediate_values) == [3 * t.params["batch_size"]]  # examples seen at the report
+            assert t.user_attrs["pruned"] is True and result["pruned"] is True and result["global_step"] == 6
+            assert list(t.intermediate_values) == [6 * t.params["batch_size"]]  # examples seen at the report
     packs = {tuple(t.user_attrs.get("packed_with", [t.number])) for t in study.trials}
     assert all(len({study.trials[n].params["batch_size"] for n in p}) == 1 for p in packs)
     assert "micro-batch size differs" in caplog.text and "cannot join the pack of trial" in caplog.text
