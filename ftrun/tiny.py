@@ -8,7 +8,12 @@ instructions onto (LoRA on purely random weights cannot learn: the frozen random
 LM head caps every logit margin). The result is saved with ``save_pretrained``
 and loaded like any local model afterwards.
 
-The build is deterministic on a given machine and cached under
+The build is deterministic on a given machine, but not across machines: a thousand
+pre-training steps carry the last-bit differences of one CPU's kernels (AVX2 against
+AVX-512) into a different base, and with it different fine-tuning numbers. So the
+default ``model.tiny`` ships built, in ``ftrun/assets/tiny-<hash>`` (made with
+``python -m ftrun.tiny``), and every machine fine-tunes the same base; another
+``model.tiny`` is built on first use. Either is cached under
 ``$FTRUN_CACHE/models/tiny-<hash>``; a file lock lets parallel processes share one
 build, and the directory appears only when complete.
 """
@@ -40,6 +45,7 @@ CHATML_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PRETRAIN_SEED = 7
+SHIPPED = Path(__file__).parent / "assets"  # the default model.tiny, built: `python -m ftrun.tiny` remakes it
 
 
 def tiny_path(arch) -> Path:
@@ -59,10 +65,15 @@ def ensure_tiny(arch) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
         if (dest / "config.json").is_file():
             return dest
-        log.info("Building the tiny model once (cached at %s)", dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
         try:
-            _build(arch, tmp)
+            shipped = SHIPPED / dest.name
+            if (shipped / "config.json").is_file():
+                log.info("Copying the shipped tiny model to %s", dest)
+                shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+            else:
+                log.info("Building the tiny model once (cached at %s)", dest)
+                _build(arch, tmp)
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +151,7 @@ def _build(arch, out: Path) -> None:
             num_train_epochs=1,
             lr_scheduler_type="cosine",
             warmup_steps=0.05,
-            logging_steps=100,
+            logging_steps=min(100, spec["pretrain_steps"]),  # a short pre-training logs its loss too
             save_strategy="no",
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
@@ -158,3 +169,26 @@ def _build(arch, out: Path) -> None:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "ftrun_tiny.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **spec}, indent=2))
+
+
+def ship() -> Path:
+    """Build the default ``model.tiny`` afresh into :data:`SHIPPED`, replacing the shipped copy."""
+    from ftrun.config.schema import TinyArch
+
+    arch = TinyArch()
+    dest = SHIPPED / tiny_path(arch).name
+    SHIPPED.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=SHIPPED))
+    try:
+        _build(arch, tmp)
+        tmp.chmod(0o755)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(ship())

@@ -13,12 +13,13 @@ from conftest import compose_cfg
 from ftrun.config import ConfigError
 from ftrun.train import RESULT_FILE, exact_match, run
 
-# First logged train losses (steps 2, 4, 6) of `compose_cfg([], fast=True)` with torch 2.13 on CPU, on a
-# tiny model built by this environment (tokenizers 0.23.3, transformers 5.24.0, peft 0.21.2: a fresh venv
-# built it bit for bit twice). A change here means the data, template, model build, training recipe or one of
-# those libraries changed: if that was intended, re-pin from the printed values. (The earlier pin,
-# [3.2222, 3.0969, 2.8371], came from a tiny model cached on an older machine and held only there.)
-PINNED_LOSSES = [2.9441, 3.1312, 3.5008]
+# First logged train losses (steps 2, 4, 6) of `compose_cfg([], fast=True)` with torch 2.13 on CPU, on the
+# shipped tiny model (ftrun/assets; before it shipped, each machine built its own, and an AVX-512 CPU built another
+# base than an AVX2 one: [2.7978, 3.3897, 3.1884] against [2.9441, 3.1312, 3.5008]). Pinned on an AVX-512 Xeon;
+# three steps from one base should agree on an AVX2 CPU within the tolerance (not yet seen there). A change here
+# means the data, template, training recipe or a library changed: if that was intended, re-pin from the printed
+# values.
+PINNED_LOSSES = [2.7978, 3.3897, 3.1884]
 
 
 @pytest.fixture(scope="module")
