@@ -10,7 +10,9 @@
 - :mod:`sweeper.outcome`      result.json, log tail and exit status -> the trial's state
 - :mod:`sweeper.slots`        concurrent trial slots: devices, CPU cores, launch commands
 - :mod:`sweeper.slot_memory`  whether a configuration fits its slot's memory (nvidia-smi), before launch
-- :mod:`sweeper.worker`       a warm worker process; :mod:`sweeper.worker_pool` one per slot
+- :mod:`sweeper.worker`       a warm worker process; :mod:`sweeper.worker_pool` one per slot;
+  :mod:`sweeper.trial_env` what a trial in it gets in place of a fresh process
+- :mod:`sweeper.pack`         packed trials (``hydra.sweeper.pack``); :mod:`sweeper.pack_process` the worker's side
 - :mod:`sweeper.budget`       trial-second and wall-clock budgets; :mod:`sweeper.signals` SIGTERM / Ctrl-C
 - :mod:`sweeper.compute`      the study's compute account (summary, HTML report and board read it)
 - :mod:`sweeper.summary`      summary.md / summary.json; :mod:`sweeper.parent` the MLflow parent run

@@ -40,7 +40,7 @@ def too_big(args: List[str], slot: Slot, limit_gb: Optional[float], label: str) 
     if limit is None:
         return None
     from ftrun.estimate import fits
-    from sweeper.worker import compose_trial
+    from sweeper.trial_env import compose_trial
 
     try:
         cfg = compose_trial(args)[0]

@@ -35,7 +35,7 @@ class PackedTracker:
         experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
             cfg.tracking.experiment)
-        tags = {**_tags(cfg, run_dir, overrides), PACKED_TAG: "true", "mlflow.runName": str(cfg.name)}
+        tags = {**_tags(cfg, run_dir, overrides), PACKED_TAG: "true", C.TAG_RUN_NAME: str(cfg.name)}
         if parent:
             tags[C.TAG_PARENT] = parent
         run = self.client.create_run(experiment_id, run_name=str(cfg.name), tags=tags)

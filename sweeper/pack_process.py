@@ -1,0 +1,122 @@
+"""The worker's side of a pack (``hydra.sweeper.pack=K``, :mod:`sweeper.pack` is the sweeper's): :func:`run_pack`
+trains the members of one request together (:func:`ftrun.packed.train.train_packed`) and answers for each member as
+it leaves the pack, each with its own pruner and MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional
+
+from sweeper.trial_env import compose_trial, trial_process
+
+log = logging.getLogger("ftrun.sweeper")
+
+
+def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -> None:
+    """Train the request's members as one pack; ``reply`` gets one message per member, as it leaves."""
+    from ftrun.exit_status import EXIT_DIVERGED, exit_status
+
+    members = request["pack"]
+    started = time.perf_counter()
+    first_log = members[0]["log"]
+    for m in members[1:]:
+        with open(m["log"], "a") as f:
+            f.write(f"Trained in one pack with trials {', '.join(str(x['number']) for x in members)}; "
+                    f"the pack's log is {first_log}\n")
+    # the MLflow store and parent run are the same for every member; each one's Optuna variables go to its pruner
+    from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
+
+    shared_env = {k: v for k, v in members[0].get("env", {}).items() if k in (MLFLOW_URI_ENV, MLFLOW_PARENT_RUN_ENV)}
+    pack = _PackTrials(members, reply, started)
+    with trial_process(first_log, shared_env):
+        try:
+            composed = [compose_trial(m["args"]) for m in members]
+            from ftrun.packed.train import train_packed
+
+            log.info("Training %d trials in one pack: %s", len(members), ", ".join(str(m["number"]) for m in members))
+            train_packed([c for c, _, _ in composed], [d for _, d, _ in composed],
+                         on_evaluate=pack.on_evaluate, on_end=lambda i, run: pack.on_end(
+                             i, run, EXIT_DIVERGED if run.status == "diverged" else 0),
+                         on_start=lambda i, run: pack.on_start(i, run, composed[i][2]))
+        except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops the pack (and the worker)
+            pack.end_all("KILLED", None, f"stopped by {e}")
+            raise
+        except BaseException as e:  # noqa: BLE001 - the worker outlives the pack
+            pack.end_all("FAILED", exit_status(e), f"{type(e).__name__}: {e}")
+        log.info("Pack finished in the worker after %.2f s", time.perf_counter() - started)
+
+
+class _PackTrials:
+    """The members' trackers and pruners, and their replies to the sweeper."""
+
+    def __init__(self, members: List[Dict[str, Any]], reply: Callable[[Dict[str, Any]], None], started: float):
+        self.members = members
+        self.reply = reply
+        self.started = started
+        self.trackers: Dict[int, Any] = {}
+        self.pruners: Dict[int, Any] = {}
+        self.done: set = set()
+
+    def on_start(self, i: int, run, overrides: List[str]) -> None:
+        from ftrun.packed.tracking import make_packed_tracker
+        from sweeper.trial import pruning_callback
+
+        self.trackers[i] = make_packed_tracker(run.cfg, run.run_dir, overrides)
+        self.pruners[i] = pruning_callback(run.cfg, env=self.members[i].get("env", {}))
+
+    def on_evaluate(self, i: int, run, metrics: dict) -> bool:
+        from sweeper.trial import examples_seen
+
+        cb = self.pruners.get(i)
+        if cb is None:
+            return False
+        state = SimpleNamespace(global_step=run.global_step, max_steps=run.max_steps)
+        if run.global_step >= run.max_steps:  # the last step's evaluation decides nothing (as on_train_end)
+            return False
+        prune = cb.decide(metrics, state, examples_seen(run.trainer.args, state, cb.every))
+        if prune:
+            cb.pruned, cb.pruned_at_step = True, run.global_step
+        return prune
+
+    def on_end(self, i: int, run, rc: int) -> None:
+        import json
+
+        from ftrun.contract import MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TAG_PRUNED, TAG_PRUNED_AT_STEP
+
+        tracker = self.trackers.get(i)
+        if tracker is not None:
+            result = json.loads((run.run_dir / RESULT_FILE).read_text())
+            tracker.log_history(run.history)
+            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            tracker.log_metrics({**numbers, "pruned": float(bool(result.get("pruned")))}, step=run.global_step)
+            if result.get("pruned"):
+                tracker.set_tags({TAG_PRUNED: "true", TAG_PRUNED_AT_STEP: str(run.global_step)})
+            if run.status == "diverged":
+                tracker.set_tags({"status": "diverged", TAG_FAIL_REASON: str(run.reason)})
+                tracker.log_metrics({"diverged_at_step": run.diverged_at, "nonfinite_loss": 1.0}, step=run.diverged_at)
+            tracker.log_artifacts(run.run_dir, run.run_dir / MODEL_DIR)
+            tracker.finish("FAILED" if run.status == "diverged" else "FINISHED")
+        self._answer(i, rc)
+
+    def end_all(self, status: str, rc: Optional[int], reason: str) -> None:
+        """The pack stopped or failed: every member still in it ends so."""
+        from ftrun.contract import TAG_FAIL_REASON
+
+        for i in range(len(self.members)):
+            if i in self.done:
+                continue
+            tracker = self.trackers.get(i)
+            if tracker is not None:
+                try:
+                    tracker.set_tags({TAG_FAIL_REASON: reason[:5000]})
+                    tracker.finish(status)
+                except Exception as e:  # noqa: BLE001 - the store may be what failed
+                    log.warning("MLflow: could not end trial %s's run (%s)", self.members[i]["number"], e)
+            if rc is not None:
+                self._answer(i, rc)
+
+    def _answer(self, i: int, rc: int) -> None:
+        self.done.add(i)
+        self.reply({"number": self.members[i]["number"], "rc": rc, "worker_s": time.perf_counter() - self.started})
