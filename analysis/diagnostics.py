@@ -8,7 +8,7 @@ The checks, and what each one needs before it fires:
 
 * ``overfitting``: eval loss rose at ``min_rising`` evaluations in a row while the
   train loss fell over the same steps.
-* ``divergence``: a non-finite loss or grad norm, or a train-loss spike of
+* ``divergence``: a non-finite loss or grad norm, a run :mod:`ftrun.divergence` stopped, or a train-loss spike of
   ``spike_factor`` x the median of the logs before it, or a run that ends above
   where it started.
 * ``under-training``: the train loss still fell by ``steep_drop`` or more over the
@@ -79,9 +79,12 @@ def divergence(train: Series, nonfinite: Series = (), grad_norm: Series = (),
                spike_factor: float = 2.0, window: int = 5) -> Optional[Flag]:
     """NaN/inf loss, a train-loss spike, or a run that ends above its start."""
     bad = [s for s, v in train if not math.isfinite(v)] + [s for s, v in grad_norm if not math.isfinite(v)]
-    bad += [s for s, v in nonfinite if v > 0]
-    if bad:
-        return Flag("divergence", f"non-finite loss or grad norm at step {_int(min(bad))}",
+    stopped = [s for s, v in nonfinite if v > 0]  # the marker of a NaN MLflow dropped, or of ftrun.divergence
+    if bad or stopped:
+        what = f"non-finite loss or grad norm at step {_int(min(bad))}" if bad else \
+            f"diverged at step {_int(min(stopped))} (a non-finite value, or ftrun.divergence stopped the run: " \
+            "its fail_reason says how)"
+        return Flag("divergence", what,
                     "a lower lr, more warm-up (scheduler.warmup_ratio), gradient clipping "
                     "(optimizer.max_grad_norm=1.0), or fp32/bf16 instead of fp16")
     train = _finite(train)

@@ -46,6 +46,7 @@ class PackedRun:
     reason: Optional[str] = None
     diverged_at: Optional[int] = None
     zero_gradients: Any = None  # ftrun.divergence.ZeroGradients, made at the first step
+    loss_blowup: Any = None  # ftrun.divergence.LossBlowUp, made at the first step
     last_eval: Optional[dict] = None
     train_s: float = 0.0
     tokens: int = 0
@@ -244,7 +245,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     """One optimizer step of every active run: one forward and backward per micro-batch index."""
     import torch
 
-    from ftrun.divergence import Diverged, ZeroGradients
+    from ftrun.divergence import Diverged, LossBlowUp, ZeroGradients
 
     active = [r for r in runs if r.active]
     work = {r.adapter: r.next_batches(router.generators.get(r.adapter)) for r in active}
@@ -294,8 +295,10 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
             _diverge(r, Diverged("the gradient", worst, r.global_step, lr))
             continue
         r.zero_gradients = r.zero_gradients or ZeroGradients()
+        r.loss_blowup = r.loss_blowup or LossBlowUp()
         try:
             r.zero_gradients.check(worst, r.global_step, lr)
+            r.loss_blowup.check(step_loss[r.adapter], r.global_step, lr)
         except Diverged as e:
             _diverge(r, e)
             continue

@@ -103,6 +103,36 @@ def test_gradients_all_zero_for_a_few_steps_stop_the_run(tiny_dir, tmp_path, mon
     assert result["status"] == "diverged" and result["global_step"] == dead_at - 1
 
 
+def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tiny_dir, tmp_path, monkeypatch):
+    """From step NAN_AT_STEP on the logged loss reads 1000x (its gradient unchanged): finite, but exploded."""
+    import ftrun.model
+    from ftrun.divergence import LOSS_BLOWUP
+
+    apply_method = ftrun.model.apply_method
+
+    def exploding(model, cfg):
+        model = apply_method(model, cfg)
+
+        def hook(module, args, kwargs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) >= NAN_AT_STEP:
+                    output.loss = output.loss + 999 * output.loss.detach()
+            return output
+
+        calls = []
+        model.register_forward_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(ftrun.model, "apply_method", exploding)
+    cfg = compose_cfg([f"max_steps={MAX_STEPS}", "train.eval_steps=0", "train.logging_steps=1",
+                       "tracking.enabled=false"], fast=True)
+    with pytest.raises(Diverged, match=rf"the train loss is \S+ at step {NAN_AT_STEP} .*over {LOSS_BLOWUP:g}x the "
+                                       r"first logged loss"):
+        run(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / RESULT_FILE).read_text())["status"] == "diverged"
+
+
 def test_the_callback_passes_a_finite_run_untouched(tiny_dir, tmp_path):
     # the other half of the claim: no false alarm on a healthy run (it would raise here)
     cfg = compose_cfg(["max_steps=4", "train.eval_steps=0", "train.logging_steps=1", "tracking.enabled=false"],

@@ -4,6 +4,7 @@ a worn one is retired; '+key' overrides and --config-dir reach warm trials; MLfl
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -173,5 +174,6 @@ def test_a_diverged_warm_trial_ends_with_status_3_and_no_traceback(tmp_path):
         worker.close()
     text = log.read_text()
     assert rc == EXIT_DIVERGED, text[-3000:]
-    assert "Traceback" not in text and "diverged: the gradient is nan at step" in text
+    # (NaN on CPUs whose kernels give NaN there, zeros and a dead model on others: ftrun.divergence)
+    assert "Traceback" not in text and re.search(r"diverged: (the gradient is nan|every gradient is 0\.0) at step", text)
     assert json.loads((log.parent / "result.json").read_text())["status"] == "diverged"
