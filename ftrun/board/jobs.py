@@ -31,6 +31,8 @@ ERROR_LINE = re.compile(r"\]\[ERROR\] - |^error: |^Traceback ")
 CURVES = ("train_loss", "eval_loss")
 POLL_S = 1.0
 """How often the page refreshes what a running command shows."""
+STOP_GRACE_S = 30.0
+"""How long Stop waits after SIGTERM (a run ends its MLflow run, a sweep records its trials) before SIGKILL."""
 
 
 class Job:
@@ -62,14 +64,27 @@ class Job:
     def returncode(self) -> Optional[int]:
         return self.proc.returncode if self.ended.is_set() else None
 
-    def stop(self) -> None:
-        """SIGTERM to the command's process group (a sweep stops its trials and records them)."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM to the command's process group (a sweep stops its trials and records them); SIGKILL to what
+        is left of the group after ``grace_s`` (a process that ignored the signal, or one still holding the
+        output pipe), so that Stop always ends the command."""
         if not self.ended.is_set():
             self.stopped = True
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self._signal(signal.SIGTERM)
+            timer = threading.Timer(grace_s, self._kill, args=(grace_s,))
+            timer.daemon = True
+            timer.start()
+
+    def _kill(self, grace_s: float) -> None:
+        if not self.ended.wait(0):
+            self.lines.append(f"(still running {grace_s:g} s after Stop's SIGTERM: killed with SIGKILL)")
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def log(self, tail: int = 300) -> str:
         return "\n".join(self.lines[-tail:])

@@ -63,6 +63,21 @@ def test_a_failed_command_reports_its_error_line_and_status():
     assert job.failure() == "[t][ERROR] - invalid configuration:\n  lr=-5: lr must be > 0"
 
 
+def test_stop_kills_what_ignores_sigterm_after_the_grace(tmp_path):
+    """A child that ignores SIGTERM and holds the output pipe after its parent obeyed: Stop still ends the job."""
+    child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('child ready', flush=True); "
+             "time.sleep(600)")
+    job = jobs.Job([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+                    f"{child!r}]); time.sleep(600)"])
+    while "child ready" not in job.lines:
+        assert not job.wait(0.05), job.lines
+    job.stop(grace_s=1)
+    assert not job.wait(0.5)  # the parent died of SIGTERM, but the child keeps the pipe open: not ended yet
+    assert job.wait(60) and job.stopped
+    assert job.returncode == -15  # the command itself obeyed SIGTERM
+    assert "killed with SIGKILL" in job.lines[-1]
+
+
 def test_a_run_is_read_back_from_its_files(tmp_path):
     lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run",
              "[x][ftrun.progress][INFO] - step 3/8 (38%) · epoch 0.75 · loss 2.5 · lr 0.001 · 90 tok/s · ETA 0:00:05"]
