@@ -51,6 +51,9 @@ def test_wheel_installs_and_runs_from_an_empty_directory(tiny_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, env=_env(), timeout=300)
     (wheel,) = (tmp_path / "dist").glob("ftrun-*.whl")
+    import zipfile
+
+    assert f"ftrun/assets/{tiny_dir.name}/model.safetensors" in zipfile.ZipFile(wheel).namelist()  # ships built
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=300)
     bin_dir = tmp_path / "venv" / "bin"
     _see_this_environment(bin_dir / "python")

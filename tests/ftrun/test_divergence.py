@@ -26,13 +26,13 @@ NAN_AT_STEP = 3
 BLOWN_UP = r"diverged: (the gradient is nan|every gradient is 0\.0) at step"
 
 
-def inject_nan_loss(monkeypatch, at_step: int) -> None:
-    """From training forward pass ``at_step`` on, the model returns a NaN loss (a fault, not an lr)."""
+def patch_loss(monkeypatch, at_step: int, change) -> None:
+    """From training forward pass ``at_step`` on, the model's loss is ``change(loss)`` (a fault, not an lr)."""
     import ftrun.model
 
     apply_method = ftrun.model.apply_method
 
-    def with_nan(model, cfg):
+    def patched(model, cfg):
         model = apply_method(model, cfg)
         calls = {"train": 0}
 
@@ -41,13 +41,17 @@ def inject_nan_loss(monkeypatch, at_step: int) -> None:
                 return output
             calls["train"] += 1
             if calls["train"] >= at_step:
-                output.loss = output.loss * float("nan")
+                output.loss = change(output.loss)
             return output
 
         model.register_forward_hook(hook, with_kwargs=True)
         return model
 
-    monkeypatch.setattr(ftrun.model, "apply_method", with_nan)
+    monkeypatch.setattr(ftrun.model, "apply_method", patched)
+
+
+def inject_nan_loss(monkeypatch, at_step: int) -> None:
+    patch_loss(monkeypatch, at_step, lambda loss: loss * float("nan"))
 
 
 def test_injected_nan_stops_the_run_at_that_step_and_fails_its_mlflow_run(tiny_dir, tmp_path, mlflow_uri, monkeypatch):
@@ -74,26 +78,9 @@ def test_injected_nan_stops_the_run_at_that_step_and_fails_its_mlflow_run(tiny_d
 
 def test_gradients_all_zero_for_a_few_steps_stop_the_run(tiny_dir, tmp_path, monkeypatch):
     """A model whose outputs collapsed (every gradient exactly 0, the loss finite) is dead, not training."""
-    import ftrun.model
     from ftrun.divergence import DEAD_PATIENCE
 
-    apply_method = ftrun.model.apply_method
-
-    def collapsed(model, cfg):
-        model = apply_method(model, cfg)
-
-        def hook(module, args, kwargs, output):
-            if module.training:
-                calls.append(1)
-                if len(calls) >= NAN_AT_STEP:
-                    output.loss = output.loss * 0.0 + output.loss.detach()  # the same loss, no gradient
-            return output
-
-        calls = []
-        model.register_forward_hook(hook, with_kwargs=True)
-        return model
-
-    monkeypatch.setattr(ftrun.model, "apply_method", collapsed)
+    patch_loss(monkeypatch, NAN_AT_STEP, lambda loss: loss * 0.0 + loss.detach())  # the same loss, no gradient
     cfg = compose_cfg([f"max_steps={MAX_STEPS}", "train.eval_steps=0", "train.logging_steps=1",
                        "tracking.enabled=false"], fast=True)
     dead_at = NAN_AT_STEP + DEAD_PATIENCE - 1
@@ -105,26 +92,9 @@ def test_gradients_all_zero_for_a_few_steps_stop_the_run(tiny_dir, tmp_path, mon
 
 def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tiny_dir, tmp_path, monkeypatch):
     """From step NAN_AT_STEP on the logged loss reads 1000x (its gradient unchanged): finite, but exploded."""
-    import ftrun.model
     from ftrun.divergence import LOSS_BLOWUP
 
-    apply_method = ftrun.model.apply_method
-
-    def exploding(model, cfg):
-        model = apply_method(model, cfg)
-
-        def hook(module, args, kwargs, output):
-            if module.training:
-                calls.append(1)
-                if len(calls) >= NAN_AT_STEP:
-                    output.loss = output.loss + 999 * output.loss.detach()
-            return output
-
-        calls = []
-        model.register_forward_hook(hook, with_kwargs=True)
-        return model
-
-    monkeypatch.setattr(ftrun.model, "apply_method", exploding)
+    patch_loss(monkeypatch, NAN_AT_STEP, lambda loss: loss + 999 * loss.detach())
     cfg = compose_cfg([f"max_steps={MAX_STEPS}", "train.eval_steps=0", "train.logging_steps=1",
                        "tracking.enabled=false"], fast=True)
     with pytest.raises(Diverged, match=rf"the train loss is \S+ at step {NAN_AT_STEP} .*over {LOSS_BLOWUP:g}x the "
