@@ -170,7 +170,7 @@ def test_a_worker_killed_mid_pack_fails_every_member(tmp_path):
     with open(tmp_path / "sweep.log", "w") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            pid = _wait_for_pack(sweeps, proc)
+            pid = _wait_for_pack(sweeps, proc, tmp_path / "sweep.log")
             os.kill(pid, signal.SIGKILL)
             proc.wait(timeout=300)
         finally:
@@ -184,16 +184,15 @@ def test_a_worker_killed_mid_pack_fails_every_member(tmp_path):
         assert f"warm worker (pid {pid}) died" in t.user_attrs["fail_reason"], t.user_attrs
 
 
-def _wait_for_pack(sweeps: Path, proc, timeout: float = 300) -> int:
+def _wait_for_pack(sweeps: Path, proc, sweep_log: Path, timeout: float = 300) -> int:
     """The pid of the worker once its pack trains (its log shows the first logged loss)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert proc.poll() is None, "the sweep ended before its pack trained"
-        for db in sweeps.glob("*/study.db"):
-            try:
-                trials = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
-            except Exception:  # the sweeper is still creating the study
-                continue
+        assert proc.poll() is None, "the sweep ended before its pack trained:\n" + sweep_log.read_text()[-4000:]
+        # (not a look at the study before a trial exists: opening an empty study.db makes Optuna create its tables
+        # from this process too, and the sweeper's own create then fails with "table already exists")
+        for db in (log.parent.parent / "study.db" for log in sweeps.glob("*/trial_0000/trial.log")):
+            trials = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
             if trials and "worker_pid" in trials[0].user_attrs:
                 log = Path(trials[0].user_attrs["trial_dir"]) / "trial.log"
                 if log.is_file() and "Training 2 trials in one pack" in log.read_text():
