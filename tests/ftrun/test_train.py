@@ -16,7 +16,8 @@ from ftrun.train import RESULT_FILE, exact_match, run
 # First logged train losses (steps 2, 4, 6) of `compose_cfg([], fast=True)` with torch 2.13 on CPU, on the
 # shipped tiny model (ftrun/assets; before it shipped, each machine built its own, and an AVX-512 CPU built another
 # base than an AVX2 one: [2.7978, 3.3897, 3.1884] against [2.9441, 3.1312, 3.5008]). Pinned on an AVX-512 Xeon;
-# three steps from one base should agree on an AVX2 CPU within the tolerance (not yet seen there). A change here
+# with its AVX2 kernels forced (ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2) they agree within 1e-6,
+# not yet seen on an AMD machine. A change here
 # means the data, template, training recipe or a library changed: if that was intended, re-pin from the printed
 # values.
 PINNED_LOSSES = [2.7978, 3.3897, 3.1884]
