@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ftrun.allocator import in_use as allocator_in_use
+from ftrun.divergence import LossBlowUp, ZeroGradients
 from ftrun.packed.compat import compatible
 from ftrun.packed.routing import Router, _routed_forward
 
@@ -45,8 +46,8 @@ class PackedRun:
     status: str = "training"  # training, finished, diverged
     reason: Optional[str] = None
     diverged_at: Optional[int] = None
-    zero_gradients: Any = None  # ftrun.divergence.ZeroGradients, made at the first step
-    loss_blowup: Any = None  # ftrun.divergence.LossBlowUp, made at the first step
+    zero_gradients: ZeroGradients = field(default_factory=ZeroGradients)
+    loss_blowup: LossBlowUp = field(default_factory=LossBlowUp)
     last_eval: Optional[dict] = None
     train_s: float = 0.0
     tokens: int = 0
@@ -245,7 +246,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     """One optimizer step of every active run: one forward and backward per micro-batch index."""
     import torch
 
-    from ftrun.divergence import Diverged, LossBlowUp, ZeroGradients
+    from ftrun.divergence import Diverged
 
     active = [r for r in runs if r.active]
     work = {r.adapter: r.next_batches(router.generators.get(r.adapter)) for r in active}
@@ -294,8 +295,6 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
         if not math.isfinite(worst):
             _diverge(r, Diverged("the gradient", worst, r.global_step, lr))
             continue
-        r.zero_gradients = r.zero_gradients or ZeroGradients()
-        r.loss_blowup = r.loss_blowup or LossBlowUp()
         try:
             r.zero_gradients.check(worst, r.global_step, lr)
             r.loss_blowup.check(step_loss[r.adapter], r.global_step, lr)
