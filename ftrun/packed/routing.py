@@ -42,12 +42,14 @@ def _routed_forward(router: Router):
     def forward(self, x, *args, **kwargs):
 
         result = self.base_layer(x, *args, **kwargs)
-        for names, start, rows in router.groups:
+        parts, tiled = _group_inputs(x, router.groups)
+        deltas = []
+        for (names, start, rows), xs in zip(router.groups, parts):
             names = [n for n in names if n in self.lora_A]
             if not names:
+                deltas.append(None)
                 continue
-            stop = start + rows * len(names)
-            xs = x[start:stop].to(self.lora_A[names[0]].weight.dtype)
+            xs = xs.to(self.lora_A[names[0]].weight.dtype)
             if self.training:
                 xs = _dropout(self, names, xs, rows, router)
             if len(names) == 1:
@@ -61,10 +63,27 @@ def _routed_forward(router: Router):
                 flat = xs.reshape(g, -1, xs.shape[-1])  # (g, rows*seq, in)
                 delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2)) * scale.view(g, 1, 1)
                 delta = delta.reshape(*xs.shape[:-1], delta.shape[-1])
-            result[start:stop] += delta.to(result.dtype)
+            deltas.append(delta.to(result.dtype))
+        if tiled and all(d is not None for d in deltas):
+            # one add of every group's rows: an in-place add per group's slice would, in backward, copy and
+            # zero-fill the whole gradient once per group (autograd's CopySlices)
+            return result + torch.cat(deltas) if len(deltas) > 1 else result + deltas[0]
+        for (names, start, rows), delta in zip(router.groups, deltas):
+            if delta is not None:
+                result[start:start + delta.shape[0]] += delta
         return result
 
     return forward
+
+
+def _group_inputs(x, groups):
+    """Each group's rows of ``x``, and whether the groups tile the batch in order. Tiled: one ``split`` (its
+    backward is one node; a slice per group would each build a zero gradient the size of ``x``)."""
+    sizes = [rows * len(names) for names, _, rows in groups]
+    starts = [start for _, start, _ in groups]
+    if starts == [sum(sizes[:k]) for k in range(len(sizes))] and sum(sizes) == x.shape[0]:
+        return x.split(sizes), True
+    return [x[start:start + size] for start, size in zip(starts, sizes)], False
 
 
 def _dropout(layer, names, xs, rows, router):

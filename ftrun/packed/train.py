@@ -267,9 +267,13 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
             row += b["input_ids"].shape[0]
         router.set(spans, ranks)
         logits = _forward_logits(model, inputs)
+        # split, not slices: one backward node for all runs' parts; K slices would each build a zero gradient of
+        # the whole logits tensor (K x K x rows x width x vocab in all)
+        sizes = [rows for _, _, rows in spans]
+        logit_parts, label_parts = logits.split(sizes), inputs["labels"].split(sizes)
         total = None
-        for (name, start, rows), r in zip(spans, here):
-            loss = _run_loss(model, logits[start:start + rows], inputs["labels"][start:start + rows], items[name])
+        for k, ((name, start, rows), r) in enumerate(zip(spans, here)):
+            loss = _run_loss(model, logit_parts[k], label_parts[k], items[name])
             if items[name] is None:  # the Trainer divides a per-batch mean by the accumulation steps
                 loss = loss / len(work[name])
             step_loss[name] += float(loss.detach())
