@@ -27,17 +27,12 @@ from sweeper.worker import WarmTrial
 log = logging.getLogger("ftrun.sweeper")
 
 
-
 def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
     """Why this sweep's trials cannot be packed at all (None: they can, K > 1)."""
     if int(conf.get("pack") or 1) <= 1:
         return "hydra.sweeper.pack=1"
     if not warm:
         return "packed trials need warm workers (hydra.sweeper.workers=warm, one process per trial, no command)"
-    from sweeper.study import pruner_key
-
-    if pruner_key(conf.get("pruner", "median")) == "promotion":
-        return "hydra.sweeper.pruner=promotion pauses trials at rungs, which a pack cannot do yet"
     if conf.get("rung_branch"):
         return "hydra.sweeper.rung_branch trains a decay branch per trial, which a pack cannot do yet"
     return None

@@ -66,7 +66,9 @@ class _PackTrials:
         self.trackers[i] = make_packed_tracker(run.cfg, run.run_dir, overrides)
         self.pruners[i] = pruning_callback(run.cfg, env=self.members[i].get("env", {}))
 
-    def on_evaluate(self, i: int, run, metrics: dict) -> bool:
+    def on_evaluate(self, i: int, run, metrics: dict):
+        """The member's pruner decides: False (go on), True (pruned) or "paused" (the promotion rule: it waits at
+        this rung, its checkpoint written by the pack)."""
         from sweeper.trial import examples_seen
 
         cb = self.pruners.get(i)
@@ -75,7 +77,12 @@ class _PackTrials:
         state = SimpleNamespace(global_step=run.global_step, max_steps=run.max_steps)
         if run.global_step >= run.max_steps:  # the last step's evaluation decides nothing (as on_train_end)
             return False
-        prune = cb.decide(metrics, state, examples_seen(run.trainer.args, state, cb.every))
+        seen = examples_seen(run.trainer.args, state, cb.every)
+        prune = cb.decide(metrics, state, seen)
+        if prune and cb.pausing:
+            cb.paused_at, cb.paused_at_step = seen, run.global_step
+            run.paused_at = seen
+            return "paused"
         if prune:
             cb.pruned, cb.pruned_at_step = True, run.global_step
         return prune
@@ -83,7 +90,9 @@ class _PackTrials:
     def on_end(self, i: int, run, rc: int) -> None:
         import json
 
-        from ftrun.contract import MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TAG_PRUNED, TAG_PRUNED_AT_STEP
+        from ftrun.contract import MODEL_DIR, RESULT_FILE, TAG_FAIL_REASON, TAG_PAUSED_AT_STEP, TAG_PRUNED
+        from ftrun.contract import TAG_PRUNED_AT_STEP
+        from ftrun.fit import PAUSED_RUN_STATUS
 
         tracker = self.trackers.get(i)
         if tracker is not None:
@@ -96,8 +105,12 @@ class _PackTrials:
             if run.status == "diverged":
                 tracker.set_tags({"status": "diverged", TAG_FAIL_REASON: str(run.reason)})
                 tracker.log_metrics({"diverged_at_step": run.diverged_at, "nonfinite_loss": 1.0}, step=run.diverged_at)
-            tracker.log_artifacts(run.run_dir, run.run_dir / MODEL_DIR)
-            tracker.finish("FAILED" if run.status == "diverged" else "FINISHED")
+            if run.status == "paused":  # the promoted trial, resumed alone, reopens this run (its run_id file)
+                tracker.set_tags({TAG_PAUSED_AT_STEP: str(run.global_step)})
+                tracker.finish(PAUSED_RUN_STATUS)
+            else:
+                tracker.log_artifacts(run.run_dir, run.run_dir / MODEL_DIR)
+                tracker.finish("FAILED" if run.status == "diverged" else "FINISHED")
         self._answer(i, rc)
 
     def end_all(self, status: str, rc: Optional[int], reason: str) -> None:

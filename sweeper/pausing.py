@@ -33,7 +33,7 @@ class PauseAndPromote:
 
     def _pause(self, r, result: dict) -> None:
         """The trial paused at a rung: it stays RUNNING in the study, waiting to be promoted."""
-        duration = time.time() - r.started + earlier_seconds(r.trial)
+        duration = (time.time() - r.started) * r.share + earlier_seconds(r.trial)  # share: 1/K in a pack of K
         at = int(result.get("paused_at") or 0)
         for key, value in {ATTR_PAUSED_AT: at, ATTR_PAUSED_AT_STEP: result.get(ATTR_PAUSED_AT_STEP),
                            "duration_s": duration}.items():

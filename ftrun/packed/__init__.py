@@ -56,10 +56,13 @@ In a sweep, ``hydra.sweeper.pack=K`` hands packs to a slot's warm worker (:mod:`
 composes each trial, packs the :func:`compatible` ones, and the worker calls :func:`train_packed` with each trial's
 run dir; ``on_start`` opens each run's MLflow child run (:mod:`ftrun.packed.tracking`), ``on_evaluate`` reports to
 the run's own Optuna trial and asks its pruner, ``on_end`` finishes its MLflow run and answers the sweeper for that
-trial alone. Not done yet (issue 23): packs under ``hydra.sweeper.pruner=promotion`` or ``rung_branch`` (a pause
-needs a checkpoint per run, a branch a decay per run: those sweeps run unpacked); a trial joining a running pack
-when another leaves; ``pack: auto`` and a memory check of the whole pack (``sweeper/slot_memory.py`` checks each
-trial alone: the base once plus K x (adapter, optimizer state, activations) is what a pack needs).
+trial alone. Under ``hydra.sweeper.pruner=promotion`` a member the rule pauses at a rung leaves the pack with a
+Trainer checkpoint (:mod:`ftrun.packed.checkpoint`) and ``status: paused``; promoted, it resumes alone from it, in its
+same Optuna trial and MLflow run, as a trial paused alone does. Not done yet (issue 23): packs under
+``rung_branch`` (a decay branch per run: those sweeps run unpacked); a promoted trial resuming into a pack; a trial
+joining a running pack when another leaves; ``pack: auto`` and a memory check of the whole pack
+(``sweeper/slot_memory.py`` checks each trial alone: the base once plus K x (adapter, optimizer state, activations)
+is what a pack needs).
 """
 
 from ftrun.packed.compat import compatible

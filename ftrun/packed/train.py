@@ -43,8 +43,9 @@ class PackedRun:
     tr_loss: float = 0.0
     tr_loss_total: float = 0.0
     last_logged: int = 0
-    status: str = "training"  # training, finished, diverged
+    status: str = "training"  # training, finished, pruned, paused, diverged
     reason: Optional[str] = None
+    paused_at: Optional[int] = None  # paused at a rung: the examples seen there (set by the sweep's on_evaluate)
     diverged_at: Optional[int] = None
     zero_gradients: ZeroGradients = field(default_factory=ZeroGradients)
     loss_blowup: LossBlowUp = field(default_factory=LossBlowUp)
@@ -393,7 +394,9 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
     """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged).
 
     ``on_evaluate(index, run, metrics)`` is called after each evaluation of run ``index`` (at ``run.global_step``);
-    True stops that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does).
+    True stops that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does);
+    ``"paused"`` pauses it there (``hydra.sweeper.pruner=promotion``): it leaves the pack with a checkpoint its alone
+    run resumes from (:mod:`ftrun.packed.checkpoint`) and a result with ``status: paused``.
     ``on_end(index, run)`` is called once the run has left the pack and written its result (``run.status``:
     finished, pruned or diverged). ``on_start(index, run)``: once the pack is built (``run.cfg`` resolved), before
     its first step.
@@ -423,11 +426,11 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
                 r.history.append(dict(r.last_eval))
                 stop = on_evaluate is not None and on_evaluate(runs.index(r), r, dict(m))
                 if stop and r.active:  # (the last step's evaluation is reported too; nothing is left to stop)
-                    log.info("%s: pruned at step %d", r.cfg.name, r.global_step)
-                    r.status = "pruned"
+                    r.status = "paused" if stop == "paused" else "pruned"
+                    log.info("%s: %s at step %d", r.cfg.name, r.status, r.global_step)
         for r in stepping:
             if not r.active:
-                _report(r, model, data, phases, peak_memory_mb())
+                _report(r, model, data, phases, peak_memory_mb(), router)
                 if on_end is not None:
                     on_end(runs.index(r), r)
     log.info("Packed %d runs: %.1f s", len(runs), time.perf_counter() - t0)
@@ -443,12 +446,16 @@ def _objective(run: PackedRun) -> Optional[float]:
     return result.get("objective")
 
 
-def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
+def _report(run: PackedRun, model, data, phases, peak_mb: float, router: Router) -> None:
     """The run's result.json (the alone run's shape), trainer_state.json and its adapter in model/."""
     from ftrun.contract import LOSS_PLOT, MODEL_DIR, TRAINER_STATE
     from ftrun.fit import _objective as objective_of, _write_result, plot_loss
+    from ftrun.packed.checkpoint import save_adapter
 
     cfg = run.cfg
+    if run.status == "paused":
+        _report_pause(run, model, data.tokenizer, router)
+        return
     state = {"global_step": run.global_step, "max_steps": run.max_steps, "log_history": run.history,
              "num_input_tokens_seen": run.tokens}
     (run.run_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2))
@@ -470,23 +477,22 @@ def _report(run: PackedRun, model, data, phases, peak_mb: float) -> None:
     objective = objective_of(cfg, {**metrics, **summary}, summary)
     summary["pruned"] = run.status == "pruned"
     summary["packed"] = True
-    _save_adapter(model, run, data.tokenizer, run.run_dir / MODEL_DIR)
+    save_adapter(model, run, data.tokenizer, run.run_dir / MODEL_DIR)
     plot_loss(run.history, run.run_dir / LOSS_PLOT, title=cfg.name)
     summary["phases_s"] = {"train": round(run.train_s, 4)}
     _write_result(run.run_dir, cfg, objective, metrics, summary)
     log.info("Done: %s %s = %.4f after %d steps (packed)", cfg.name, cfg.objective, objective, run.global_step)
 
 
-def _save_adapter(model, run: PackedRun, tokenizer, model_dir: Path) -> None:
-    """The run's adapter alone, as the alone run saves it (adapter_config.json + weights at the top)."""
-    import shutil
+def _report_pause(run: PackedRun, model, tokenizer, router: Router) -> None:
+    """The paused run's checkpoint and its result (``status: paused``, as :func:`ftrun.fit._report_pause` writes)."""
+    from ftrun.contract import ATTR_PAUSED_AT, TAG_PAUSED_AT_STEP
+    from ftrun.fit import _write_result
+    from ftrun.packed.checkpoint import save_pause_checkpoint
 
-    tmp = model_dir.parent / (model_dir.name + ".packing")
-    model.save_pretrained(str(tmp), selected_adapters=[run.adapter])
-    src = tmp / run.adapter if (tmp / run.adapter).is_dir() else tmp
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    shutil.move(str(src), str(model_dir))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(str(model_dir))
-
+    checkpoint = save_pause_checkpoint(model, run, tokenizer, router)
+    summary = {"status": "paused", ATTR_PAUSED_AT: run.paused_at, TAG_PAUSED_AT_STEP: run.global_step,
+               "global_step": run.global_step, "train_time_s": run.train_s, "pruned": False, "packed": True}
+    _write_result(run.run_dir, run.cfg, None, {}, summary)
+    log.info("%s: paused at step %d (%s examples); resumes alone from %s if promoted", run.cfg.name,
+             run.global_step, run.paused_at, checkpoint)

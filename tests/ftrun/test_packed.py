@@ -4,6 +4,7 @@ a diverging run stops alone; incompatible runs are refused with the reason."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -104,6 +105,48 @@ def test_a_diverging_run_stops_alone_and_the_others_go_on(alone_and_packed):
     alone, _ = read(tmp / "alone" / "r8short")
     assert good["status"] == "finished" and good["global_step"] == 30
     assert good["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5)
+
+
+def test_a_run_paused_in_a_pack_resumes_alone_and_ends_as_if_trained_straight_through(alone_and_packed, caplog):
+    """hydra.sweeper.pruner=promotion in a pack: the paused run leaves it with a Trainer checkpoint; resumed alone
+    (resume=auto, as the sweeper promotes it) it ends where the same run trained straight through alone ends."""
+    tmp, _ = alone_and_packed
+    ended = []
+
+    def pause_r64(index, run, metrics):  # the promotion rule pausing r64 at its first rung (step 25 of 50)
+        if index == 1:
+            run.paused_at = run.global_step * 4
+            return "paused"
+        return False
+
+    dirs = [tmp / "pause" / n for n in RUNS]
+    train_packed([cfg_of(n) for n in RUNS], dirs, on_evaluate=pause_r64,
+                 on_end=lambda index, run: ended.append((index, run.status)))
+    assert sorted(ended) == [(0, "finished"), (1, "paused"), (2, "finished")]
+    paused = json.loads((dirs[1] / "result.json").read_text())
+    assert paused["status"] == "paused" and paused["paused_at"] == 100 and paused["paused_at_step"] == 25
+    assert paused["objective"] is None
+    ckpt = dirs[1] / "checkpoint-25"
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+            "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert not (dirs[1] / "model").exists()  # a paused run has no final model yet
+    # the others in the pack were not disturbed by it leaving
+    other, _ = read(dirs[0])
+    alone0, _ = read(tmp / "alone" / "r8")
+    assert other["eval_loss"] == pytest.approx(alone0["eval_loss"], rel=1e-5)
+
+    caplog.set_level(logging.INFO, logger="ftrun.fit")
+    run(cfg_of("r64", ["resume=auto"]), dirs[1])  # what the sweeper's promotion does, in a warm worker
+    assert f"Resuming from {ckpt}" in caplog.text  # from the pack's checkpoint, not from the start
+    resumed, history = read(dirs[1])
+    alone, alone_hist = read(tmp / "alone" / "r64")
+    assert resumed["status"] == "finished" and resumed["global_step"] == alone["global_step"] == 50
+    assert resumed["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5)
+    assert resumed["tokens_seen"] == alone["tokens_seen"]  # the same batches after the pause as before it
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    assert [s for s, _ in losses] == [h["step"] for h in alone_hist if "loss" in h]  # the paused segment's too
+    torch.testing.assert_close(torch.tensor([v for _, v in losses]),
+                               torch.tensor([h["loss"] for h in alone_hist if "loss" in h]), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("other, words", [

@@ -111,6 +111,40 @@ def test_pruning_and_divergence_stop_one_member_and_an_incompatible_trial_runs_u
     assert "micro-batch size differs" in caplog.text and "cannot join the pack of trial" in caplog.text
 
 
+def test_promotion_pauses_packed_trials_and_a_promoted_one_resumes_alone_from_its_checkpoint(tmp_path):
+    """pruner=promotion with pack=2: lr 1e-3 and 3e-2 train in one pack and pause at the first rung (24 examples,
+    step 3 of 6: the first alone there, the second not in the better half); the slot frees, 1e-3 is promoted and
+    resumes alone, in its Optuna trial and MLflow run, from the checkpoint the pack wrote, and ends where it ends
+    trained straight through; 3e-2 is never promoted: PRUNED, its checkpoint deleted."""
+    from mlflow.tracking import MlflowClient
+
+    from ftrun.train import run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = sweep(tmp_path, ["lr=tag(log,interval(1e-8,1e-1))"], "promote", uri=uri, pack=2, sampler="tpe",
+                  n_trials=2, enqueue=[{"lr": 1e-3}, {"lr": 3e-2}],
+                  pruner={"name": "promotion", "reduction_factor": 2})
+    good, bad = study.trials
+    assert good.user_attrs["packed_with"] == bad.user_attrs["packed_with"] == [0, 1]
+    assert good.state.name == "COMPLETE" and good.user_attrs["promotions"] == 1
+    assert sorted(good.intermediate_values) == [24, 48]  # the packed rung's report, then the resumed run's
+    assert bad.state.name == "PRUNED" and "not promoted" in bad.user_attrs["fail_reason"]
+    assert not list(Path(bad.user_attrs["trial_dir"]).glob("checkpoint-*"))
+    log = (Path(good.user_attrs["trial_dir"]) / "trial.log").read_text()
+    assert "Resuming from" in log and "checkpoint-3" in log
+    straight = run(compose_cfg([*TRIAL, "lr=1e-3", "tracking.enabled=false"]), tmp_path / "straight")
+    assert good.value == pytest.approx(straight, rel=1e-5)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("optuna.trial") is not None]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1]  # one run per trial, kept
+    (run0,) = [r for r in children if r.data.tags["optuna.trial"] == "0"]
+    assert run0.info.run_id == (Path(good.user_attrs["trial_dir"]) / "mlflow_run_id").read_text()
+    assert run0.info.status == "FINISHED" and run0.data.tags["promotions"] == "1"
+    assert run0.data.tags["packed"] == "true"
+    assert [m.step for m in client.get_metric_history(run0.info.run_id, "eval_loss")][:2] == [3, 6]
+
+
 def test_gather_packs_compatible_trials_and_says_why_others_wait_or_run_unpacked(tmp_path, caplog):
     """sweeper.pack.gather on trials as the sweeper asks them (composed, not trained)."""
     from types import SimpleNamespace
