@@ -38,6 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ftrun.allocator import in_use as allocator_in_use, reexec  # noqa: E402 - light: no torch
+
 ROOT = Path(__file__).resolve().parents[1]
 RANKS = [8, 16, 64, 16]
 LRS = [1e-3, 3e-4, 2e-3, 5e-4, 1.5e-3, 7e-4, 4e-3, 2.5e-4]
@@ -95,7 +98,8 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores (shared with other jobs), {mem:.0f} GiB RAM, {gpu}, "
-            f"torch {torch.__version__} on {torch.get_num_threads()} thread(s), Python {platform.python_version()}")
+            f"torch {torch.__version__} on {torch.get_num_threads()} thread(s), Python {platform.python_version()}, "
+            f"malloc: {allocator_in_use()}")
 
 
 def main() -> int:
@@ -111,6 +115,7 @@ def main() -> int:
     p.add_argument("--publish", default=str(ROOT / "bench" / "results" / "packed_trials"),
                    help="results path without suffix ('' to skip)")
     a = p.parse_args()
+    reexec()  # the allocator a sweep's warm workers run with (they inherit it from ``python -m ftrun``)
     if a.report:
         Path(a.report).with_suffix(".md").write_text(report(json.loads(Path(a.report).read_text())))
         return 0
@@ -121,10 +126,12 @@ def main() -> int:
     from ftrun import worker_cache
     from ftrun.compose import compose
     from ftrun.train import run
+    from sweeper.worker import prepare_process
 
     ks = [int(k) for k in a.ks.split(",")]
     ranks = [int(r) for r in a.ranks.split(",")]
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="packed-bench-"))
+    prepare_process()  # as a sweep's warm worker starts (imports, then gc.freeze)
     worker_cache.enable()
     cfgs = [compose(trial_overrides(i, a.steps, a.model, a.batch_size, ranks)) for i in range(max(ks))]
     print(f"warm-up (builds the model and data once, not counted) in {out}", flush=True)

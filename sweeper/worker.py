@@ -27,6 +27,7 @@ torch nor ftrun's training code; :func:`main` is the worker process.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -169,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.perf_counter()
     from ftrun import worker_cache
 
-    _import_libraries()
+    prepare_process()
     worker_cache.enable()
     log.info("Worker %d ready in %.1f s", os.getpid(), time.perf_counter() - started)
     reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
@@ -186,6 +187,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             rc, info = run_trial(request)
             reply.write(json.dumps({"rc": rc, **info}) + "\n")
         _release_memory()  # after the reply: the sweeper need not wait for it
+
+
+def prepare_process() -> None:
+    """Once, before the first trial: import what every trial imports, then freeze it for the garbage collector.
+    What the imports made lives as long as the worker; out of the collector's sight, a full collection (the
+    Trainer's ``free_memory`` at every train, :func:`_release_memory` after every trial) no longer walks it:
+    ~0.3 s of a 2 s tiny trial (bench/packed_trials.py)."""
+    _import_libraries()
+    gc.freeze()
 
 
 def _import_libraries() -> None:
