@@ -193,21 +193,21 @@ dominate a step.
 
 **One CPU core, tiny model, micro-batch 8** (~207 non-padding tokens a step): a trial step is
 about 4 · 0.77e6 · 207 = 0.64 GFLOP of frozen base (forward and input gradients) plus
-6 · 0.21e6 · 207 = 0.26 GFLOP of adapters (rank 26 on average over 8, 16, 64, 16), ~0.9 GFLOP, ~45 ms
-at the ~20 GFLOP/s one core sustains on matmuls this small; measured, a sequential trial spends
-~55 ms of CPU a step. So the step is compute-bound and a pack can share only the rest, ~10 ms of op
-dispatch and loop bookkeeping per trial-step: the ceiling is near 55 / 45 = 1.2-1.3x, which is what the
-table shows (and most of it is already there at K = 1: the packed loop has no Trainer callbacks,
-progress or MLflow machinery per step). Measured at K = 4: 1.35x in CPU seconds (`packed_trials.md`).
-Smaller steps leave more to share: at micro-batch 2 (~52 tokens a step) with the mixed ranks, K = 4 gives
-1.7x and K = 8 2.0x in CPU seconds (`packed_trials_bs2.md`); with equal ranks (rank 16: each layer's
-adapters are one stacked bmm, so the per-run ops left are the loss, clipping and AdamW's few
-multi-tensor ops), K = 4 gives 1.8x in CPU seconds (2.4x in wall seconds, one round) and K = 8 2.1x
-(`packed_trials_bs2_r16.md`). **The issue's CPU bar (K = 4 >= 2x trials per hour) is not met** in CPU
-seconds in any of these; it is at K = 8 with equal ranks at micro-batch 2. What is left per run in a
-step (the rank groups' ops for mixed ranks, one AdamW and one clipping per run, the per-run loss) is
-the next thing to batch (one parameter tensor per layer for all runs of a rank, with a vectorised AdamW
-taking per-run lr as a tensor).
+6 · 0.21e6 · 207 = 0.26 GFLOP of adapters (rank 26 on average over 8, 16, 64, 16), ~0.9 GFLOP.
+On the AVX-512 Xeon of the table above (jemalloc, workers' `gc.freeze`) a sequential warm trial of 60
+steps takes 1.6-1.75 s and a pack of one 1.4-1.5 s: that difference, the Trainer's per-step machinery
+(callbacks, a `model.train()` walk of every module, flop counting), is all a pack saves here. From K = 2
+on a trial-step costs the same or more: torch's profiler over 20 steps, a pack of 1 against a pack of 4,
+shows the matmuls growing exactly 4x (168 -> 692 ms of CPU) and the element-wise ops (mul, add, cat,
+silu) 5-9x per call for 4x the elements, as the pack's 4 x 8 x 31 x 256 activations leave the core's L2
+cache. There is no per-model cost left to share when a core does this step's arithmetic in ~20 ms.
+(Until commit 64119db a pack's backward also grew with K²: each LoRA layer added its row groups' deltas
+in place into slices, and autograd's CopySlices copied and zero-filled the whole gradient once per group;
+a pack of 4 now trains in 8.4 s where it took 9.3 s.) **The issue's CPU bar (K = 4 >= 2x trials per hour)
+is not met, and packing rows this way cannot meet it on a CPU this fast**: K = 4 gives 1.1-1.2x in the table and in two reruns.
+Measured on the slower AMD EPYC before these fixes, smaller steps left more to share (micro-batch 2:
+K = 4 1.7x and K = 8 2.0x in CPU seconds, `packed_trials_bs2.md`; equal ranks at micro-batch 2: K = 4 1.8x,
+`packed_trials_bs2_r16.md`).
 
 **One H200, Qwen2.5-0.5B (the `qwen2.5-0.5b-instruct` preset), LoRA r=16 on all linears,
 micro-batch 8 x 256 tokens = 2,048 tokens a step, bf16, eager PyTorch:**
