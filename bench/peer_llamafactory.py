@@ -66,6 +66,9 @@ def install_llamafactory() -> Path:
     deps = [r.split(";")[0].strip() for r in json.loads(reqs) if "extra ==" not in r]
     deps = [d for d in deps if d.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() not in SKIP_DEPS]
     subprocess.run([*pip, *deps], check=True)
+    # the transformers it gets (5.6) builds its hub-kernel table in a way kernels >= 0.15 refuses at import
+    # ("Either a revision or a version must be specified"); this machine's own kernels may be newer
+    subprocess.run([*pip, "kernels>=0.10.2,<0.15"], check=True)
     for name in ("torchvision", "torchaudio"):  # only what pip put in this venv
         subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", name], check=False)
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
