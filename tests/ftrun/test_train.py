@@ -90,6 +90,39 @@ def test_mlflow_run_holds_params_tags_metric_history_and_artifacts(default_run):
     assert "model" not in artifacts  # the weights only with tracking.log_model=true (tests/sweeper/test_features.py)
 
 
+def test_adamw_is_torchs_fused_update_and_trains_as_the_per_tensor_loop(tiny_dir, tmp_path, monkeypatch):
+    """optimizer=adamw builds torch's fused AdamW (a speed choice on by default); its losses and weights equal those of
+    the per-tensor loop torch picks on a CPU without it, to rounding, over 30 steps at a high rate."""
+    from safetensors.torch import load_file
+
+    from ftrun.config import choices
+
+    built = []
+    init = torch.optim.AdamW.__init__
+
+    def spy(self, params, *args, **kwargs):
+        built.append(bool(kwargs.get("fused")))
+        init(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    overrides = ["max_steps=30", "train.logging_steps=5", "lr=3e-3", "optimizer.weight_decay=0.01",
+                 "tracking.enabled=false", "train.eval_steps=0"]
+    run(compose_cfg(overrides, fast=True), tmp_path / "fused")
+    monkeypatch.setitem(choices.OPTIMIZERS, "adamw", "adamw_torch")  # transformers' plain AdamW
+    run(compose_cfg(overrides, fast=True), tmp_path / "loop")
+    assert built == [True, False]
+    losses = {}
+    for name in ("fused", "loop"):
+        state = json.loads((tmp_path / name / "trainer_state.json").read_text())
+        losses[name] = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses["fused"]) == 6
+    torch.testing.assert_close(torch.tensor(losses["fused"]), torch.tensor(losses["loop"]), rtol=1e-5, atol=1e-6)
+    fused = load_file(str(tmp_path / "fused" / "model" / "adapter_model.safetensors"))
+    loop = load_file(str(tmp_path / "loop" / "model" / "adapter_model.safetensors"))
+    for key in loop:  # Adam divides by sqrt(v): an element with a tiny gradient carries rounding further (~1e-5)
+        torch.testing.assert_close(fused[key], loop[key], rtol=1e-3, atol=2e-5)
+
+
 def test_exact_match_counts_whole_answers():
     import numpy as np
     from transformers import EvalPrediction
