@@ -25,12 +25,6 @@ from typing import Optional
 from ftrun.contract import MALLOC_ENV as ENV
 
 LIBRARIES = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-"""jemalloc keeps the pages of what a run frees for what it allocates next, where by default it hands them back to
-the kernel (at once for allocations over 8 MiB, its ``oversize_threshold``; others within 10 s) and faults them in
-again on the next step. Full fine-tuning of Qwen2.5-0.5B's shapes frees and allocates its ~0.6 GB logits and
-embedding gradient every step: half its time was system time, a step 8-9 s; with pages kept 5.7 s (37% -> 54% of
-the fp32 matmul peak, bench/results/full_ft_mfu.md), for 4-9% more peak RSS. A ``MALLOC_CONF`` of the user's wins."""
 
 
 def library(choice: str) -> Optional[str]:
@@ -46,13 +40,6 @@ def in_use() -> str:
     """The allocator this process runs with: jemalloc, tcmalloc or system."""
     preload = os.environ.get("LD_PRELOAD", "")
     return next((c for c in LIBRARIES if any(n in preload for n in LIBRARIES[c])), "system")
-
-
-def conf() -> str:
-    """The allocator's settings a run started now gets (``MALLOC_CONF``; jemalloc's :data:`JEMALLOC_CONF` unless set)."""
-    if chosen() != "jemalloc":
-        return ""
-    return os.environ.get("MALLOC_CONF", JEMALLOC_CONF)
 
 
 def chosen() -> str:
@@ -72,8 +59,6 @@ def reexec() -> None:
         return
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(x for x in (lib, env.get("LD_PRELOAD", "")) if x)
-    if choice == "jemalloc":
-        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

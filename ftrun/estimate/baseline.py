@@ -49,10 +49,9 @@ def cache_file(method: str) -> Path:
             versions.append(f"{lib}={version(lib if lib != 'hydra' else 'hydra-core')}")
         except PackageNotFoundError:
             versions.append(f"{lib}=none")
-    from ftrun.allocator import chosen, conf
+    from ftrun.allocator import chosen
 
-    key = "|".join([platform.node(), platform.machine(), sys.version, *versions, f"malloc={chosen()}",
-                    f"malloc_conf={conf()}"])
+    key = "|".join([platform.node(), platform.machine(), sys.version, *versions, f"malloc={chosen()}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root() / "estimate" / f"baseline-{method_key(method)}-{digest}.json"
 
