@@ -398,7 +398,7 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
     ``"paused"`` pauses it there (``hydra.sweeper.pruner=promotion``): it leaves the pack with a checkpoint its alone
     run resumes from (:mod:`ftrun.packed.checkpoint`) and a result with ``status: paused``.
     ``on_end(index, run)`` is called once the run has left the pack and written its result (``run.status``:
-    finished, pruned or diverged). ``on_start(index, run)``: once the pack is built (``run.cfg`` resolved), before
+    finished, pruned, paused or diverged). ``on_start(index, run)``: once the pack is built (``run.cfg`` resolved), before
     its first step.
     """
     from ftrun.fit import peak_memory_mb, start_phases
