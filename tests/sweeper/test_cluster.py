@@ -11,6 +11,7 @@ host A fails that trial once its heartbeat is stale, retries it, and finishes th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,10 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SLURM_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+               "DEADLINE"}
 
 
 def _wait_for(check, what: str, limit_s: float = 300, proc=None):
@@ -271,14 +276,17 @@ def test_sweeper_hosts_as_a_slurm_job_array(postgres, slurm, mlflow_server, tmp_
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip().split(";")[0]
 
-    def done():
-        q = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True)
-        return q.returncode == 0 and not q.stdout.strip()
-    _wait_for(done, f"SLURM job {job}", 300)
+    def ended():  # every task in a final state; squeue can drop a task while slurmctld still shows it COMPLETING
+        states = [subprocess.run(["scontrol", "show", "job", f"{job}_{task}"], env=env, capture_output=True,
+                                 text=True).stdout for task in (0, 1)]
+        final = [re.search(r"JobState=(\w+)", s) for s in states]
+        if all(m and m.group(1) in SLURM_FINAL for m in final):
+            return states
+        return None
+    states = _wait_for(ended, f"SLURM job {job}", 300)
     logs = "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob(f"{job}_*.log")))
-    for task in (0, 1):
-        state = subprocess.run(["scontrol", "show", "job", f"{job}_{task}"], env=env, capture_output=True, text=True)
-        assert "ExitCode=0:0" in state.stdout and "COMPLETED" in state.stdout, logs[-4000:]
+    for state in states:
+        assert "ExitCode=0:0" in state and "JobState=COMPLETED" in state, state + logs[-4000:]
     study = optuna.load_study(study_name="slurm", storage=open_storage(postgres[0]))
     counted = [t for t in study.trials if _counted(t)]
     assert len(counted) == 6 and all(t.state.name == "COMPLETE" for t in counted)
