@@ -38,10 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from ftrun.allocator import in_use as allocator_in_use, reexec  # noqa: E402 - light: no torch
 
-ROOT = Path(__file__).resolve().parents[1]
 RANKS = [8, 16, 64, 16]
 LRS = [1e-3, 3e-4, 2e-3, 5e-4, 1.5e-3, 7e-4, 4e-3, 2.5e-4]
 MODELS = {  # built-in models (ftrun.tiny builds them from these numbers; nothing is downloaded)

@@ -78,14 +78,12 @@ class _PackTrials:
         if run.global_step >= run.max_steps:  # the last step's evaluation decides nothing (as on_train_end)
             return False
         seen = examples_seen(run.trainer.args, state, cb.every)
-        prune = cb.decide(metrics, state, seen)
-        if prune and cb.pausing:
-            cb.paused_at, cb.paused_at_step = seen, run.global_step
+        if not cb.decide(metrics, state, seen):
+            return False
+        if cb.stopped(seen, run.global_step) == "paused":
             run.paused_at = seen
             return "paused"
-        if prune:
-            cb.pruned, cb.pruned_at_step = True, run.global_step
-        return prune
+        return True
 
     def on_end(self, i: int, run, rc: int) -> None:
         import json

@@ -106,14 +106,19 @@ class PruningCallback:
         if state.is_world_process_zero:
             prune = self.decide(metrics or {}, state, seen)
         prune = _broadcast_from_rank0(prune)
-        if prune and self.pausing:  # a checkpoint to resume from when promoted (every rank takes part)
-            self.paused_at, self.paused_at_step = seen, state.global_step
-            control.should_save = True
+        if prune:
+            if self.stopped(seen, state.global_step) == "paused":  # a checkpoint to resume from when promoted
+                control.should_save = True  # (every rank takes part)
             control.should_training_stop = True
-        elif prune:
-            self.pruned = True
-            self.pruned_at_step = state.global_step
-            control.should_training_stop = True
+
+    def stopped(self, seen: int, step: int) -> str:
+        """Record that the pruner stopped the trial here (``seen`` examples, ``step``): ``"paused"`` under the
+        promotion rule (it waits at this rung), else ``"pruned"``. Alone and in a pack alike."""
+        if self.pausing:
+            self.paused_at, self.paused_at_step = seen, step
+            return "paused"
+        self.pruned, self.pruned_at_step = True, step
+        return "pruned"
 
     def decide(self, metrics: dict, state, seen: int) -> bool:
         """Report this evaluation's objective to the trial (after ``seen`` training examples) and return whether the
