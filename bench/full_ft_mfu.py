@@ -63,7 +63,7 @@ def run_ftrun(work: Path, model_dir: Path, data: Path, args) -> dict:
     out = work / "out"
     cmd = [sys.executable, "-m", "ftrun", "model=qwen2.5-0.5b-instruct", f"model.path={model_dir}",
            "model.dtype=fp32", "method=full", "data=alpaca", f"data.path={data}", "data.val_size=0",
-           "data.packing=true", f"cutoff_len={args.cutoff}", f"batch_size={args.batch}", f"max_steps={args.steps}",
+           "data.packing=true", "data.train_on_prompt=true", f"cutoff_len={args.cutoff}", f"batch_size={args.batch}", f"max_steps={args.steps}",
            "train.logging_steps=1", "train.save_steps=0", "tracking.enabled=false", f"output_root={out}",
            "name=mfu"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}

@@ -93,11 +93,12 @@ def _measure(cfg, steps: int, workdir) -> dict:
     import torch
     from omegaconf import OmegaConf
     from torch.profiler import ProfilerActivity, profile
-    from transformers import Trainer, default_data_collator, set_seed
+    from transformers import default_data_collator, set_seed
 
     from ftrun.config import has_eval
     from ftrun.model import apply_method, load_model, model_config_dict
     from ftrun.fit import argmax_logits, exact_match, training_arguments
+    from ftrun.linear_cross_entropy import trainer_class
 
     if torch.cuda.is_available():
         raise RuntimeError("measure() measures CPU memory; hide the GPU (CUDA_VISIBLE_DEVICES=)")
@@ -118,9 +119,9 @@ def _measure(cfg, steps: int, workdir) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model = apply_method(load_model(cfg), cfg)
-            trainer = Trainer(model=model, args=training_arguments(cfg, Path(tmp), has_eval=False),
-                              train_dataset=train_rows, data_collator=default_data_collator,
-                              compute_metrics=exact_match, preprocess_logits_for_metrics=argmax_logits)
+            trainer = trainer_class(cfg)(model=model, args=training_arguments(cfg, Path(tmp), has_eval=False),
+                                         train_dataset=train_rows, data_collator=default_data_collator,
+                                         compute_metrics=exact_match, preprocess_logits_for_metrics=argmax_logits)
             trainer.train()
             if eval_rows is not None:
                 trainer.evaluate(eval_dataset=eval_rows)

@@ -5,7 +5,7 @@ shows on a GPU, and what PyTorch's profiler counts on CPU (``ftrun.estimate.meas
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from ftrun.attention import FLATTEN_ATTN
 from ftrun.config import ConfigError, has_eval
@@ -111,14 +111,15 @@ def _trainable(cfg, s: Shapes, wbytes: int) -> Shaped:
 
 def _tied_grad(cfg, s: Shapes, wbytes: int) -> float:
     """A trained embedding tied to the LM head gets two gradients: the embedding's dense one is
-    added to the head's, so for a moment two more embedding-sized tensors exist."""
+    added to the head's, so for a moment two more embedding-sized tensors exist (one with the chunked
+    loss, whose head gradient autograd takes without a copy)."""
     m = cfg.method
     if not s.tied or m.name not in ("full", "freeze"):
         return 0.0
     emb = next(((n, sh) for n, sh in s.params if "embed" in n and len(sh) == 2), None)
     if emb is None or not (m.name == "full" or any(e in emb[0].split(".") for e in m.extra_modules)):
         return 0.0
-    return float(2 * math.prod(emb[1]) * wbytes)
+    return float((1 if chunked_loss(cfg) else 2) * math.prod(emb[1]) * wbytes)
 
 
 def _shard(s: Shapes, wbytes: int, devices: int, sharding: str, notes: List[str],
@@ -259,9 +260,16 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     else:
         saved_layers = sum(layers)
     head = 3 * h + 1  # final norm and the head's input
-    act = tokens * (saved_layers + head) * a + tokens * V * 4  # + the log-softmax the loss keeps (fp32)
-    act += _packed_attention(cfg, s, tokens, a, sum(1 for x in layers if x))
-    loss_buf = 2 * tokens * V * 4  # the loss's gradient buffers over the vocabulary
+    act = tokens * (saved_layers + head) * a + _packed_attention(cfg, s, tokens, a, sum(1 for x in layers if x))
+    if chunked_loss(cfg):  # ftrun/linear_cross_entropy.py: one chunk's logits (+ their fp32 copy), the hidden
+        # states' gradient, and the head's fp32 gradient from the forward pass on when the head trains
+        from ftrun.linear_cross_entropy import chunk_tokens
+
+        chunk = min(tokens, chunk_tokens(V))
+        loss_buf = chunk * V * (4 + (a if a == 2 else 0)) + tokens * h * a + (V * h * 4 if m.name == "full" else 0)
+    else:  # transformers' loss keeps the log-softmax (fp32) and runs backward with two more such buffers
+        act += tokens * V * 4
+        loss_buf = 2 * tokens * V * 4
     eval_tokens = int(cfg.train.eval_batch_size) * int(cfg.data.cutoff_len)
     # evaluation runs without autograd: either the logits and the loss's log-softmax over them (fp32;
     # bf16 logits are upcast first) or one layer's working set (residual, normed input, the MLP's
@@ -269,6 +277,14 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     logit_bytes = a + 4 + (4 if a == 2 else 0)
     eval_buf = eval_tokens * max(V * logit_bytes, (3 * h + 4 * i) * a) if has_eval(cfg) else 0
     return float(act), float(loss_buf), ("bf16/fp16" if a == 2 else "fp32"), tokens, float(eval_buf)
+
+
+def chunked_loss(cfg) -> bool:
+    """Whether the run trains with ftrun's chunked loss (``train.chunked_loss``) rather than transformers'."""
+    from ftrun.linear_cross_entropy import applies
+    from ftrun.model import model_config_dict
+
+    return applies(cfg, model_config_dict(cfg.model).get("model_type"))
 
 
 def _packed_attention(cfg, s: Shapes, tokens: int, a: int, saving_layers: int) -> float:

@@ -14,11 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, run_dir: Path, overrides=None) -> float:
-    from transformers import Trainer, default_data_collator
+    from transformers import default_data_collator
 
     from ftrun.model import apply_method, load_model
     from ftrun.stages.common import log_start, prepare_data, stage_callbacks, start_from_run, start_tracking
     from ftrun.fit import train_and_report, training_arguments
+    from ftrun.linear_cross_entropy import trainer_class
 
     data = prepare_data(cfg)  # bad data fails here, before any model loads
     cfg = start_from_run(cfg, run_dir)
@@ -26,7 +27,7 @@ def run(cfg, run_dir: Path, overrides=None) -> float:
     log.info("Loading model '%s' (method %s)", cfg.model.name, cfg.method.name)
     model = apply_method(load_model(cfg), cfg)
     tracker = start_tracking(cfg, run_dir, overrides)
-    trainer = Trainer(
+    trainer = trainer_class(cfg)(
         model=model,
         args=training_arguments(cfg, run_dir, has_eval=data.eval is not None),
         train_dataset=data.train,

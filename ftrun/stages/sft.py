@@ -43,6 +43,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
 
     from ftrun.data import make_collator, with_positions
     from ftrun.fit import argmax_logits, custom_optimizer, training_arguments
+    from ftrun.linear_cross_entropy import trainer_class
 
     args = training_arguments(cfg, run_dir, has_eval=eval_ds is not None, num_examples=len(train_ds))
     optimizers = custom_optimizer(cfg, model, args)  # BAdam; (None, None): the Trainer builds it
@@ -66,7 +67,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, run_dir: Path, callb
         if cfg.data.padding_free and "position_ids" not in train_ds.column_names:
             train_ds = with_positions(train_ds)
         args.include_num_input_tokens_seen = "all"  # no padding to leave out, and EOS (the pad token) counts
-    return Trainer(
+    return trainer_class(cfg)(
         model=model,
         args=args,
         train_dataset=train_ds,

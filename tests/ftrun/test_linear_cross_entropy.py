@@ -1,0 +1,126 @@
+"""linear_cross_entropy: the chunked loss equals transformers' ForCausalLMLoss (value and gradients), a run with
+``train.chunked_loss`` (on by default) trains as one without it, and it engages only where its logits are exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_cfg
+from transformers.loss.loss_utils import ForCausalLMLoss
+
+from ftrun.linear_cross_entropy import causal_lm_loss, chunk_tokens, loss_head, trainer_class
+
+
+def _case(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 19, 32, generator=g).to(dtype).requires_grad_(True)
+    weight = (torch.randn(101, 32, generator=g) / 4).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, 101, (3, 19), generator=g)
+    labels[:, :6] = -100  # masked prompts
+    labels[1, 10:12] = -100
+    return hidden, weight, labels
+
+
+@pytest.mark.parametrize("num_items", [None, 41])
+@pytest.mark.parametrize("chunk_bytes", [16 * 4 * 101, 2**29])  # several chunks (16 tokens each) and one
+def test_value_and_gradients_equal_transformers_loss_in_fp32(num_items, chunk_bytes):
+    hidden, weight, labels = _case(torch.float32)
+    want = ForCausalLMLoss(hidden @ weight.t(), labels, 101, num_items_in_batch=num_items)
+    got = causal_lm_loss(hidden, weight, labels, num_items, chunk_bytes=chunk_bytes)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # scaled as the Trainer scales for gradient accumulation: the backward pass multiplies the gradients
+    for a, b in zip(torch.autograd.grad(want / 3, (hidden, weight)), torch.autograd.grad(got / 3, (hidden, weight))):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+        assert a.abs().max() > 1e-3
+
+
+def test_bf16_head_matches_to_bf16_rounding_and_keeps_its_dtype():
+    hidden, weight, labels = _case(torch.bfloat16, seed=1)
+    want = ForCausalLMLoss(hidden @ weight.t(), labels, 101)
+    got = causal_lm_loss(hidden, weight, labels, chunk_bytes=16 * 4 * 101)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gw, gh = torch.autograd.grad(got, (weight, hidden))
+    ww, wh = torch.autograd.grad(want, (weight, hidden))
+    assert gw.dtype == torch.bfloat16 and gh.dtype == torch.bfloat16
+    torch.testing.assert_close(gw, ww, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(gh, wh, rtol=2e-2, atol=2e-3)
+
+
+def test_no_target_gives_zero_loss_and_zero_gradients():
+    hidden, weight, labels = _case(torch.float32)
+    labels[:] = -100
+    loss = causal_lm_loss(hidden, weight, labels)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert loss.item() == 0.0 and not gh.any() and not gw.any()
+
+
+def test_chunk_holds_the_logits_budget():
+    assert chunk_tokens(151_936) == 2**29 // (4 * 151_936) == 883
+    assert chunk_tokens(10**9) == 16
+
+
+def test_loss_head_only_where_the_logits_are_the_plain_head(tiny_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    decoder, head = loss_head(model)
+    assert decoder is model.model and head is model.lm_head
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert loss_head(lora)[1] is model.lm_head  # adapters in the layers: the head is still plain
+    with_head = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                               LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    assert loss_head(with_head) == (None, None)  # a LoRA head: transformers' loss
+    gemma2 = AutoModelForCausalLM.from_config(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                           num_hidden_layers=1, num_attention_heads=2,
+                                                           num_key_value_heads=1, head_dim=8))
+    assert loss_head(gemma2) == (None, None)  # soft-capped logits
+
+
+def _losses(run_dir):
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_run_trains_as_with_transformers_loss(method, tiny_dir, tmp_path, monkeypatch):
+    """The default (train.chunked_loss=true) against transformers' loss: the same logged losses (1e-5) and weights, over
+    12 steps with gradient accumulation; and the training steps never ran the head over every position."""
+    from safetensors.torch import load_file
+
+    from ftrun.train import run
+
+    heads = []
+    linear_forward = torch.nn.Linear.forward
+
+    def spy(self, x):
+        if self.out_features > 300:  # the tiny model's 379-token head
+            heads.append((torch.is_grad_enabled(), tuple(x.shape)))
+        return linear_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    overrides = [f"method={method}", "max_steps=12", "grad_accum=2", "train.logging_steps=2", "lr=2e-3",
+                 "tracking.enabled=false", "train.eval_steps=0"]
+    run(compose_cfg(overrides, fast=True), tmp_path / "chunked")
+    trained = [shape for grad, shape in heads if grad]
+    assert trained and all(shape[1] == 1 for shape in trained)  # logits_to_keep=1: the loss never saw full logits
+    heads.clear()
+    run(compose_cfg([*overrides, "train.chunked_loss=false"], fast=True), tmp_path / "stock")
+    assert any(shape[1] > 1 for grad, shape in heads if grad)
+    chunked, stock = _losses(tmp_path / "chunked"), _losses(tmp_path / "stock")
+    assert len(chunked) == 6
+    torch.testing.assert_close(torch.tensor(chunked), torch.tensor(stock), rtol=1e-5, atol=1e-6)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(str(tmp_path / "chunked" / "model" / name)), load_file(str(tmp_path / "stock" / "model" / name))
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
+
+
+def test_trainer_class_follows_the_option():
+    from transformers import Trainer
+
+    assert trainer_class(compose_cfg(["train.chunked_loss=false"])) is Trainer
+    chunked = trainer_class(compose_cfg([]))
+    assert issubclass(chunked, Trainer) and chunked is not Trainer
