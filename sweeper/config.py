@@ -97,9 +97,10 @@ class FtrunSweeperConf:
     """A warm worker is replaced after this many trials (0 = never)."""
     worker_max_rss_mb: Optional[float] = None
     """A warm worker is replaced when its resident memory passes this many MB after a trial (null = no bound)."""
-    pack: int = 1
+    pack: Any = 1
     """Packed trials: a slot's warm worker trains up to this many compatible LoRA trials at once over one copy of the
-    base (same model, method, data, precision and micro-batch size; see "Packed trials" in the README); 1 = off."""
+    base (same model, method, data, precision and micro-batch size; see "Packed trials" in the README); 1 = off;
+    auto = as many as the slot's memory holds by ftrun.estimate (at most 8)."""
     command: Optional[List[str]] = None
     """A trial's entry point; null = [<this python>, -m, ftrun]."""
     mlflow: bool = True

@@ -27,9 +27,18 @@ from sweeper.worker import WarmTrial
 log = logging.getLogger("ftrun.sweeper")
 
 
+AUTO_MAX = 8  # pack=auto: at most this many trials in a pack (bench/packed_trials.py measures K up to 8)
+
+
+def pack_size(conf: Dict[str, Any]) -> int:
+    """The most trials a pack may hold: ``hydra.sweeper.pack``, or :data:`AUTO_MAX` for ``auto`` (then the slot's
+    memory decides, :func:`sweeper.slot_memory.pack_too_big`)."""
+    return AUTO_MAX if conf.get("pack") == "auto" else int(conf.get("pack") or 1)
+
+
 def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
     """Why this sweep's trials cannot be packed at all (None: they can, K > 1)."""
-    if int(conf.get("pack") or 1) <= 1:
+    if pack_size(conf) <= 1:
         return "hydra.sweeper.pack=1"
     if not warm:
         return "packed trials need warm workers (hydra.sweeper.workers=warm, one process per trial, no command)"
@@ -43,14 +52,16 @@ def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
 
 
 def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callable[..., List[str]], k: int,
-           composed: Dict[int, Any]):
+           composed: Dict[int, Any], too_big: Optional[Callable[[List[Any]], Optional[str]]] = None):
     """Up to ``k`` trials that can train in one pack: ``([(picked, args)], left)``.
 
     ``waiting``: trials asked before that could not join a pack (tried first, in order); ``next_trial()``: a new
     trial as ``(trial, params, extra, trial_dir)`` or None; ``trial_args(*picked)``: its command-line arguments,
     composed here as the worker will (:func:`sweeper.trial_env.compose_trial`, kept in ``composed`` by trial number)
     to check :func:`ftrun.packed.compatible`. A first trial that cannot be packed at all comes back alone; trials
-    that cannot join the others are ``left`` to wait for the next free slot (at most ``k`` wait). The log says why.
+    that cannot join the others are ``left`` to wait for the next free slot (at most ``k`` wait). ``too_big(cfgs)``
+    (``pack=auto``): why a pack of these composed configs would not fit the slot's memory; the trial that would
+    not fit waits, and the pack is full. The log says why.
     """
     members: List[Any] = []
     left: List[Any] = []
@@ -66,7 +77,12 @@ def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callab
             if picked is None:
                 continue
         args = trial_args(*picked)
-        reason = _pack_reason([composed[m[0].number] for m, _ in members], picked[0].number, args, composed)
+        cfgs = [composed[m[0].number] for m, _ in members]
+        reason = _pack_reason(cfgs, picked[0].number, args, composed)
+        full = None if reason or not members or too_big is None else too_big([*cfgs, composed[picked[0].number]])
+        if full:
+            log.info("Trial %d waits for the next free slot: %s", picked[0].number, full)
+            return members, [*left, picked, *candidates]
         if reason is None:
             members.append((picked, args))
         elif not members:

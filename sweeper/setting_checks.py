@@ -104,8 +104,9 @@ def _check_counts(conf: Mapping[str, Any], bad: Callable[[str, str], None]) -> N
            optional=False)
     number("worker_max_trials", lambda v: v >= 0, "must be >= 0 (0: never replace a warm worker)", optional=False)
     number("worker_max_rss_mb", lambda v: v > 0, "must be > 0 MB, or null for no bound")
-    number("pack", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1 (trials trained at once by a slot; "
-           "1: one at a time)")
+    if conf.get("pack") != "auto":
+        number("pack", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1 (trials trained at once by a "
+               "slot; 1: one at a time), or auto (as many as the slot's memory holds)")
     number("rung_branch", lambda v: 0 < v <= 1, "must be in (0, 1] (a decay branch's steps as a share of the "
            "steps trained so far, e.g. 0.15), or null for no branch")
 

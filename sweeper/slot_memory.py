@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from sweeper.slots import Slot
 
@@ -31,6 +31,30 @@ def slot_memory_bytes(limit_gb: Optional[float], slot: Slot) -> Optional[float]:
     total = {i.strip(): float(m) * 2**20 for i, m in (line.split(",") for line in out.strip().splitlines())}
     sizes = [total[g] for g in slot.gpus if g in total]
     return min(sizes) if sizes else None
+
+
+def pack_too_big(cfgs: List[Any], slot: Slot, limit_gb: Optional[float], slots: int) -> Optional[str]:
+    """Why a pack of these composed trial configs cannot fit ``slot`` (``pack=auto``), or None. A CPU slot without
+    ``memory_limit_gb`` gets an equal share of the machine's available memory (``slots`` slots share it)."""
+    from ftrun.estimate.pack import pack_fits
+
+    limit = slot_memory_bytes(limit_gb, slot)
+    if limit is None:
+        limit = available_bytes() / max(1, slots)
+    try:
+        ok, reason = pack_fits(cfgs, limit, device="cuda" if slot.gpus else "cpu")
+    except Exception as e:  # noqa: BLE001 - no estimate: the pack stays as it is (the trial waits)
+        return f"no memory estimate for a pack of {len(cfgs)} ({e})"
+    return None if ok else reason
+
+
+def available_bytes() -> float:
+    """The machine's available memory (Linux ``MemAvailable``)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    raise OSError("no MemAvailable in /proc/meminfo")
 
 
 def too_big(args: List[str], slot: Slot, limit_gb: Optional[float], label: str) -> Optional[str]:

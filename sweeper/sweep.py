@@ -48,7 +48,7 @@ from sweeper.quota import TrialQuota
 from sweeper.setting_checks import check_rung_branch, check_shared_run
 from sweeper.settings import Settings, plain, read_settings, select as cfg_select
 from sweeper.signals import StopSignals
-from sweeper.slot_memory import too_big
+from sweeper.slot_memory import pack_too_big, too_big
 from sweeper.slots import Slot, make_slots, popen, stop, trial_command
 from sweeper.space import sweep_space, to_override
 from sweeper.study import SweepConfigError, enqueue_first, open_study, pruner_key, safe_url, sampler_name
@@ -277,10 +277,10 @@ class Sweep(PauseAndPromote):
     def _launch_some(self, slot: Slot, want: int) -> int:
         """Start trials in the free ``slot``: a pack of up to ``hydra.sweeper.pack`` (at most ``want`` new ones) where
         packing can run, else one trial (a waiting one first); how many started."""
-        from sweeper.pack import pack_reason
+        from sweeper.pack import pack_reason, pack_size
 
-        if int(self.s.conf.get("pack") or 1) > 1 and pack_reason(self.s.conf, self.pool.warm(slot)) is None:
-            return self._launch_pack(slot, int(self.s.conf["pack"]), want)
+        if pack_size(self.s.conf) > 1 and pack_reason(self.s.conf, self.pool.warm(slot)) is None:
+            return self._launch_pack(slot, pack_size(self.s.conf), want)
         return int(self._launch(slot, picked=self.pending.pop(0) if self.pending else None))
 
     def _launch_pack(self, slot: Slot, k: int, want: int) -> int:
@@ -296,7 +296,11 @@ class Sweep(PauseAndPromote):
             asked[0] += 1
             return self._next_trial()
 
-        members, self.pending = gather(self.pending, ask, self._trial_args, k, self._composed)
+        def memory(cfgs):  # pack=auto: as many as the slot's memory holds
+            return pack_too_big(cfgs, slot, self.s.conf.get("memory_limit_gb"), int(self.s.conf.get("n_jobs", 1)))
+
+        members, self.pending = gather(self.pending, ask, self._trial_args, k, self._composed,
+                                       memory if self.s.conf.get("pack") == "auto" else None)
         specs = []
         for picked, args in members:
             trial, params, extra, trial_dir = picked

@@ -197,3 +197,21 @@ def test_process_estimate_within_15_percent_of_a_real_runs_peak(extra, tiny_dir,
     run = mlflow.tracking.MlflowClient(uri).search_runs(mlflow.tracking.MlflowClient(uri).search_experiments()[0]
                                                         .experiment_id)[0]
     assert run.data.metrics["peak_memory_mb/startup"] == pytest.approx(parts["startup"])
+
+
+def test_a_pack_holds_the_base_once_and_each_members_adapters_states_and_activations(tiny_dir):
+    """ftrun.estimate.pack: one member is the run's own estimate; each further member adds its adapters, gradients,
+    optimizer states and activations (its rows of the one batch), never a second base."""
+    from ftrun.estimate.pack import pack_peak
+
+    lora = _tiny("lora", "rank=8")
+    big = _tiny("lora", "rank=64")
+    one = estimate(lora, device="cpu")
+    assert pack_peak([lora], device="cpu") == (one.peak, one.phase)
+    e64 = estimate(big, device="cpu")
+    two, phase = pack_peak([lora, big], device="cpu")
+    assert phase == "backward"
+    base = one.weights - one.gradients
+    assert two == pytest.approx(base + one.runtime + sum(e.gradients + e.optimizer + e.activations + e.loss_buffers
+                                                         for e in (one, e64)))
+    assert two < one.peak + e64.peak - base  # the base once

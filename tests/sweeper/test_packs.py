@@ -233,3 +233,21 @@ def _wait_for_pack(sweeps: Path, proc, sweep_log: Path, timeout: float = 300) ->
                     return int(trials[0].user_attrs["worker_pid"])
         time.sleep(0.5)
     raise AssertionError("the pack never started")
+
+
+def test_pack_auto_holds_as_many_trials_as_the_slots_memory_fits(tmp_path, caplog):
+    """hydra.sweeper.pack=auto with a memory limit that holds two of these trials in a pack but not three: two train
+    packed, the third waits (the log says why) and trains in the next pack, alone."""
+    from ftrun.estimate.pack import pack_fits, pack_peak
+
+    caplog.set_level(logging.INFO, logger="ftrun.sweeper")
+    cfgs = [compose_cfg([*TRIAL, "tracking.enabled=false", f"lr={lr}"]) for lr in (1e-3, 2e-3, 3e-3)]
+    two, three = pack_peak(cfgs[:2], device="cpu")[0], pack_peak(cfgs, device="cpu")[0]
+    assert three > two > pack_peak(cfgs[:1], device="cpu")[0]
+    limit_gb = 1.1 * (two + three) / 2 / 2**30  # pack_fits keeps a 10% margin
+    assert pack_fits(cfgs[:2], limit_gb * 2**30, device="cpu")[0] and not pack_fits(cfgs, limit_gb * 2**30,
+                                                                                      device="cpu")[0]
+    study = sweep(tmp_path, ["lr=1e-3,2e-3,3e-3"], "auto", pack="auto", memory_limit_gb=limit_gb)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert [t.user_attrs.get("packed_with") for t in study.trials] == [[0, 1], [0, 1], None]
+    assert "Trial 2 waits for the next free slot: a pack of 3: estimated peak" in caplog.text

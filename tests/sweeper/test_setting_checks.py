@@ -16,6 +16,8 @@ OK = {"n_trials": 20, "n_jobs": 1, "heartbeat_s": 10.0, "stale_after_s": 60.0, "
     ({"n_jobs": 0}, "hydra.sweeper.n_jobs=0: must be >= 1"),
     ({"pack": 0}, "hydra.sweeper.pack=0: must be a whole number >= 1"),
     ({"pack": 2.5}, "hydra.sweeper.pack=2.5: must be a whole number >= 1"),
+    ({"pack": "many"}, "hydra.sweeper.pack=many: must be a whole number >= 1 (trials trained at once by a slot; 1: "
+                       "one at a time), or auto"),
     ({"budget_wall_s": 0}, "hydra.sweeper.budget_wall_s=0: must be > 0"),
     ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5: must be in [0, 1]"),
     ({"gpus_per_trial": -1}, "hydra.sweeper.gpus_per_trial=-1"),
@@ -46,3 +48,4 @@ def test_every_problem_at_once_and_the_sweep_expression_named_as_typed():
 def test_good_settings_pass():
     check_settings(OK, ["lr=tag(log,interval(1e-4,1e-2))"])
     check_settings({**OK, "heartbeat_s": 0.5, "storage": "journal", "sampler": "grid"}, ["rank=choice(8,16)"])
+    check_settings({**OK, "pack": "auto"}, [])
