@@ -16,6 +16,7 @@ SAME = [
     ("stage.name", "the stage"),
     ("train.eval_batch_size", "the eval batch size"),
     ("train.gradient_checkpointing", "gradient checkpointing"),
+    ("train.chunked_loss", "the loss (train.chunked_loss)"),
     ("objective", "the objective"),
 ]
 # settings a packed run does not support yet, with the value it needs: (key, ok(value), what)

@@ -243,6 +243,32 @@ def _run_loss(model, logits, labels, num_items):
     return inner.loss_function(logits=logits, labels=labels, vocab_size=inner.config.vocab_size, **kwargs)
 
 
+def _loss_head(model, cfg):
+    """The LM head when the runs train with the chunked loss as they would alone (ftrun.linear_cross_entropy), else
+    None (logits and transformers' loss)."""
+    from ftrun.linear_cross_entropy import applies, loss_head
+
+    inner = model.base_model.model
+    decoder, head = loss_head(inner)
+    return head if decoder is not None and applies(cfg, inner.config.model_type) else None
+
+
+def _forward_outputs(model, inputs: dict, head):
+    """The decoder's hidden states (``head`` given: the chunked loss projects them) or the logits."""
+    if head is None:
+        return _forward_logits(model, inputs)
+    feed = {k: v for k, v in inputs.items() if k != "labels"}
+    return model.base_model.model.get_decoder()(**feed).last_hidden_state
+
+
+def _train_loss(model, outputs, labels, num_items, head):
+    if head is None:
+        return _run_loss(model, outputs, labels, num_items)
+    from ftrun.linear_cross_entropy import causal_lm_loss
+
+    return causal_lm_loss(outputs, head.weight, labels, num_items)
+
+
 def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> None:
     """One optimizer step of every active run: one forward and backward per micro-batch index."""
     import torch
@@ -255,6 +281,7 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
     step_loss = {r.adapter: 0.0 for r in active}
     ranks = {r.adapter: int(r.cfg.method.rank) for r in active}
     order = sorted(active, key=lambda r: ranks[r.adapter])  # equal ranks next to each other: one bmm
+    head = _loss_head(model, active[0].cfg)
     if not model.training:  # (module.train() walks every module: not once per step)
         model.train()
     for m in range(max(len(b) for b in work.values())):
@@ -267,14 +294,14 @@ def train_step(model, runs: List[PackedRun], router: Router, pad_id: int) -> Non
             router.widths[r.adapter] = b["input_ids"].shape[1]
             row += b["input_ids"].shape[0]
         router.set(spans, ranks)
-        logits = _forward_logits(model, inputs)
+        outputs = _forward_outputs(model, inputs, head)
         # split, not slices: one backward node for all runs' parts; K slices would each build a zero gradient of
-        # the whole logits tensor (K x K x rows x width x vocab in all)
+        # the whole outputs tensor (K x K x rows x width x vocab in all, for logits)
         sizes = [rows for _, _, rows in spans]
-        logit_parts, label_parts = logits.split(sizes), inputs["labels"].split(sizes)
+        parts, label_parts = outputs.split(sizes), inputs["labels"].split(sizes)
         total = None
         for k, ((name, start, rows), r) in enumerate(zip(spans, here)):
-            loss = _run_loss(model, logit_parts[k], label_parts[k], items[name])
+            loss = _train_loss(model, parts[k], label_parts[k], items[name], head)
             if items[name] is None:  # the Trainer divides a per-batch mean by the accumulation steps
                 loss = loss / len(work[name])
             step_loss[name] += float(loss.detach())
