@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_BYTES = 2**29  # one chunk's fp32 logits: 512 MiB (bench/full_ft_mfu.py: 128 MiB was 5% slower, more passes)
+CHUNK_BYTES = 2**28  # one chunk's fp32 logits: 256 MiB (bench/full_ft_mfu.py: 128 MiB was ~5% slower than 512 MiB for full FT,
+# more passes over the head's gradient; 512 MiB overshoots the estimate where prompts are masked)
 # decoder families whose logits are exactly lm_head(final hidden state): no soft-capping (Gemma 2), no
 # logit scale (Cohere), no hidden-state scaling before the head (MiniCPM), no router loss added (MoE)
 PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3", "glm", "glm4", "phi3")
