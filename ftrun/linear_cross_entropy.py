@@ -39,7 +39,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk: int, scale: float):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if want_w and len(hidden) == 0 else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if want_w and len(hidden) == 0 else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], targets[start:start + chunk, None]
@@ -111,16 +112,21 @@ def loss_head(model) -> Tuple[Optional[torch.nn.Module], Optional[torch.nn.Linea
     return base.get_decoder(), head
 
 
+def wanted(cfg) -> bool:
+    """``train.chunked_loss``, unless ``model.liger_kernel`` fuses the head and the loss already (Liger on a GPU)."""
+    return bool(cfg.train.get("chunked_loss", False)) and not cfg.model.get("liger_kernel", False)
+
+
 def applies(cfg, model_type: Optional[str]) -> bool:
     """Whether a run of ``cfg`` on a model of ``model_type`` trains with :func:`causal_lm_loss`."""
-    return bool(cfg.train.get("chunked_loss", False)) and cfg.stage.name in ("sft", "pt") and model_type in PLAIN_HEADS
+    return wanted(cfg) and cfg.stage.name in ("sft", "pt") and model_type in PLAIN_HEADS
 
 
 def trainer_class(cfg):
     """transformers' Trainer, or with ``train.chunked_loss`` one whose training steps use :func:`causal_lm_loss`."""
     from transformers import Trainer
 
-    return _chunked_loss_trainer() if cfg.train.get("chunked_loss", False) else Trainer
+    return _chunked_loss_trainer() if wanted(cfg) else Trainer
 
 
 @functools.cache

@@ -279,7 +279,8 @@ class TrainConfig:
     """Recompute activations in the backward pass to save memory."""
     chunked_loss: bool = True
     """stage=sft/pt: the loss straight from the hidden states, a chunk of tokens at a time, never the whole
-    tokens x vocabulary logits (ftrun/linear_cross_entropy.py); false = transformers' own loss."""
+    tokens x vocabulary logits (ftrun/linear_cross_entropy.py); false = transformers' own loss (also taken with
+    model.liger_kernel, whose kernel fuses the head and the loss on a GPU)."""
     neftune_noise_alpha: Optional[float] = None
     """NEFTune embedding noise (5 is the paper's default); null disables it."""
     eval_batch_size: int = 32

@@ -124,3 +124,4 @@ def test_trainer_class_follows_the_option():
     assert trainer_class(compose_cfg(["train.chunked_loss=false"])) is Trainer
     chunked = trainer_class(compose_cfg([]))
     assert issubclass(chunked, Trainer) and chunked is not Trainer
+    assert trainer_class(compose_cfg(["model.liger_kernel=true"])) is Trainer  # Liger fuses head and loss itself
