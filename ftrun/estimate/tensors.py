@@ -226,8 +226,9 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     norms' inputs and normalized values, q/k/v and the attention output with its
     log-sum-exp, the gated MLP's four i-wide tensors); with frozen weights (LoRA) 2h
     fewer, plus r per adapter. Gradient checkpointing keeps only each layer's input (h)
-    and recomputes one layer at a time. The loss keeps the log-softmax over the vocabulary
-    (fp32) and, while it runs backward, two more tensors of that size. These counts were
+    and recomputes one layer at a time. transformers' loss keeps the log-softmax over the vocabulary
+    (fp32) and, while it runs backward, two more tensors of that size; ftrun's chunked loss
+    (``train.chunked_loss``) holds one chunk of logits at a time. These counts were
     read off autograd's saved tensors for Llama/Qwen2 layers (sdpa attention, no dropout).
     """
     m = cfg.method
