@@ -125,3 +125,25 @@ def test_trainer_class_follows_the_option():
     chunked = trainer_class(compose_cfg([]))
     assert issubclass(chunked, Trainer) and chunked is not Trainer
     assert trainer_class(compose_cfg(["model.liger_kernel=true"])) is Trainer  # Liger fuses head and loss itself
+
+
+def test_two_ranks_train_as_with_transformers_loss(tiny_dir, tmp_path):
+    """Under DDP (torchrun, 2 ranks on CPU, full fine-tuning) the chunked loss goes through the wrapped model and scales
+    as the Trainer does over ranks: the same losses and gradient norms as transformers' loss."""
+    import os
+    import subprocess
+    import sys
+
+    got = {}
+    for chunked in ("true", "false"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ftrun",
+               "data.num_train=64", "data.num_eval=16", "max_steps=4", "train.logging_steps=1", "train.eval_steps=0",
+               "train.save_steps=0", "tracking.enabled=false", "method=full", "lr=2e-3",
+               f"train.chunked_loss={chunked}", f"output_root={tmp_path}", f"name=c{chunked}"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (state,) = tmp_path.glob(f"c{chunked}/*/trainer_state.json")
+        got[chunked] = [(h["loss"], h["grad_norm"]) for h in json.loads(state.read_text())["log_history"] if "loss" in h]
+    assert len(got["true"]) == 4
+    torch.testing.assert_close(torch.tensor(got["true"]), torch.tensor(got["false"]), rtol=1e-5, atol=1e-6)
