@@ -442,10 +442,10 @@ def best_step(trainer) -> Optional[int]:
 
 
 def argmax_logits(logits, labels):
-    """Keep only the argmax token ids, so evaluation does not hold full logits."""
+    """Keep only the argmax token ids, so evaluation does not hold full logits (ids already: as they are)."""
     if isinstance(logits, tuple):
         logits = logits[0]
-    return logits.argmax(dim=-1)
+    return logits if not logits.is_floating_point() else logits.argmax(dim=-1)
 
 
 def exact_match(eval_pred) -> dict:

@@ -10,9 +10,9 @@ hidden states and of the head's weight are computed in the forward pass, so no t
 outlives its chunk. Same loss as transformers' ``ForCausalLMLoss`` (sum over targets / ``num_items_in_batch``,
 or the mean), equal within float rounding (tests/test_linear_cross_entropy.py).
 
-The Trainer from :func:`trainer_class` uses it for the training steps of ``stage=sft``/``pt`` when
-``train.chunked_loss`` is on and the model's head is a plain linear layer of a known decoder family
-(:func:`loss_head`); evaluation, and everything else, keep transformers' own loss.
+The Trainer from :func:`trainer_class` uses it for ``stage=sft``/``pt`` when ``train.chunked_loss`` is on and the
+model's head is a plain linear layer of a known decoder family (:func:`loss_head`): in training steps, and in
+evaluation, where exact match gets the argmax token ids (:func:`greedy_ids`, chunked too) instead of the logits.
 """
 
 from __future__ import annotations
@@ -90,6 +90,21 @@ def causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
                                     1.0 / max(denom, 1.0))
 
 
+@torch.no_grad()
+def greedy_ids(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+               chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    """The argmax token at every position whose next label is a target (0 elsewhere), shaped as ``labels``: what
+    exact match reads off the logits, a chunk of positions at a time."""
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
+    rows = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
+    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    ids = torch.zeros(shifted.shape, dtype=torch.long, device=labels.device)
+    chunk = chunk_tokens(weight.shape[0], chunk_bytes)
+    for start in range(0, len(rows), chunk):
+        ids[rows[start:start + chunk]] = torch.mm(flat[start:start + chunk], weight.t()).argmax(-1)
+    return ids.view(labels.shape)
+
+
 def chunk_tokens(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Tokens per chunk: as many as fit ``chunk_bytes`` of fp32 logits (at least 16)."""
     return max(16, chunk_bytes // (4 * vocab))
@@ -134,25 +149,55 @@ def _chunked_loss_trainer():
     from transformers import Trainer
 
     class ChunkedLossTrainer(Trainer):
-        """transformers' Trainer whose training steps take the loss from :func:`causal_lm_loss`."""
+        """transformers' Trainer whose loss comes from :func:`causal_lm_loss`, in training and evaluation."""
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            decoder, head = loss_head(self.accelerator.unwrap_model(model))
-            if (return_outputs or decoder is None or "labels" not in inputs or not model.training
-                    or self.label_smoother is not None or self.compute_loss_func is not None
+        def _head(self, model, inputs):
+            """(decoder, head) where this batch's loss can be chunked, else (None, None)."""
+            if ("labels" not in inputs or self.label_smoother is not None or self.compute_loss_func is not None
                     or self.is_fsdp_enabled or self.is_deepspeed_enabled):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
+                return None, None
+            return loss_head(self.accelerator.unwrap_model(model))
+
+        @staticmethod
+        def _hidden(model, decoder, inputs):
+            """The decoder's last hidden states, through any wrapper (DDP); the head runs on one position only."""
             seen = []
             hook = decoder.register_forward_hook(lambda _m, _a, out: seen.append(out[0]))
             try:
-                model(**inputs, logits_to_keep=1)  # through any wrapper (DDP); the head runs on one position only
+                model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=1)
             finally:
                 hook.remove()
-            loss = causal_lm_loss(seen[-1], head.weight, labels, num_items_in_batch)
-            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            return seen[-1]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            decoder, head = self._head(model, inputs)
+            if return_outputs or decoder is None or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            hidden = self._hidden(model, decoder, inputs)
+            return self._scaled(causal_lm_loss(hidden, head.weight, inputs["labels"], num_items_in_batch),
+                                num_items_in_batch)
+
+        def _scaled(self, loss, num_items_in_batch):
+            """As ``Trainer.compute_loss``: a loss over the tokens of every rank is multiplied back by the ranks."""
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
+                    and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
             return loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            """Evaluation: the loss as transformers' and, for exact match, the argmax token ids instead of the
+            logits (``ftrun.fit.argmax_logits`` passes them through)."""
+            decoder, head = self._head(model, inputs)
+            if decoder is None or list(self.label_names) != ["labels"]:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            inputs = self._prepare_inputs(inputs)
+            labels = inputs["labels"]
+            with torch.no_grad():
+                num_items = self._get_num_items_in_batch([inputs], self.args.device)
+                hidden = self._hidden(model, decoder, inputs)
+                loss = self._scaled(causal_lm_loss(hidden, head.weight, labels, num_items), num_items).detach()
+                if prediction_loss_only:
+                    return loss, None, None
+                return loss, greedy_ids(hidden, head.weight, labels), labels.detach()
 
     return ChunkedLossTrainer

@@ -273,10 +273,17 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
         loss_buf = 2 * tokens * V * 4
     eval_tokens = int(cfg.train.eval_batch_size) * int(cfg.data.cutoff_len)
     # evaluation runs without autograd: either the logits and the loss's log-softmax over them (fp32;
-    # bf16 logits are upcast first) or one layer's working set (residual, normed input, the MLP's
-    # i-wide tensors), whichever is larger
-    logit_bytes = a + 4 + (4 if a == 2 else 0)
-    eval_buf = eval_tokens * max(V * logit_bytes, (3 * h + 4 * i) * a) if has_eval(cfg) else 0
+    # bf16 logits are upcast first; the chunked loss: one chunk of them) or one layer's working set
+    # (residual, normed input, the MLP's i-wide tensors), whichever is larger
+    working = eval_tokens * (3 * h + 4 * i) * a
+    if not has_eval(cfg):
+        eval_buf = 0
+    elif chunked_loss(cfg):  # one chunk of logits (upcast when bf16), beside the batch's hidden states
+        from ftrun.linear_cross_entropy import chunk_tokens
+
+        eval_buf = max(min(eval_tokens, chunk_tokens(V)) * V * (a + (4 if a == 2 else 0)) + eval_tokens * h * a, working)
+    else:
+        eval_buf = max(eval_tokens * V * (a + 4 + (4 if a == 2 else 0)), working)
     return float(act), float(loss_buf), ("bf16/fp16" if a == 2 else "fp32"), tokens, float(eval_buf)
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import compose_cfg
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from ftrun.linear_cross_entropy import causal_lm_loss, chunk_tokens, loss_head, trainer_class
+from ftrun.linear_cross_entropy import causal_lm_loss, chunk_tokens, greedy_ids, loss_head, trainer_class
 
 
 def _case(dtype, seed=0):
@@ -97,7 +97,7 @@ def test_a_run_trains_as_with_transformers_loss(method, tiny_dir, tmp_path, monk
 
     def spy(self, x):
         if self.out_features > 300:  # the tiny model's 379-token head
-            heads.append((torch.is_grad_enabled(), tuple(x.shape)))
+            heads.append((torch.is_grad_enabled(), tuple(x.shape)))  # (evaluation runs under no_grad)
         return linear_forward(self, x)
 
     monkeypatch.setattr(torch.nn.Linear, "forward", spy)
@@ -106,11 +106,18 @@ def test_a_run_trains_as_with_transformers_loss(method, tiny_dir, tmp_path, monk
     run(compose_cfg(overrides, fast=True), tmp_path / "chunked")
     trained = [shape for grad, shape in heads if grad]
     assert trained and all(shape[1] == 1 for shape in trained)  # logits_to_keep=1: the loss never saw full logits
+    evals_chunked = [(grad, shape) for grad, shape in heads if not grad]
+    assert evals_chunked
     heads.clear()
     run(compose_cfg([*overrides, "train.chunked_loss=false"], fast=True), tmp_path / "stock")
     assert any(shape[1] > 1 for grad, shape in heads if grad)
     chunked, stock = _losses(tmp_path / "chunked"), _losses(tmp_path / "stock")
     assert len(chunked) == 6
+    # the final evaluation: the same loss and exact match (the chunked eval hands exact match token ids)
+    results = [json.loads((tmp_path / n / "result.json").read_text()) for n in ("chunked", "stock")]
+    assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], rel=1e-5)
+    assert results[0]["eval_exact_match"] == results[1]["eval_exact_match"]
+    assert not any(shape[1] > 1 for grad, shape in evals_chunked)  # nor did evaluation
     torch.testing.assert_close(torch.tensor(chunked), torch.tensor(stock), rtol=1e-5, atol=1e-6)
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(str(tmp_path / "chunked" / "model" / name)), load_file(str(tmp_path / "stock" / "model" / name))
@@ -147,3 +154,14 @@ def test_two_ranks_train_as_with_transformers_loss(tiny_dir, tmp_path):
         got[chunked] = [(h["loss"], h["grad_norm"]) for h in json.loads(state.read_text())["log_history"] if "loss" in h]
     assert len(got["true"]) == 4
     torch.testing.assert_close(torch.tensor(got["true"]), torch.tensor(got["false"]), rtol=1e-5, atol=1e-6)
+
+
+def test_greedy_ids_are_the_argmax_where_exact_match_looks():
+    from ftrun.fit import argmax_logits
+
+    hidden, weight, labels = _case(torch.float32)
+    ids = greedy_ids(hidden, weight, labels, chunk_bytes=16 * 4 * 101)
+    want = argmax_logits(hidden @ weight.t(), labels)
+    scored = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100  # position t predicts label t+1
+    assert torch.equal(ids[scored], want[scored]) and not ids[~scored].any()
+    assert argmax_logits(ids, labels) is ids  # token ids pass through to exact match
