@@ -186,6 +186,7 @@ def sweeper_cases(paths: Dict[str, str]) -> List[Case]:
         "objectives": [("empty list", "[]")],
         "devices": [("empty list", "[]")],
         "command": [("empty list", "[]")],
+        "pack": [("unknown choice", "many"), ("out of range", "0")],
     }
     cases = [Case("sweep", "hydra.sweeper", "reversed interval", ["lr=interval(1e-2,1e-4)"], names=("lr=",))]
     for key, hint, doc, default in schema_keys(FtrunSweeperConf):
