@@ -42,9 +42,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if want_w and len(hidden) == 0 else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # one buffer for every chunk's logits: a large tensor freed and allocated again is faulted in again
+        buf = torch.empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=weight.dtype, device=weight.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], targets[start:start + chunk, None]
-            logits = torch.mm(h, weight.t()).float()  # as the model's head, then upcast as transformers' loss
+            logits = torch.mm(h, weight.t(), out=buf[:len(h)]).float()  # the head's, upcast as transformers' loss
             picked = logits.gather(1, y)
             top = logits.amax(1, keepdim=True)
             sums = logits.sub_(top).exp_().sum(1, keepdim=True)  # in place: no second tensor of this size
@@ -100,8 +102,10 @@ def greedy_ids(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
     ids = torch.zeros(shifted.shape, dtype=torch.long, device=labels.device)
     chunk = chunk_tokens(weight.shape[0], chunk_bytes)
+    buf = torch.empty(min(chunk, len(rows)), weight.shape[0], dtype=weight.dtype, device=weight.device)
     for start in range(0, len(rows), chunk):
-        ids[rows[start:start + chunk]] = torch.mm(flat[start:start + chunk], weight.t()).argmax(-1)
+        h = flat[start:start + chunk]
+        ids[rows[start:start + chunk]] = torch.mm(h, weight.t(), out=buf[:len(h)]).argmax(-1)
     return ids.view(labels.shape)
 
 
