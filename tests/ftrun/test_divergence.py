@@ -27,27 +27,26 @@ BLOWN_UP = r"diverged: (the gradient is nan|every gradient is 0\.0) at step"
 
 
 def patch_loss(monkeypatch, at_step: int, change) -> None:
-    """From training forward pass ``at_step`` on, the model's loss is ``change(loss)`` (a fault, not an lr)."""
-    import ftrun.model
+    """From training forward pass ``at_step`` on, the run's loss is ``change(loss)`` (a fault, not an lr): the Trainer
+    the run builds (ftrun.linear_cross_entropy.trainer_class, chunked loss or not) gets it from compute_loss."""
+    import ftrun.linear_cross_entropy as lce
 
-    apply_method = ftrun.model.apply_method
+    trainer_class = lce.trainer_class
 
-    def patched(model, cfg):
-        model = apply_method(model, cfg)
-        calls = {"train": 0}
+    def patched(cfg):
+        class Faulty(trainer_class(cfg)):
+            calls = 0
 
-        def hook(module, args, kwargs, output):
-            if not module.training or getattr(output, "loss", None) is None:
-                return output
-            calls["train"] += 1
-            if calls["train"] >= at_step:
-                output.loss = change(output.loss)
-            return output
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                if return_outputs or not model.training:
+                    return out
+                Faulty.calls += 1
+                return change(out) if Faulty.calls >= at_step else out
 
-        model.register_forward_hook(hook, with_kwargs=True)
-        return model
+        return Faulty
 
-    monkeypatch.setattr(ftrun.model, "apply_method", patched)
+    monkeypatch.setattr(lce, "trainer_class", patched)
 
 
 def inject_nan_loss(monkeypatch, at_step: int) -> None:
