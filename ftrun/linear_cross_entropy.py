@@ -8,7 +8,7 @@ head's matmuls (bench/full_ft_mfu.py). Here the LM head and the cross-entropy ar
 projected, a chunk at a time; each chunk's softmax becomes its gradient in place, and the gradients of the
 hidden states and of the head's weight are computed in the forward pass, so no tensor over the vocabulary
 outlives its chunk. Same loss as transformers' ``ForCausalLMLoss`` (sum over targets / ``num_items_in_batch``,
-or the mean), equal within float rounding (tests/test_linear_cross_entropy.py).
+or the mean), equal within float rounding (tests/ftrun/test_linear_cross_entropy.py).
 
 The Trainer from :func:`trainer_class` uses it for ``stage=sft``/``pt`` when ``train.chunked_loss`` is on and the
 model's head is a plain linear layer of a known decoder family (:func:`loss_head`): in training steps, and in
@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import torch
 
-IGNORE_INDEX = -100
+from ftrun.data.encode import IGNORE_INDEX
 CHUNK_BYTES = 2**28  # one chunk's fp32 logits: 256 MiB (bench/full_ft_mfu.py: 128 MiB was ~5% slower than 512 MiB for full FT,
 # more passes over the head's gradient; 512 MiB overshoots the estimate where prompts are masked)
 # decoder families whose logits are exactly lm_head(final hidden state): no soft-capping (Gemma 2), no
