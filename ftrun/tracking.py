@@ -27,6 +27,23 @@ from ftrun.config import flatten, to_container
 
 log = logging.getLogger(__name__)
 
+
+def experiment_id(client, name: str) -> str:
+    """The id of MLflow experiment ``name`` (``client``: an ``MlflowClient``), created if missing. Several sweep hosts
+    start at once against one tracking server: the one whose create loses the race reads the winner's experiment."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class NullTracker:
     """Does nothing, with the tracker's signatures (so ``run`` needs no branches)."""
 
@@ -58,7 +75,7 @@ class MlflowTracker(NullTracker):
         uri = cfg.tracking.uri or os.environ.get(C.MLFLOW_URI_ENV)
         if uri:
             mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.tracking.experiment)
+        mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment))
         id_file = Path(run_dir) / C.RUN_ID_FILE
         resumed_id = id_file.read_text().strip() if id_file.is_file() else None
         if resumed_id:

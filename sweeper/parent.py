@@ -31,11 +31,12 @@ class ParentRun:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from ftrun.tracking import experiment_id
+
         uri = s.tracking_uri() or mlflow.get_tracking_uri()
         client = MlflowClient(tracking_uri=uri)
         name = s.experiment
-        exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        exp_id = experiment_id(client, name)
         id_file = s.sweep_dir / PARENT_ID_FILE
         run_id = _shared_run_id(study, founder) or (id_file.read_text().strip() if id_file.is_file() else None)
         if run_id:

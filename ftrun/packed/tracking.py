@@ -28,17 +28,15 @@ class PackedTracker:
         from mlflow.tracking import MlflowClient
 
         from ftrun.config import flatten, to_container
-        from ftrun.tracking import _param, _tags
+        from ftrun.tracking import _param, _tags, experiment_id
 
         uri = cfg.tracking.uri or os.environ.get(C.MLFLOW_URI_ENV)
         self.client = MlflowClient(tracking_uri=uri) if uri else MlflowClient()
-        experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            cfg.tracking.experiment)
+        experiment = experiment_id(self.client, cfg.tracking.experiment)
         tags = {**_tags(cfg, run_dir, overrides), PACKED_TAG: "true", C.TAG_RUN_NAME: str(cfg.name)}
         if parent:
             tags[C.TAG_PARENT] = parent
-        run = self.client.create_run(experiment_id, run_name=str(cfg.name), tags=tags)
+        run = self.client.create_run(experiment, run_name=str(cfg.name), tags=tags)
         self.run_id = run.info.run_id
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / C.RUN_ID_FILE).write_text(self.run_id)
