@@ -58,11 +58,12 @@ run dir; ``on_start`` opens each run's MLflow child run (:mod:`ftrun.packed.trac
 the run's own Optuna trial and asks its pruner, ``on_end`` finishes its MLflow run and answers the sweeper for that
 trial alone. Under ``hydra.sweeper.pruner=promotion`` a member the rule pauses at a rung leaves the pack with a
 Trainer checkpoint (:mod:`ftrun.packed.checkpoint`) and ``status: paused``; promoted, it resumes alone from it, in its
-same Optuna trial and MLflow run, as a trial paused alone does. Not done yet (issue 23): packs under
-``rung_branch`` (a decay branch per run: those sweeps run unpacked); a promoted trial resuming into a pack; a trial
-joining a running pack when another leaves; ``pack: auto`` and a memory check of the whole pack
-(``sweeper/slot_memory.py`` checks each trial alone: the base once plus K x (adapter, optimizer state, activations)
-is what a pack needs).
+same Optuna trial and MLflow run, as a trial paused alone does. When a member leaves, the sweeper may send new
+compatible trials to join the pack; ``admit`` hands them to :func:`train_packed`, which builds each run as it builds
+the first ones (:class:`ftrun.packed.train.Pack`) and trains it from its first step, while the adapters and optimizer
+states of the runs that left are freed. ``pack: auto`` sizes packs by the memory estimate of the whole pack
+(:mod:`ftrun.estimate.pack`). Not done yet (issue 23): packs under ``rung_branch`` (a decay branch per run: those
+sweeps run unpacked); a promoted trial resuming into a pack (it resumes alone).
 """
 
 from ftrun.packed.compat import compatible

@@ -108,14 +108,15 @@ def _epoch_iterator(trainer, epoch: int):
 # building
 
 
-def prepare_runs(cfgs: Sequence, run_dirs: Sequence[Path]):
-    """Check, resolve and write each run's config, as :func:`ftrun.train.run` does before its recipe."""
+def prepare_runs(cfgs: Sequence, run_dirs: Sequence[Path], joining: Sequence = ()):
+    """Check, resolve and write each run's config, as :func:`ftrun.train.run` does before its recipe. ``joining``:
+    the configs of the pack these runs join (they must be compatible with it too)."""
     from ftrun.config import ConfigError, resolved, validate, validate_device
     from ftrun.config.model_dir import require_model_files
     from ftrun.data import check_stage_data
     from ftrun.train import _write_resolved_config, check_resume
 
-    reason = compatible(cfgs)
+    reason = compatible([*joining, *cfgs])
     if reason is not None:
         raise ConfigError(f"these runs cannot train in one pack: {reason}")
     dirs = [str(Path(d).resolve()) for d in run_dirs]
@@ -136,53 +137,59 @@ def prepare_runs(cfgs: Sequence, run_dirs: Sequence[Path]):
     return out
 
 
-def build_pack(cfgs: Sequence, run_dirs: Sequence[Path]):
-    """(model, runs, data, router): the base once, one adapter per run, each run's Trainer pieces."""
-    import torch
-    from peft import get_peft_model
-    from transformers import Trainer, set_seed
+class Pack:
+    """The base once and the runs training over it: runs join (:meth:`add`) and leave (:meth:`drop`) between steps."""
 
-    from ftrun.data import make_collator
-    from ftrun.fit import quiet_libraries, training_arguments
-    from ftrun.model import load_model, lora_config
-    from ftrun.stages.common import prepare_data
+    def __init__(self, cfgs: Sequence, run_dirs: Sequence[Path]):
+        from ftrun.data import make_collator
+        from ftrun.fit import quiet_libraries
+        from ftrun.model import load_model
+        from ftrun.stages.common import prepare_data
 
-    quiet_libraries()
-    pairs = prepare_runs(cfgs, run_dirs)
-    first = pairs[0][0]
-    data = prepare_data(first)  # the same data for every run (compatible() checked it)
-    base = load_model(first)
-    runs: List[PackedRun] = []
-    model = None
-    for i, (cfg, run_dir) in enumerate(pairs):
-        name = f"run{i}"
+        quiet_libraries()
+        pairs = prepare_runs(cfgs, run_dirs)
+        self.cfg = cfgs[0]  # as given: what a joining run must be compatible with
+        first = pairs[0][0]
+        self.data = prepare_data(first)  # the same data for every run (compatible() checked it)
+        self.base = load_model(first)
+        self.model = None
+        self.router = Router()
+        self.runs: List[PackedRun] = []
+        self.gone: set = set()  # adapters of the runs that left (dropped)
+        # rows, not one flattened row: Router routes rows
+        self.collator = make_collator(first.data, self.data.tokenizer, "sdpa")
+        for cfg, run_dir in pairs:
+            self._attach(cfg, run_dir)
+
+    def add(self, cfg, run_dir: Path) -> PackedRun:
+        """A run joining the pack: its adapter, data order, optimizer and schedule start as its alone run's."""
+        ((cfg, run_dir),) = prepare_runs([cfg], [run_dir], joining=[self.cfg])
+        return self._attach(cfg, run_dir)
+
+    def _attach(self, cfg, run_dir: Path) -> PackedRun:
+        import torch
+        from peft import get_peft_model
+        from transformers import Trainer, set_seed
+
+        from ftrun.fit import training_arguments
+        from ftrun.model import lora_config
+
+        name = f"run{len(self.runs)}"
         set_seed(cfg.seed)  # as prepare_data seeds before the alone run builds its model and adapter
-        if model is None:
-            model = get_peft_model(base, lora_config(cfg), adapter_name=name)
+        if self.model is None:
+            self.model = get_peft_model(self.base, lora_config(cfg), adapter_name=name)
+            self._route()
         else:
-            model.add_adapter(name, lora_config(cfg))
-        runs.append(PackedRun(cfg=cfg, run_dir=run_dir, adapter=name))
-    for run in runs:  # every adapter trains (peft makes only the active one trainable)
-        for n, p in model.named_parameters():
-            if f".{run.adapter}." in n and "lora_" in n:
-                p.requires_grad_(True)
-                run.params.append((n, p))
-    router = Router()
-    patched = 0
-    from peft.tuners.lora import Linear as LoraLinear
-
-    for module in model.modules():
-        if isinstance(module, LoraLinear):
-            module.forward = _routed_forward(router).__get__(module)
-            patched += 1
-    if patched == 0:
-        raise RuntimeError("no peft LoRA Linear layer found to route")
-    collator = make_collator(first.data, data.tokenizer, "sdpa")  # rows, not one flattened row: Router routes rows
-    for run in runs:
-        cfg = run.cfg
+            self.model.add_adapter(name, lora_config(cfg))
+        model = self.model
+        run = PackedRun(cfg=cfg, run_dir=run_dir, adapter=name)
+        run.params = [(n, p) for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+        self.runs.append(run)
+        self._free_adapters()
+        data = self.data
         args = training_arguments(cfg, run.run_dir, has_eval=data.eval is not None, num_examples=len(data.train))
         trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                          processing_class=data.tokenizer, data_collator=collator)
+                          processing_class=data.tokenizer, data_collator=self.collator)
         run.trainer = trainer
         trainer._packed_train_dl = trainer.get_train_dataloader()
         dl = trainer._packed_train_dl
@@ -200,8 +207,47 @@ def build_pack(cfgs: Sequence, run_dirs: Sequence[Path]):
                   {"params": [p for n, p in run.params if n not in decay], "weight_decay": 0.0}]
         run.optimizer = opt_cls(groups, **opt_kwargs)
         run.scheduler = trainer.create_scheduler(run.max_steps, optimizer=run.optimizer)
-        router.generators[run.adapter] = torch.Generator().manual_seed(int(cfg.seed))
-    return model, runs, data, router
+        self.router.generators[run.adapter] = torch.Generator().manual_seed(int(cfg.seed))
+        return run
+
+    def drop(self, run: PackedRun) -> None:
+        """A run that left: its optimizer state and generator freed, and its adapter (see :meth:`_free_adapters`)."""
+        self.router.generators.pop(run.adapter, None)
+        self.router.widths.pop(run.adapter, None)
+        run.params, run.optimizer, run.scheduler, run.trainer, run.iterator = [], None, None, None, None
+        self.gone.add(run.adapter)
+        self._free_adapters()
+
+    def _free_adapters(self) -> None:
+        """Delete the adapters of runs that left, keeping one if no run trains (peft keeps at least one adapter;
+        the next run to join frees it), and let every training run's adapter train again (peft's delete and add
+        make only its active adapter trainable)."""
+        import warnings
+
+        for name in [n for n in self.model.peft_config if n in self.gone]:
+            if len(self.model.peft_config) > 1:
+                with warnings.catch_warnings():  # "Adapter runK was active which is now deleted": routing ignores it
+                    warnings.simplefilter("ignore")
+                    self.model.delete_adapter(name)
+        self._train_adapters()
+
+    def _train_adapters(self) -> None:
+        """Every training run's adapter trains (peft makes only its active adapter trainable, after each add or
+        delete)."""
+        for run in self.runs:
+            for _, p in run.params:
+                p.requires_grad_(run.active)
+
+    def _route(self) -> None:
+        from peft.tuners.lora import Linear as LoraLinear
+
+        patched = 0
+        for module in self.model.modules():
+            if isinstance(module, LoraLinear):
+                module.forward = _routed_forward(self.router).__get__(module)
+                patched += 1
+        if patched == 0:
+            raise RuntimeError("no peft LoRA Linear layer found to route")
 
 
 # ---------------------------------------------------------------------------
@@ -417,27 +463,42 @@ def _due_for_eval(run: PackedRun) -> bool:
 def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
                  on_evaluate: Optional[Callable[[int, "PackedRun", dict], bool]] = None,
                  on_end: Optional[Callable[[int, "PackedRun"], None]] = None,
-                 on_start: Optional[Callable[[int, "PackedRun"], None]] = None) -> List[Optional[float]]:
-    """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged).
+                 on_start: Optional[Callable[[int, "PackedRun"], None]] = None,
+                 admit: Optional[Callable[[], Sequence[tuple]]] = None) -> List[Optional[float]]:
+    """Train the runs together; each writes its own result.json. Returns each run's objective (None: diverged), the
+    runs that joined included, in the order they came.
 
     ``on_evaluate(index, run, metrics)`` is called after each evaluation of run ``index`` (at ``run.global_step``);
     True stops that run there (a sweep's pruner: its result says ``pruned: true``, as an alone run's does);
     ``"paused"`` pauses it there (``hydra.sweeper.pruner=promotion``): it leaves the pack with a checkpoint its alone
     run resumes from (:mod:`ftrun.packed.checkpoint`) and a result with ``status: paused``.
     ``on_end(index, run)`` is called once the run has left the pack and written its result (``run.status``:
-    finished, pruned, paused or diverged). ``on_start(index, run)``: once the pack is built (``run.cfg`` resolved), before
-    its first step.
+    finished, pruned, paused or diverged); its adapter and optimizer state are then freed. ``on_start(index, run)``:
+    once the run is built (``run.cfg`` resolved), before its first step. ``admit()``: called before every step
+    (and once more when the last run has left); the ``(cfg, run_dir)`` pairs it returns join the pack there, as
+    runs ``len(cfgs)``, ``len(cfgs) + 1``, ... and train from their first step as they would alone. A joining run
+    that cannot be built (its config refused) raises as a run of ``cfgs`` would, before the pack's next step.
     """
     from ftrun.fit import peak_memory_mb, start_phases
 
     phases = start_phases()
-    model, runs, data, router = build_pack(cfgs, run_dirs)
+    pack = Pack(cfgs, run_dirs)
+    runs, data, router = pack.runs, pack.data, pack.router
     pad_id = data.tokenizer.pad_token_id
     for i, r in enumerate(runs if on_start is not None else []):
         on_start(i, r)
     phases.mark("prepare")
     t0 = time.perf_counter()
-    while any(r.active for r in runs):
+    while True:
+        for cfg, run_dir in (admit() if admit is not None else ()):
+            run = pack.add(cfg, run_dir)
+            log.info("%s joins the pack at its step %d (%d runs training)", run.cfg.name, max(
+                (r.global_step for r in runs if r.active and r is not run), default=0), sum(r.active for r in runs))
+            if on_start is not None:
+                on_start(runs.index(run), run)
+        if not any(r.active for r in runs):
+            break
+        model = pack.model
         step_start = time.perf_counter()
         stepping = [r for r in runs if r.active]
         train_step(model, runs, router, pad_id)
@@ -455,11 +516,13 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence[Path],
                 if stop and r.active:  # (the last step's evaluation is reported too; nothing is left to stop)
                     r.status = "paused" if stop == "paused" else "pruned"
                     log.info("%s: %s at step %d", r.cfg.name, r.status, r.global_step)
-        for r in stepping:
-            if not r.active:
-                _report(r, model, data, phases, peak_memory_mb(), router)
-                if on_end is not None:
-                    on_end(runs.index(r), r)
+        leaving = [r for r in stepping if not r.active]
+        for r in leaving:
+            _report(r, model, data, phases, peak_memory_mb(), router)
+            if on_end is not None:
+                on_end(runs.index(r), r)
+        for r in leaving:
+            pack.drop(r)
     log.info("Packed %d runs: %.1f s", len(runs), time.perf_counter() - t0)
     return [_objective(r) for r in runs]
 

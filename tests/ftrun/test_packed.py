@@ -149,6 +149,52 @@ def test_a_run_paused_in_a_pack_resumes_alone_and_ends_as_if_trained_straight_th
                                torch.tensor([h["loss"] for h in alone_hist if "loss" in h]), rtol=1e-5, atol=1e-7)
 
 
+def test_a_run_joining_a_running_pack_equals_its_alone_run(alone_and_packed):
+    """r8short leaves the pack at step 30; r8 joins r64 there (as a sweep's next trial takes the freed place) and
+    trains its 50 steps as it does alone, while r64 goes on undisturbed; r8short's adapter is freed."""
+    tmp, _ = alone_and_packed
+    queue, started, ended = [], [], []
+
+    def on_end(index, run):
+        ended.append((index, run.status, run.global_step))
+        if run.cfg.name == "r8short":
+            queue.append((cfg_of("r8"), tmp / "join" / "r8"))
+
+    def on_start(index, run):
+        started.append((index, run.cfg.name, sorted(run.trainer.model.peft_config), run.global_step))
+
+    def admit():
+        joining = list(queue)
+        queue.clear()
+        return joining
+
+    objectives = train_packed([cfg_of("r8short"), cfg_of("r64")], [tmp / "join" / "r8short", tmp / "join" / "r64"],
+                              on_start=on_start, on_end=on_end, admit=admit)
+    assert ended[0] == (0, "finished", 30) and sorted(ended[1:]) == [(1, "finished", 50), (2, "finished", 50)]
+    assert started[2] == (2, "r8", ["run1", "run2"], 0)  # joined with r64 at its step 30; r8short's adapter gone
+    assert len(objectives) == 3
+    for name in ("r8", "r64"):
+        alone, alone_hist = read(tmp / "alone" / name)
+        joined, hist = read(tmp / "join" / name)
+        assert joined["global_step"] == 50 and joined["tokens_seen"] == alone["tokens_seen"], name
+        assert joined["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-5), name
+        for key in ("loss", "eval_loss", "grad_norm"):
+            a = [(h["step"], h[key]) for h in alone_hist if key in h]
+            p = [(h["step"], h[key]) for h in hist if key in h]
+            assert [s for s, _ in p] == [s for s, _ in a], (name, key)
+            torch.testing.assert_close(torch.tensor([v for _, v in p]), torch.tensor([v for _, v in a]),
+                                       rtol=1e-5, atol=1e-7, msg=f"{name} {key}")
+    assert objectives[2] == pytest.approx(read(tmp / "alone" / "r8")[0]["objective"], rel=1e-5)
+
+
+def test_a_run_that_cannot_join_the_pack_is_refused_before_the_next_step(alone_and_packed):
+    tmp, _ = alone_and_packed
+    offered = [[(cfg_of("r8", ["batch_size=8"]), tmp / "refused" / "r8")]]
+    with pytest.raises(ConfigError, match="micro-batch size differs"):
+        train_packed([cfg_of("r8short")], [tmp / "refused" / "r8short"], admit=lambda: offered.pop() if offered else [])
+    assert not (tmp / "refused" / "r8").exists()
+
+
 @pytest.mark.parametrize("other, words", [
     (["batch_size=8"], "micro-batch size differs"),
     (["data.cutoff_len=64"], "data"),
