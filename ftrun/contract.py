@@ -129,8 +129,9 @@ ATTR_PAUSED_AT = "paused_at"
 ATTR_PAUSED_AT_STEP = TAG_PAUSED_AT_STEP
 ATTR_PROMOTIONS = TAG_PROMOTIONS
 ATTR_PACKED_WITH = "packed_with"
-"""On a trial trained in a pack (hydra.sweeper.pack): the numbers of the pack's trials; its duration_s is the pack's
-wall time while it was in it, divided by their count."""
+"""On a trial trained in a pack (hydra.sweeper.pack): the numbers of the trials in the pack when it started (itself
+included; the worker's account once it ends); its duration_s is its share of the pack's wall time, each second split
+among the trials training then."""
 ATTR_BRANCH_STEPS = "branch_steps"
 """Optimizer steps a trial spent in rung decay branches (hydra.sweeper.rung_branch); also in result.json."""
 ATTR_BRANCH_S = "branch_s"

@@ -10,8 +10,14 @@ records each trial when it ends. Each member is its own Optuna trial (its pruner
 (:mod:`ftrun.packed.tracking`). The pack's output goes to the first member's ``trial.log``; the others' logs say
 where it is. A worker that dies fails every member still in the pack, as it fails a trial alone.
 
-A member's trial-seconds are the pack's wall time while it was in it, divided by the pack's size (its
-``packed_with`` attribute lists the pack): the device was shared, and a budget counts it once.
+When a member leaves and the study wants more trials, the sweeper gathers compatible ones the same way (compatible
+with the members still training, up to K in all) and sends them to the worker (:meth:`Pack.join`), which adds each
+before its next step (:func:`ftrun.packed.train.train_packed`'s ``admit``): a pack stays full while the sweep has
+trials for it, instead of running on with the members left until the last one ends.
+
+A member's trial-seconds are the pack's wall time while it was in it, each second split among the members in the
+pack then (its ``packed_with`` attribute lists the trials it started with): the device was shared, and a budget
+counts it once.
 
 The parent side (:class:`Pack`, :class:`PackMember`) imports neither torch nor ftrun's training code;
 :func:`sweeper.pack_process.run_pack` runs in the worker.
@@ -20,7 +26,8 @@ The parent side (:class:`Pack`, :class:`PackMember`) imports neither torch nor f
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from sweeper.worker import WarmTrial
 
@@ -52,7 +59,8 @@ def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
 
 
 def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callable[..., List[str]], k: int,
-           composed: Dict[int, Any], too_big: Optional[Callable[[List[Any]], Optional[str]]] = None):
+           composed: Dict[int, Any], too_big: Optional[Callable[[List[Any]], Optional[str]]] = None,
+           present: Sequence[int] = ()):
     """Up to ``k`` trials that can train in one pack: ``([(picked, args)], left)``.
 
     ``waiting``: trials asked before that could not join a pack (tried first, in order); ``next_trial()``: a new
@@ -61,7 +69,8 @@ def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callab
     to check :func:`ftrun.packed.compatible`. A first trial that cannot be packed at all comes back alone; trials
     that cannot join the others are ``left`` to wait for the next free slot (at most ``k`` wait). ``too_big(cfgs)``
     (``pack=auto``): why a pack of these composed configs would not fit the slot's memory; the trial that would
-    not fit waits, and the pack is full. The log says why.
+    not fit waits, and the pack is full. ``present``: the numbers of the trials training in the pack these join
+    (then every trial must be compatible with them, and none comes back alone). The log says why.
     """
     members: List[Any] = []
     left: List[Any] = []
@@ -77,20 +86,21 @@ def gather(waiting: List[Any], next_trial: Callable[[], Any], trial_args: Callab
             if picked is None:
                 continue
         args = trial_args(*picked)
-        cfgs = [composed[m[0].number] for m, _ in members]
+        cfgs = [composed[n] for n in present] + [composed[m[0].number] for m, _ in members]
         reason = _pack_reason(cfgs, picked[0].number, args, composed)
-        full = None if reason or not members or too_big is None else too_big([*cfgs, composed[picked[0].number]])
+        full = None if reason or not cfgs or too_big is None else too_big([*cfgs, composed[picked[0].number]])
         if full:
             log.info("Trial %d waits for the next free slot: %s", picked[0].number, full)
             return members, [*left, picked, *candidates]
         if reason is None:
             members.append((picked, args))
-        elif not members:
+        elif not cfgs:
             log.info("Trial %d runs unpacked: %s", picked[0].number, reason)
             return [(picked, args)], [*left, *candidates]
         else:
+            first = present[0] if present else members[0][0][0].number
             log.info("Trial %d cannot join the pack of trial %d: %s; it waits for the next free slot",
-                     picked[0].number, members[0][0][0].number, reason)
+                     picked[0].number, first, reason)
             left.append(picked)
     return members, [*left, *candidates]
 
@@ -113,15 +123,45 @@ def _pack_reason(cfgs: List[Any], number: int, args: List[str], composed: Dict[i
 
 
 class Pack:
-    """K trials sent to one warm worker as one message; its replies, kept by trial number."""
+    """Trials sent to one warm worker as one pack; its replies, kept by trial number; each member's trial-seconds."""
 
     def __init__(self, worker, members: List[Dict[str, Any]]):
         self.worker = worker
         self.replies: Dict[int, Dict[str, Any]] = {}
-        self.numbers = [int(m["number"]) for m in members]
+        self.numbers = [int(m["number"]) for m in members]  # every member it has had
         self.open = set(self.numbers)  # members not yet recorded by the sweeper
+        self.charged: Dict[int, float] = {n: 0.0 for n in self.numbers}
+        self.since = time.time()
         worker.submit({"pack": members})
         worker.trials += len(members) - 1  # (worker_max_trials counts trials)
+
+    def join(self, members: List[Dict[str, Any]]) -> None:
+        """Send trials to join the pack while it trains (a member left): the worker adds them before its next
+        step (or trains them as a pack of their own if the pack ended meanwhile)."""
+        self._settle()
+        numbers = [int(m["number"]) for m in members]
+        self.numbers += numbers
+        self.open.update(numbers)
+        self.charged.update({n: 0.0 for n in numbers})
+        self.worker.submit({"join": members})
+        self.worker.trials += len(members) - 1
+
+    def seconds(self, number: int) -> float:
+        """Member ``number``'s trial-seconds so far: the pack's wall time while it was in it, each second split
+        among the members then in the pack."""
+        now = time.time()
+        share = (now - self.since) / len(self.open) if number in self.open else 0.0
+        return self.charged[number] + share
+
+    def leave(self, number: int) -> None:
+        self._settle()
+        self.open.discard(number)
+
+    def _settle(self) -> None:
+        now = time.time()
+        for n in self.open:
+            self.charged[n] += (now - self.since) / len(self.open)
+        self.since = now
 
     def drain(self) -> None:
         while not self.worker.reply_file.closed:  # (closed: the pool dropped the dead worker at another member's end)
@@ -162,5 +202,9 @@ class PackMember(WarmTrial):
             self.info = message
             self.returncode = int(message.get("rc", 1))
         if self.returncode is not None:
-            self.pack.open.discard(self.number)
+            self.pack.leave(self.number)
         return self.returncode
+
+    def seconds(self) -> float:
+        """Its trial-seconds so far (:meth:`Pack.seconds`)."""
+        return self.pack.seconds(self.number)

@@ -9,22 +9,25 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional
 
+from ftrun.config import ConfigError
 from sweeper.trial_env import compose_trial, trial_process
 
 log = logging.getLogger("ftrun.sweeper")
 
 
-def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -> None:
-    """Train the request's members as one pack; ``reply`` gets one message per member, as it leaves."""
+def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None],
+             joins: Optional[Callable[[], List[Dict[str, Any]]]] = None) -> None:
+    """Train the request's members as one pack; ``reply`` gets one message per member, as it leaves. ``joins()``:
+    members the sweeper sent since (``{"join": [...]}``, when a member left and the study wants more trials); each
+    joins the pack before its next step, or, when it cannot (its config does not compose or differs from the
+    pack's), is answered at once with the exit status an alone trial would get."""
     from ftrun.exit_status import EXIT_DIVERGED, exit_status
 
-    members = request["pack"]
+    members = list(request["pack"])
     started = time.perf_counter()
     first_log = members[0]["log"]
     for m in members[1:]:
-        with open(m["log"], "a") as f:
-            f.write(f"Trained in one pack with trials {', '.join(str(x['number']) for x in members)}; "
-                    f"the pack's log is {first_log}\n")
+        _point_to_pack_log(m, members, first_log)
     # the MLflow store and parent run are the same for every member; each one's Optuna variables go to its pruner
     from ftrun.contract import MLFLOW_PARENT_RUN_ENV, MLFLOW_URI_ENV
 
@@ -33,19 +36,51 @@ def run_pack(request: Dict[str, Any], reply: Callable[[Dict[str, Any]], None]) -
     with trial_process(first_log, shared_env):
         try:
             composed = [compose_trial(m["args"]) for m in members]
+            from ftrun.packed import compatible
             from ftrun.packed.train import train_packed
+
+            runs = list(range(len(members)))  # train_packed's run index -> the member's index
+
+            def admit():
+                joining = []
+                for m in joins() if joins is not None else []:
+                    members.append(m)
+                    try:
+                        c = compose_trial(m["args"])
+                        reason = compatible([composed[0][0], c[0]])
+                        if reason is not None:
+                            raise ConfigError(f"trial {m['number']} cannot join this pack: {reason}")
+                    except Exception as e:  # noqa: BLE001 - it fails alone, as it would unpacked
+                        log.error("%s", e)
+                        composed.append(None)
+                        pack.refuse(len(members) - 1, exit_status(e), str(e))
+                        continue
+                    composed.append(c)
+                    runs.append(len(members) - 1)
+                    joining.append((c[0], c[1]))
+                training = [i for i in runs if i not in pack.done]  # the pack as the joiners start
+                for i in training[len(training) - len(joining):]:
+                    pack.companions[i] = [members[j]["number"] for j in training]
+                    _point_to_pack_log(members[i], [members[j] for j in training], first_log)
+                return joining
 
             log.info("Training %d trials in one pack: %s", len(members), ", ".join(str(m["number"]) for m in members))
             train_packed([c for c, _, _ in composed], [d for _, d, _ in composed],
-                         on_evaluate=pack.on_evaluate, on_end=lambda i, run: pack.on_end(
-                             i, run, EXIT_DIVERGED if run.status == "diverged" else 0),
-                         on_start=lambda i, run: pack.on_start(i, run, composed[i][2]))
+                         on_evaluate=lambda i, run, metrics: pack.on_evaluate(runs[i], run, metrics),
+                         on_end=lambda i, run: pack.on_end(runs[i], run, EXIT_DIVERGED if run.status == "diverged" else 0),
+                         on_start=lambda i, run: pack.on_start(runs[i], run, composed[runs[i]][2]), admit=admit)
         except KeyboardInterrupt as e:  # ftrun.signals.Stopped: the sweeper stops the pack (and the worker)
             pack.end_all("KILLED", None, f"stopped by {e}")
             raise
         except BaseException as e:  # noqa: BLE001 - the worker outlives the pack
             pack.end_all("FAILED", exit_status(e), f"{type(e).__name__}: {e}")
         log.info("Pack finished in the worker after %.2f s", time.perf_counter() - started)
+
+
+def _point_to_pack_log(member: Dict[str, Any], members: List[Dict[str, Any]], pack_log: str) -> None:
+    with open(member["log"], "a") as f:
+        f.write(f"Trained in one pack with trials {', '.join(str(x['number']) for x in members)}; "
+                f"the pack's log is {pack_log}\n")
 
 
 class _PackTrials:
@@ -58,6 +93,8 @@ class _PackTrials:
         self.trackers: Dict[int, Any] = {}
         self.pruners: Dict[int, Any] = {}
         self.done: set = set()
+        numbers = [m["number"] for m in members]
+        self.companions: Dict[int, List[int]] = {i: numbers for i in range(len(members))}  # the pack as i started
 
     def on_start(self, i: int, run, overrides: List[str]) -> None:
         from ftrun.packed.tracking import make_packed_tracker
@@ -128,6 +165,14 @@ class _PackTrials:
             if rc is not None:
                 self._answer(i, rc)
 
-    def _answer(self, i: int, rc: int) -> None:
+    def refuse(self, i: int, rc: int, reason: str) -> None:
+        """A member that could not join the pack: answered at once, with no MLflow run opened; its log says why."""
+        with open(self.members[i]["log"], "a") as f:
+            f.write(f"ERROR: {reason}\n")
+        self._answer(i, rc, reason)
+
+    def _answer(self, i: int, rc: int, reason: Optional[str] = None) -> None:
         self.done.add(i)
-        self.reply({"number": self.members[i]["number"], "rc": rc, "worker_s": time.perf_counter() - self.started})
+        message = {"number": self.members[i]["number"], "rc": rc, "worker_s": time.perf_counter() - self.started,
+                   "packed_with": self.companions.get(i, [self.members[i]["number"]])}
+        self.reply({**message, "reason": reason} if reason else message)

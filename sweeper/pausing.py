@@ -10,7 +10,6 @@ paused is recorded PRUNED and its checkpoints deleted.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from ftrun.contract import ATTR_FAIL_REASON, ATTR_PAUSED_AT, ATTR_PAUSED_AT_STEP, ATTR_PROMOTIONS, ATTR_PRUNED
@@ -33,7 +32,7 @@ class PauseAndPromote:
 
     def _pause(self, r, result: dict) -> None:
         """The trial paused at a rung: it stays RUNNING in the study, waiting to be promoted."""
-        duration = (time.time() - r.started) * r.share + earlier_seconds(r.trial)  # share: 1/K in a pack of K
+        duration = r.seconds() + earlier_seconds(r.trial)  # in a pack: its share of the pack's time
         at = int(result.get("paused_at") or 0)
         for key, value in {ATTR_PAUSED_AT: at, ATTR_PAUSED_AT_STEP: result.get(ATTR_PAUSED_AT_STEP),
                            "duration_s": duration}.items():
@@ -44,6 +43,13 @@ class PauseAndPromote:
         self.view.trial_finished(r.trial.number, PAUSED.upper(), value, duration, f"paused at {at} examples")
         if self.parent:
             self.parent.tag_child(r.trial_dir, r.trial, PAUSED.upper(), None, overrides=r.overrides)
+
+    def _promotable(self) -> bool:
+        """Whether the promotion rule would promote a paused trial now (it goes before new trials)."""
+        from sweeper import promotion
+
+        return isinstance(self.study.pruner, promotion.PromotionPruner) and self.study.pruner.next_promotion(
+            self.study, exclude={r.trial.number for r in self.running.values()}) is not None
 
     def _promote(self, slot: Slot, last_resort: bool = False) -> bool:
         """Resume the paused trial the promotion rule picks, in ``slot``, from its checkpoint; False when none.

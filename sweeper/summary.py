@@ -72,7 +72,7 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
             note = f"paused at {t.user_attrs[ATTR_PAUSED_AT]} examples, waiting to be promoted"
         if t.user_attrs.get(TAG_RETRY_OF) is not None:
             note = f"retry of trial {t.user_attrs['retry_of']} {note}".strip()
-        if t.user_attrs.get(ATTR_PACKED_WITH):  # sweeper.pack: its time is the pack's wall time / K
+        if len(t.user_attrs.get(ATTR_PACKED_WITH) or []) > 1:  # sweeper.pack: its time is its share of the pack's
             pack = t.user_attrs[ATTR_PACKED_WITH]
             note = f"packed with {len(pack)} (trials {', '.join(map(str, pack))}) {note}".strip()
         dur = trial_seconds(t)

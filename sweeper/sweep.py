@@ -42,6 +42,7 @@ from sweeper import stale_trials
 from sweeper.budget import Budget
 from sweeper.compute import compute_account
 from sweeper.outcome import Outcome, classify, diverged, has_checkpoint, is_oom, log_tail, read_result
+from sweeper.pack import Pack, PackMember, gather, pack_reason, pack_size
 from sweeper.parent import ParentRun
 from sweeper.pausing import PAUSED, PauseAndPromote, earlier_seconds
 from sweeper.quota import TrialQuota
@@ -77,7 +78,16 @@ class Running:
     extra: List[str]
     started: float
     oom_retried: bool = False
-    share: float = 1.0  # its share of the slot: 1/K in a pack of K (sweeper.pack), its trial-seconds scaled by it
+
+    def seconds(self) -> float:
+        """Its trial-seconds in this run of the sweep: its wall time, or in a pack its share of the pack's
+        (:meth:`sweeper.pack.Pack.seconds`)."""
+        in_pack = getattr(self.proc, "seconds", None)
+        return in_pack() if in_pack is not None else time.time() - self.started
+
+    @property
+    def packed(self) -> bool:
+        return hasattr(self.proc, "pack")
 
 
 @dataclass
@@ -193,11 +203,18 @@ class Sweep(PauseAndPromote):
                 self._interrupt()
                 raise SweepError(f"interrupted by signal {self.signals.signum}; rerun the same command to "
                                  "resume (the running trials will be retried)")
+            left_packs = {}  # slot index -> (slot, pack): packs a member left, still training
             for r in list(self.running.values()):
-                if r.proc.poll() is not None and self._finish(r) and not self._busy(r.slot):
-                    free.append(r.slot)
-                    free.sort(key=lambda slot: slot.index)
+                if r.proc.poll() is not None and self._finish(r):
+                    if not self._busy(r.slot):
+                        free.append(r.slot)
+                        free.sort(key=lambda slot: slot.index)
+                    elif r.packed:
+                        left_packs[r.slot.index] = (r.slot, r.proc.pack)
             stopped = self._check_limits(stopped)
+            for slot, pack in left_packs.values():
+                if stopped is None and not self.budget.spent:
+                    self._join(slot, pack, max(0, self.quota.need()))
             while free and stopped is None and not self.budget.spent and self._promote(free[0]):
                 free.pop(0)
             while self.pending and free and stopped is None and not self.budget.spent:
@@ -261,9 +278,8 @@ class Sweep(PauseAndPromote):
 
     def trial_seconds(self) -> float:
         """Compute spent on this study (its compute account, all runs of the sweep) plus the running trials'."""
-        now = time.time()
         done = compute_account(self.study.get_trials(deepcopy=False)).used_s
-        return done + sum((now - r.started) * r.share for r in self.running.values())
+        return done + sum(r.seconds() for r in self.running.values())
 
     def _others_running(self) -> bool:
         return self.quota.others_running({r.trial.number for r in self.running.values()}
@@ -277,8 +293,6 @@ class Sweep(PauseAndPromote):
     def _launch_some(self, slot: Slot, want: int) -> int:
         """Start trials in the free ``slot``: a pack of up to ``hydra.sweeper.pack`` (at most ``want`` new ones) where
         packing can run, else one trial (a waiting one first); how many started."""
-        from sweeper.pack import pack_reason, pack_size
-
         if pack_size(self.s.conf) > 1 and pack_reason(self.s.conf, self.pool.warm(slot)) is None:
             return self._launch_pack(slot, pack_size(self.s.conf), want)
         return int(self._launch(slot, picked=self.pending.pop(0) if self.pending else None))
@@ -286,30 +300,9 @@ class Sweep(PauseAndPromote):
     def _launch_pack(self, slot: Slot, k: int, want: int) -> int:
         """Start up to ``k`` trials that can train in one pack in ``slot`` (:mod:`sweeper.pack`): waiting ones first,
         then up to ``want`` new ones from the study."""
-        from sweeper.pack import Pack, PackMember, gather
-
-        asked = [0]
-
-        def ask():
-            if asked[0] >= want:
-                return None
-            asked[0] += 1
-            return self._next_trial()
-
-        def memory(cfgs):  # pack=auto: as many as the slot's memory holds
-            return pack_too_big(cfgs, slot, self.s.conf.get("memory_limit_gb"), int(self.s.conf.get("n_jobs", 1)))
-
-        members, self.pending = gather(self.pending, ask, self._trial_args, k, self._composed,
-                                       memory if self.s.conf.get("pack") == "auto" else None)
-        specs = []
-        for picked, args in members:
-            trial, params, extra, trial_dir = picked
-            if self._too_big(trial, slot, args):
-                continue
-            specs.append((trial, trial_dir, args, extra, self._prepare(slot, trial, params, extra, trial_dir, args)))
+        specs = self._gather_pack(slot, k, want)
         worker = self.pool.get(slot)
-        pack = Pack(worker, [{"number": t.number, "args": a, "env": p[1], "log": str(d / TRIAL_LOG)}
-                             for t, d, a, _, p in specs]) if len(specs) > 1 else None
+        pack = Pack(worker, [self._member(s) for s in specs]) if len(specs) > 1 else None
         if pack is not None:
             log.info("Trials %s train in one pack (%s, warm worker %d)", ", ".join(str(t.number) for t, *_ in specs),
                      slot.describe(), worker.pid)
@@ -322,6 +315,61 @@ class Sweep(PauseAndPromote):
             self._start(slot, trial, trial_dir, overrides, extra, args, env, cmd, True, proc=proc,
                         share=1.0 / len(specs))
         return len(specs)
+
+    def _join(self, slot: Slot, pack, want: int) -> int:
+        """A member left ``pack`` in ``slot`` and it still trains: send it up to ``want`` new trials (waiting ones
+        first) compatible with the members still in it, up to the pack's size; how many joined."""
+        room = pack_size(self.s.conf) - len(pack.open)
+        worker = self.pool.workers.get(slot.index)
+        if room <= 0 or worker is not pack.worker or not worker.alive() or any(
+                self._composed.get(n) is None for n in pack.open):
+            return 0
+        if self.pool.max_trials and worker.trials >= self.pool.max_trials:  # it retires when the pack ends
+            return 0
+        if self._promotable():  # a paused trial the rule promotes goes first; it resumes alone, in a free slot
+            return 0
+        present = sorted(pack.open)
+        specs = self._gather_pack(slot, room, want, present)
+        if not specs:
+            return 0
+        pack.join([self._member(s) for s in specs])
+        log.info("Trials %s join the pack of trials %s (%s, warm worker %d)",
+                 ", ".join(str(t.number) for t, *_ in specs), ", ".join(map(str, present)), slot.describe(), worker.pid)
+        for trial, trial_dir, args, extra, (overrides, env, cmd) in specs:
+            trial.set_user_attr(ATTR_PACKED_WITH, [*present, *(t.number for t, *_ in specs)])
+            self._start(slot, trial, trial_dir, overrides, extra, args, env, cmd, True, proc=PackMember(
+                pack, trial.number), share=1.0 / len(pack.open))
+        return len(specs)
+
+    def _gather_pack(self, slot: Slot, k: int, want: int, present: Sequence[int] = ()) -> List[tuple]:
+        """Up to ``k`` trials for a pack in ``slot`` (joining ``present``: trial numbers training in it), waiting
+        ones first, then up to ``want`` new ones (:func:`sweeper.pack.gather`); each prepared to start."""
+        asked = [0]
+
+        def ask():
+            if asked[0] >= want:
+                return None
+            asked[0] += 1
+            return self._next_trial()
+
+        def memory(cfgs):  # pack=auto: as many as the slot's memory holds
+            return pack_too_big(cfgs, slot, self.s.conf.get("memory_limit_gb"), int(self.s.conf.get("n_jobs", 1)))
+
+        members, self.pending = gather(self.pending, ask, self._trial_args, k, self._composed,
+                                       memory if self.s.conf.get("pack") == "auto" else None, present=present)
+        specs = []
+        for picked, args in members:
+            trial, params, extra, trial_dir = picked
+            if self._too_big(trial, slot, args):
+                continue
+            specs.append((trial, trial_dir, args, extra, self._prepare(slot, trial, params, extra, trial_dir, args)))
+        return specs
+
+    @staticmethod
+    def _member(spec: tuple) -> Dict[str, Any]:
+        """A pack member's message to the worker: its number, arguments, environment and log."""
+        trial, trial_dir, args, _, (_, env, _) = spec
+        return {"number": trial.number, "args": args, "env": env, "log": str(trial_dir / TRIAL_LOG)}
 
     def _drop_pending(self, why: str) -> None:
         """Trials asked for a pack that will never get a slot: told FAIL as not run, their configuration put back
@@ -391,8 +439,7 @@ class Sweep(PauseAndPromote):
             trial.set_user_attr("worker_trial", proc.worker.trials)  # 1: the worker's first, which pays its start
         log.info("Trial %d started (%s%s): %s", trial.number, slot.describe(),
                  ", packed" if share < 1 else ", warm worker" if warm else "", " ".join(overrides))
-        self.running[trial.number] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried,
-                                             share)
+        self.running[trial.number] = Running(trial, slot, proc, trial_dir, overrides, list(extra), now, oom_retried)
         if not promoted:
             self.view.trial_started(trial.number, trial.params, overrides, share)
 
@@ -445,7 +492,7 @@ class Sweep(PauseAndPromote):
         rc = r.proc.returncode
         result = read_result(r.trial_dir, since=r.started)
         tail = log_tail(r.trial_dir / TRIAL_LOG)
-        if not (rc == 0 and result is not None) and not diverged(result) and is_oom(tail) and r.share == 1.0 \
+        if not (rc == 0 and result is not None) and not diverged(result) and is_oom(tail) and not r.packed \
                 and self._retry_oom(r):
             return False
         if rc == 0 and result is not None and result.get("status") == PAUSED:
@@ -456,7 +503,9 @@ class Sweep(PauseAndPromote):
         out = classify(result, self.s.objectives, self.s.multi, rc, tail)
         if isinstance(r.proc, WarmTrial):
             out.reason = self.pool.after_trial(r.slot, r.proc, out.reason)
-        duration = (time.time() - r.started) * r.share + earlier_seconds(r.trial)
+        duration = r.seconds() + earlier_seconds(r.trial)
+        if r.packed and r.proc.info.get(ATTR_PACKED_WITH):  # the pack it trained in, as the worker saw it
+            r.trial.set_user_attr(ATTR_PACKED_WITH, r.proc.info[ATTR_PACKED_WITH])
         for key, value in {**out.attrs(), "duration_s": duration}.items():
             r.trial.set_user_attr(key, value)
         try:

@@ -174,19 +174,62 @@ def main(argv: Optional[List[str]] = None) -> int:
     worker_cache.enable()
     log.info("Worker %d ready in %.1f s", os.getpid(), time.perf_counter() - started)
     reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    requests = Requests(sys.stdin.fileno())
     while True:
-        line = sys.stdin.readline()
-        if not line:
+        request = requests.next()
+        if request is None:
             return 0
-        request = json.loads(line)
-        if "pack" in request:  # hydra.sweeper.pack: several trials at once, a reply as each ends (sweeper.pack)
+        if "pack" in request or "join" in request:  # hydra.sweeper.pack: several trials at once, a reply as each
+            # ends (sweeper.pack); trials sent to join a pack that ended meanwhile start a pack of their own, the
+            # first one's, which the others join (each checked against it)
             from sweeper.pack_process import run_pack
 
-            run_pack(request, lambda message: reply.write(json.dumps(message) + "\n"))
+            if "join" in request:
+                first, *others = request["join"]
+                request = {"pack": [first]}
+                if others:
+                    requests.queue.insert(0, {"join": others})
+            run_pack(request, lambda message: reply.write(json.dumps(message) + "\n"), joins=requests.joins)
         else:
             rc, info = run_trial(request)
             reply.write(json.dumps({"rc": rc, **info}) + "\n")
         _release_memory()  # after the reply: the sweeper need not wait for it
+
+
+class Requests:
+    """The sweeper's messages on the worker's stdin, one JSON object a line: :meth:`next` waits for one; a pack in
+    training takes the trials sent to join it (:meth:`joins`) between steps without waiting; other messages wait
+    their turn."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = b""
+        self.queue: List[Dict[str, Any]] = []
+        self.eof = False
+
+    def next(self) -> Optional[Dict[str, Any]]:
+        """The next message, waiting for it; None at the end of input (the sweeper closed it)."""
+        while not self.queue and not self.eof:
+            self._read(None)
+        return self.queue.pop(0) if self.queue else None
+
+    def joins(self) -> List[Dict[str, Any]]:
+        """The members of every join message arrived so far (``{"join": [member, ...]}``); never waits."""
+        while not self.eof and select.select([self.fd], [], [], 0)[0]:
+            self._read(0)
+        members = [m for message in self.queue if "join" in message for m in message["join"]]
+        self.queue = [message for message in self.queue if "join" not in message]
+        return members
+
+    def _read(self, timeout: Optional[float]) -> None:
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        self.queue.extend(json.loads(line) for line in lines if line.strip())
 
 
 def prepare_process() -> None:

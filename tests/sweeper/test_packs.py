@@ -90,6 +90,66 @@ def test_each_packed_trial_is_its_own_mlflow_child_run(packed_and_alone):
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [2, 4, 6]
 
 
+def test_a_trial_joins_a_running_pack_when_a_member_leaves(tmp_path, caplog):
+    """pack=2 over (lr, max_steps) in grid order: trials 0 (2 steps) and 1 (60) start packed; when 0 leaves, trial 2
+    (2 steps) joins 1 in its worker, then trial 3 (60) when 2 leaves. The joiners end as they do unpacked, and the
+    pack's wall time is charged once, split among the members training at each moment."""
+    from ftrun.train import run
+
+    caplog.set_level(logging.INFO, logger="ftrun.sweeper")
+    study = sweep(tmp_path, ["lr=1e-3,3e-3", "max_steps=2,60", "train.eval_steps=30"], "join", pack=2)
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert [(t.params["lr"], t.params["max_steps"]) for t in trials] == [(1e-3, 2), (1e-3, 60), (3e-3, 2),
+                                                                          (3e-3, 60)]
+    assert [t.user_attrs["packed_with"] for t in trials] == [[0, 1], [0, 1], [1, 2], [1, 3]]
+    assert "Trials 2 join the pack of trials 1" in caplog.text and "Trials 3 join the pack of trials 1" in caplog.text
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 1  # one worker, one base, one pack throughout
+    pack_log = (Path(trials[0].user_attrs["trial_dir"]) / "trial.log").read_text()
+    assert "Training 2 trials in one pack" in pack_log and pack_log.count("joins the pack at its step") == 2
+    for t in trials[2:]:
+        cfg = compose_cfg([*TRIAL, "tracking.enabled=false", "train.eval_steps=30", f"lr={t.params['lr']}",
+                           f"max_steps={t.params['max_steps']}"])
+        assert t.value == pytest.approx(run(cfg, tmp_path / "alone" / str(t.number)), rel=1e-5), t.params
+    # every second of the pack charged once: the members' trial-seconds add up to the pack's wall time
+    durations = sum(t.user_attrs["duration_s"] for t in trials)
+    wall = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    assert 0.8 * wall < durations <= wall + 0.5, (durations, wall)
+
+
+def test_trials_sent_to_join_a_pack_that_has_ended_train_as_a_pack_of_their_own(tmp_path):
+    """The race a join can lose: the pack's last member ended in the worker before the join arrived. The worker
+    trains the joiners as a new pack, and its answer says whom each trained with; one that cannot join is answered
+    at once with a configuration error and its log says why."""
+    from ftrun.exit_status import EXIT_CONFIG_ERROR
+    from sweeper.pack import Pack, PackMember
+    from sweeper.slots import make_slots
+    from sweeper.worker import Worker
+
+    (slot,) = make_slots(1, gpus_per_trial=0)
+    worker = Worker(slot, tmp_path / "worker.log", env={"TOKENIZERS_PARALLELISM": "false"})
+
+    def member(number, *extra):
+        d = tmp_path / f"trial_{number}"
+        d.mkdir()
+        return {"number": number, "args": [*TRIAL, "tracking.enabled=false", *extra, f"hydra.run.dir={d}"],
+                "env": {}, "log": str(d / "trial.log")}
+
+    try:
+        pack = Pack(worker, [member(0, "max_steps=1")])
+        first = PackMember(pack, 0)
+        assert first.wait(timeout=600) == 0
+        pack.join([member(1), member(2, "batch_size=4")])
+        joined, refused = PackMember(pack, 1), PackMember(pack, 2)
+        assert joined.wait(timeout=600) == 0 and refused.wait(timeout=600) == EXIT_CONFIG_ERROR
+    finally:
+        worker.close()
+    assert first.info["packed_with"] == [0] and joined.info["packed_with"] == [1], (first.info, joined.info)
+    assert json.loads((tmp_path / "trial_1" / "result.json").read_text())["global_step"] == 6
+    assert "micro-batch size differs" in (tmp_path / "trial_2" / "trial.log").read_text()
+    assert pack.open == set() and pack.seconds(1) > 0
+
+
 def test_pruning_and_divergence_stop_one_member_and_an_incompatible_trial_runs_unpacked(tmp_path, caplog):
     """lr 1e6 diverges (its gradients NaN at once, or all 0 from step 3 on: ftrun.divergence) before the first
     evaluation (step 6 of 8), where the threshold pruner stops lr 1e-3; the two micro-batch sizes cannot share a
@@ -237,7 +297,7 @@ def _wait_for_pack(sweeps: Path, proc, sweep_log: Path, timeout: float = 300) ->
 
 def test_pack_auto_holds_as_many_trials_as_the_slots_memory_fits(tmp_path, caplog):
     """hydra.sweeper.pack=auto with a memory limit that holds two of these trials in a pack but not three: two train
-    packed, the third waits (the log says why) and trains in the next pack, alone."""
+    packed, the third waits (the log says why) for a member to leave."""
     from ftrun.estimate.pack import pack_fits, pack_peak
 
     caplog.set_level(logging.INFO, logger="ftrun.sweeper")
@@ -249,5 +309,7 @@ def test_pack_auto_holds_as_many_trials_as_the_slots_memory_fits(tmp_path, caplo
                                                                                       device="cpu")[0]
     study = sweep(tmp_path, ["lr=1e-3,2e-3,3e-3"], "auto", pack="auto", memory_limit_gb=limit_gb)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert [t.user_attrs.get("packed_with") for t in study.trials] == [[0, 1], [0, 1], None]
+    packs = [t.user_attrs.get("packed_with") for t in study.trials]
+    # the third never trains beside both: alone, or joining trial 1 once trial 0 has left (if 1 still trains then)
+    assert packs[:2] == [[0, 1], [0, 1]] and packs[2] in (None, [2], [1, 2]), packs
     assert "Trial 2 waits for the next free slot: a pack of 3: estimated peak" in caplog.text
