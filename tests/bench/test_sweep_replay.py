@@ -1,0 +1,57 @@
+"""bench/sweep_replay.py's accounting on a made-up grid: a repeated configuration costs nothing, the budget stops
+new trials (a started one counts), and the replay follows the sampler the sweeper builds. No trial runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("sweep_replay", ROOT / "bench" / "sweep_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+replay = _bench()
+LRS, RANKS, BATCHES = [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3], [4, 16, 64], [8, 16]
+
+
+def made_up_grid(best_at=(4e-3, 64, 8)):
+    """Every configuration 10 trial-seconds; loss 2.0 everywhere but 1.0 at ``best_at``."""
+    return {(lr, r, b): (1.0 if (lr, r, b) == best_at else 2.0, 10.0) for lr in LRS for r in RANKS for b in BATCHES}
+
+
+def test_a_grid_in_the_records_format_reads_back_as_loss_and_seconds():
+    task = {"grid": [{"records": [{"params": {"lr": 1e-4, "rank": 4, "batch_size": 8}, "state": "COMPLETE",
+                                   "value": 2.5, "seconds": 12.0},
+                                  {"params": {"lr": 3e-4, "rank": 4, "batch_size": 8}, "state": "FAIL",
+                                   "value": None, "seconds": 1.0}]}]}
+    assert replay.grid_of(task) == {(1e-4, 4, 8): (2.5, 12.0)}
+
+
+def test_the_sweep_runs_until_it_finds_the_best_and_counts_only_new_configurations():
+    grid = made_up_grid()
+    run = replay.replay({"name": "random"}, 0, grid, budget=70.0, best=1.0)
+    assert run["reached_s"] == 10.0 * run["trials"]  # repeats were free: each distinct configuration cost 10 s
+    assert run["within_budget"] == (run["reached_s"] - 10.0 < 70.0)  # it started before 70 s were spent
+    assert run["best_in_budget"] == (1.0 if run["within_budget"] else 2.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_budget_too_small_for_one_trial_still_lets_the_first_start(seed):
+    run = replay.replay({"name": "tpe", "n_startup_trials": 4}, seed, made_up_grid(), budget=5.0, best=1.0)
+    assert run["best_in_budget"] is not None  # the first trial starts at 0 s
+    assert run["within_budget"] == (run["trials"] == 1)
+
+
+def test_an_unreachable_best_exhausts_the_grid():
+    run = replay.replay({"name": "random"}, 0, made_up_grid(), budget=1e9, best=0.5)
+    assert run["reached_s"] is None and run["trials"] == 36 and run["best_in_budget"] == 1.0
