@@ -165,6 +165,19 @@ def _build_specs(conf, bad, build_sampler, build_pruner, is_grid) -> None:
         build_pruner(conf.get("pruner", "median"))
     except SweepConfigError as e:
         bad("pruner", _reason(e))
+    if _gp_with_pruner(conf):
+        bad("pruner", "Optuna's GP sampler (hydra.sweeper.sampler=gp, sweep=auto's) learns only from complete trials, "
+                      "so it proposes a pruned configuration again and again (bench/sweep_replay.py saw a sweep "
+                      "spend its whole budget so); add hydra.sweeper.sampler=tpe to prune, or hydra.sweeper.pruner=none")
+
+
+def _gp_with_pruner(conf: Mapping[str, Any]) -> bool:
+    from sweeper.study import pruner_key, sampler_name
+
+    try:
+        return sampler_name(conf.get("sampler", "tpe")) == "GPSampler" and pruner_key(conf.get("pruner")) != "none"
+    except SweepConfigError:
+        return False  # (a bad spec is reported above)
 
 
 def _check_space(conf: Mapping[str, Any], arguments: Sequence[str], problems: List[str]) -> None:

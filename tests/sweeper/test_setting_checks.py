@@ -28,6 +28,9 @@ OK = {"n_trials": 20, "n_jobs": 1, "heartbeat_s": 10.0, "stale_after_s": 60.0, "
     ({"sampler": "nope"}, "hydra.sweeper.sampler=nope: choose one of tpe"),
     ({"sampler": {"name": "nsgaii", "population_size": 1}}, "population_size"),
     ({"pruner": {"name": "median", "n_startup_trials": -3}}, "cannot be negative"),
+    ({"sampler": {"name": "gp", "n_startup_trials": 4}, "pruner": "hyperband"},
+     "hydra.sweeper.pruner=hyperband: Optuna's GP sampler (hydra.sweeper.sampler=gp, sweep=auto's) learns only from "
+     "complete trials"),
     ({"params": {"lr": "interval(1e-2,1e-4)"}}, "interval needs start < end"),
     ({"conditions": {"nope": {"method": ["lora"]}}}, "hydra.sweeper.conditions.nope: no such search parameter"),
 ])
@@ -35,6 +38,11 @@ def test_a_bad_setting_is_named_with_its_fix(setting, says):
     with pytest.raises(SweepConfigError) as err:
         check_settings({**OK, **setting}, ["lr=choice(1e-3,1e-2)"])
     assert says in str(err.value)
+
+
+def test_the_gp_sampler_without_pruning_and_tpe_with_it_are_accepted():
+    check_settings({**OK, "sampler": {"name": "gp", "n_startup_trials": 4}, "pruner": "none"}, ["lr=choice(1e-3,1e-2)"])
+    check_settings({**OK, "sampler": "tpe", "pruner": "hyperband"}, ["lr=choice(1e-3,1e-2)"])
 
 
 def test_every_problem_at_once_and_the_sweep_expression_named_as_typed():
