@@ -222,7 +222,7 @@ def load_study(out: Path, name: str):
 
 def read_sweep(out: Path, name: str) -> dict:
     """The trials of one sweep, in the order they finished, with durations and phase splits."""
-    from ftrun.contract import ATTR_TRIAL_DIR, RESULT_FILE
+    from ftrun.contract import ATTR_TRIAL_DIR, RESULT_FILE, TRAINER_STATE
 
     study = load_study(out, name)
     trials = [t for t in study.trials if t.datetime_complete and "duplicate_of" not in t.user_attrs]
@@ -244,6 +244,9 @@ def read_sweep(out: Path, name: str) -> dict:
             phases["start"] = max(0.0, seconds - sum(phases.values()))
             rec["phases"] = phases
             rec["global_step"] = result.get("global_step")
+            # the eval loss at every evaluation (bench/sweep_replay.py replays pruners from these curves)
+            state = json.loads((Path(t.user_attrs[ATTR_TRIAL_DIR]) / TRAINER_STATE).read_text())
+            rec["curve"] = [[h["step"], h["eval_loss"]] for h in state.get("log_history", []) if "eval_loss" in h]
         except (OSError, KeyError, ValueError):
             pass
         records.append(rec)

@@ -13,9 +13,13 @@ value and charged nothing (as the sweeper does), and the sweep stops starting tr
 (``--budget-share`` of the grid's trial-seconds) is spent. Per sampler and task: in how many seeds a trial within 1%
 of the grid's best finished within the budget, and the median trial-seconds until the first such trial.
 
-What it cannot replay: pruning and pause-and-promote (their trials stop at rungs whose values the grid did not
-record), timing noise (each configuration costs what it cost once), and parallel slots. Those stay with
-bench/sweep_efficiency.py's real sweeps.
+Pruners too, where the grid recorded each trial's eval loss at every evaluation (``curve``, written by
+bench/sweep_efficiency.py since 2026-12-04): a trial stopped at a rung trained exactly as the grid's trial did up to
+there (the same cosine schedule, the same seed), so it reports the curve's values as the sweeper does (at the
+examples seen, rounded to ``train.eval_examples``; the last evaluation decides nothing) and, pruned, is charged its
+grid trial-seconds times the share of its steps it trained. What it cannot replay: pause and promote with decay
+branches (their branch values are not in a cosine grid), timing noise (each configuration costs what it cost
+once), and parallel slots. Those stay with bench/sweep_efficiency.py's real sweeps.
 """
 
 from __future__ import annotations
@@ -34,117 +38,183 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from sweep_efficiency import space_args  # noqa: E402  (the bench's own space)
 
-CANDIDATES = {  # label: hydra.sweeper.sampler spec
-    "TPE, 4 start-up (sweep=auto before 2026-12-04)": {"name": "tpe", "n_startup_trials": 4},
-    "TPE, 10 start-up (Optuna's default)": {"name": "tpe"},
-    "TPE, 2 start-up": {"name": "tpe", "n_startup_trials": 2},
-    "GP (Optuna's GPSampler), 4 start-up (sweep=auto)": {"name": "gp", "n_startup_trials": 4},
-    "GP, 4 start-up, deterministic objective": {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True},
-    "GP, 2 start-up, deterministic objective": {"name": "gp", "n_startup_trials": 2, "deterministic_objective": True},
-    "GP, 6 start-up, deterministic objective": {"name": "gp", "n_startup_trials": 6, "deterministic_objective": True},
-    "random": {"name": "random"},
+CANDIDATES = {  # label: (hydra.sweeper.sampler spec, a PRUNERS key or None)
+    "TPE, 4 start-up (sweep=auto before 2026-12-04)": ({"name": "tpe", "n_startup_trials": 4}, None),
+    "TPE, 10 start-up (Optuna's default)": ({"name": "tpe"}, None),
+    "TPE, 2 start-up": ({"name": "tpe", "n_startup_trials": 2}, None),
+    "GP (Optuna's GPSampler), 4 start-up (sweep=auto)": ({"name": "gp", "n_startup_trials": 4}, None),
+    "GP, 4 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 4, "deterministic_objective": True},
+                                                None),
+    "GP, 2 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 2, "deterministic_objective": True},
+                                                None),
+    "GP, 6 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 6, "deterministic_objective": True},
+                                                None),
+    "random": ({"name": "random"}, None),
+    "TPE, 4 start-up + median pruning": ({"name": "tpe", "n_startup_trials": 4}, "median"),
+    "TPE, 4 start-up + Hyperband": ({"name": "tpe", "n_startup_trials": 4}, "Hyperband"),
+    "TPE, 4 start-up + successive halving": ({"name": "tpe", "n_startup_trials": 4}, "successive halving"),
+    "random + Hyperband": ({"name": "random"}, "Hyperband"),
+    # no GP with a pruner: Optuna's GP sampler learns only from complete trials and proposed one pruned
+    # configuration ~5,000 times in 8 of 28 instruct seeds (the sweeper refuses the pair, sweeper.setting_checks)
 }
 
 
-def grid_of(task: dict) -> Dict[Tuple, Tuple[float, float]]:
-    """(lr, rank, batch_size) -> (eval_loss, trial-seconds) of the recorded exhaustive grid."""
+EVAL_EXAMPLES = {"letters": 375, "instruct": 250}  # train.eval_examples of bench/sweep_efficiency.py's tasks
+PRUNERS = {  # label: hydra.sweeper.pruner spec (min_resource: one evaluation's examples)
+    "median": lambda every: {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 0},
+    "Hyperband": lambda every: {"name": "hyperband", "min_resource": every, "reduction_factor": 3},
+    "successive halving": lambda every: {"name": "successive_halving", "min_resource": every, "reduction_factor": 3},
+}
+
+
+def grid_of(task: dict) -> Dict[Tuple, dict]:
+    """(lr, rank, batch_size) -> the recorded grid trial: ``value`` (eval_loss), ``seconds``, and where recorded
+    ``curve`` ([step, eval_loss] at every evaluation) and ``steps``."""
     out = {}
     for sweep in task["grid"]:
         for r in sweep["records"]:
             if r["state"] == "COMPLETE":
-                p = r["params"]
-                out[(p["lr"], p["rank"], p["batch_size"])] = (r["value"], r["seconds"])
+                p = r["params"]  # (a grid sweep of runs.json fixes the batch size: grid_b8, grid_b16)
+                batch = p["batch_size"] if "batch_size" in p else int(sweep["name"].rsplit("_b", 1)[1])
+                out[(p["lr"], p["rank"], batch)] = {"value": r["value"], "seconds": r["seconds"],
+                                                             "curve": r.get("curve"), "steps": r.get("global_step")}
     return out
 
 
-def replay(spec: dict, seed: int, grid: Dict[Tuple, Tuple[float, float]], budget: float,
-           best: float) -> Dict[str, Optional[float]]:
-    """One sweep, run until a trial comes within 1% of ``best`` (or the grid is exhausted): the trial-seconds used
-    when it finished (``reached_s``), whether it started within ``budget`` (the sweep starts no trial once the
-    budget is spent; a started trial finishes), and the best value among the trials the budget allowed."""
+def examples_seen(step: int, batch_size: int, every: int) -> int:
+    """The step an evaluation is reported under, as sweeper.trial.examples_seen computes it."""
+    seen = step * batch_size
+    return max(every, round(seen / every) * every) if every > 0 else seen
+
+
+def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float,
+           pruner: Optional[dict] = None, every: int = 0) -> Dict[str, Optional[float]]:
+    """One sweep, run until a trial completes within 1% of ``best`` (or every configuration completed): the
+    trial-seconds used when it finished (``reached_s``), whether it started within ``budget`` (the sweep starts no
+    trial once the budget is spent; a started trial finishes), and the best value among the trials the budget
+    allowed. ``pruner``: a hydra.sweeper.pruner spec, asked after each of a trial's evaluations but its last."""
     import optuna
 
     from sweeper.space import sweep_space
-    from sweeper.study import build_sampler
+    from sweeper.study import build_pruner, build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = sweep_space({}, space_args())
-    study = optuna.create_study(sampler=build_sampler(spec, seed=seed), direction="minimize")
-    seen: Dict[Tuple, float] = {}
-    used, asks = 0.0, 0
+    study = optuna.create_study(sampler=build_sampler(spec, seed=seed), direction="minimize",
+                                pruner=build_pruner(pruner or "none"))
+    complete: Dict[Tuple, float] = {}
+    used, asks, trained, pruned = 0.0, 0, 0, 0
     best_in_budget = None
-    while len(seen) < len(grid) and asks < 5000:
+    while len(complete) < len(grid) and asks < 5000:
         asks += 1
         trial = study.ask()
         params = space.sample(trial, {})
         key = (float(params["lr"]), int(params["rank"]), int(params["batch_size"]))
-        value, seconds = grid[key]
-        study.tell(trial, value)
-        if key in seen:  # answered from the study: no compute
+        rec = grid[key]
+        if key in complete:  # answered from the study: no compute
+            study.tell(trial, complete[key])
             continue
-        seen[key] = value
         within = used < budget
-        used += seconds
+        trained += 1
+        stopped_at = None
+        if pruner is not None:
+            for step, loss in rec["curve"]:
+                if step >= rec["steps"]:
+                    break
+                trial.report(loss, examples_seen(step, key[2], every))
+                if trial.should_prune():
+                    stopped_at = step
+                    break
+        if stopped_at is not None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            used += rec["seconds"] * stopped_at / rec["steps"]
+            pruned += 1
+            continue
+        study.tell(trial, rec["value"])
+        complete[key] = rec["value"]
+        used += rec["seconds"]
         if within:
-            best_in_budget = value if best_in_budget is None else min(best_in_budget, value)
-        if value <= best * 1.01:
-            return {"reached_s": used, "trials": len(seen), "within_budget": within, "best_in_budget": best_in_budget}
-    return {"reached_s": None, "trials": len(seen), "within_budget": False, "best_in_budget": best_in_budget}
+            best_in_budget = rec["value"] if best_in_budget is None else min(best_in_budget, rec["value"])
+        if rec["value"] <= best * 1.01:
+            return {"reached_s": used, "trials": trained, "pruned": pruned, "within_budget": within,
+                    "best_in_budget": best_in_budget}
+    return {"reached_s": None, "trials": trained, "pruned": pruned, "within_budget": False,
+            "best_in_budget": best_in_budget}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(ROOT / "bench/results/sweep_efficiency.json"),
                     help="the sweep-efficiency results whose grids to replay")
+    ap.add_argument("--runs", metavar="DIR", help="instead: a bench/sweep_efficiency.py run directory (its "
+                    "<task>/runs.json), e.g. one made with --grid-only")
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--budget-share", type=float, default=0.2)
     ap.add_argument("--only", help="candidate labels' prefixes, separated by ';'")
     ap.add_argument("--publish", action="store_true", help="write bench/results/sweep_replay.{json,md}")
     args = ap.parse_args()
-    data = json.loads(Path(args.results).read_text())
+    if args.runs:
+        source = args.runs
+        tasks = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(args.runs).glob("*/runs.json"))}
+        grids_machine = f"the grids of {args.runs}"
+    else:
+        source = args.results
+        data = json.loads(Path(args.results).read_text())
+        tasks, grids_machine = data["tasks"], data.get("meta", {}).get("machine")
     candidates = {k: v for k, v in CANDIDATES.items()
                   if not args.only or any(k.startswith(p) for p in args.only.split(";"))}
     rows: List[dict] = []
-    for task_name, task in data["tasks"].items():
+    for task_name, task in tasks.items():
         grid = grid_of(task)
-        best = min(v for v, _ in grid.values())
-        total = sum(s for _, s in grid.values())
+        best = min(r["value"] for r in grid.values())
+        total = sum(r["seconds"] for r in grid.values())
         budget = args.budget_share * total
-        for label, spec in candidates.items():
-            runs = [replay(spec, seed, grid, budget, best) for seed in range(args.seeds)]
+        curves = all(r["curve"] and r["steps"] for r in grid.values())
+        for label, (spec, pruner) in candidates.items():
+            if pruner is not None and not curves:
+                print(f"{task_name:9s} {label:42s} skipped: the grid has no eval curves", flush=True)
+                continue
+            every = EVAL_EXAMPLES[task_name]
+            runs = [replay(spec, seed, grid, budget, best, None if pruner is None else PRUNERS[pruner](every), every)
+                    for seed in range(args.seeds)]
             hits = sum(r["within_budget"] for r in runs)
             first3 = sum(r["within_budget"] for r in runs[:3])
             to_reach = [r["reached_s"] for r in runs if r["reached_s"] is not None]
-            regret = statistics.median(100 * (r["best_in_budget"] / best - 1) for r in runs)
-            row = {"task": task_name, "sampler": label, "spec": spec, "seeds": args.seeds, "reached": hits,
-                   "seeds_0_1_2": first3, "median_reached_s": statistics.median(to_reach),
+            regret = statistics.median(100 * (r["best_in_budget"] / best - 1) for r in runs
+                                       if r["best_in_budget"] is not None)
+            row = {"task": task_name, "sampler": label, "spec": spec,
+                   "pruner": None if pruner is None else PRUNERS[pruner](every), "seeds": args.seeds,
+                   "reached": hits, "seeds_0_1_2": first3,
+                   "median_reached_s": statistics.median(to_reach) if to_reach else None,
                    "median_regret_pct": regret, "budget_s": budget, "grid_s": total, "runs": runs}
             rows.append(row)
+            med = row["median_reached_s"]
             print(f"{task_name:9s} {label:42s} within 1% on the budget: {hits:3d}/{args.seeds} (seeds 0-2: {first3}/3)"
-                  f"; median trial-s to within 1%: {row['median_reached_s']:.0f} ({row['median_reached_s'] / total:.2f}"
-                  f" of the grid); median regret on the budget {regret:.1f}%", flush=True)
+                  f"; median trial-s to within 1%: {'-' if med is None else f'{med:.0f} ({med / total:.2f} of the grid)'}"
+                  f"; median regret on the budget {regret:.1f}%", flush=True)
     if args.publish:
         out = ROOT / "bench/results"
-        meta = {"machine": f"{platform.node()}, replay (no training): the grids as recorded in {args.results}",
-                "budget_share": args.budget_share, "seeds": args.seeds,
-                "grids": data.get("meta", {}).get("machine")}
+        meta = {"machine": f"{platform.node()}, replay (no training): the grids as recorded in {source}",
+                "budget_share": args.budget_share, "seeds": args.seeds, "grids": grids_machine}
         (out / "sweep_replay.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         lines = ["# Samplers replayed on the recorded grids", "",
-                 f"Replay of `bench/results/sweep_efficiency.json`'s exhaustive grids (recorded on: {meta['grids']}); "
-                 f"no training here. Command: `python bench/sweep_replay.py --seeds {args.seeds} --publish`. "
+                 f"Replay of `{source}`'s exhaustive grids (recorded on: {meta['grids']}); no training here. "
+                 f"Command: `python bench/sweep_replay.py {'--runs ' + source + ' ' if args.runs else ''}"
+                 f"--seeds {args.seeds} --publish`. "
                  f"Budget: {args.budget_share} of each grid's trial-seconds. Sampler seeds 0..{args.seeds - 1}; "
                  "a seed counts when a trial within 1% of the grid's best started before the budget was spent "
                  "(the sweeper starts no trial after that; a started one finishes). Median trial-s to within 1%: each "
                  "sweep run on, past the budget, until it gets there (the median over seeds; the grid's own order "
                  "would need half the grid on average). Regret: how far the best trial on the budget ended above the "
                  "grid's best (median over seeds). See the script's docstring for what a replay cannot show "
-                 "(pruning, timing noise, parallel slots).",
+                 "(decay branches, timing noise, parallel slots).",
                  "", "| task | sampler | within 1% on the budget (all seeds) | seeds 0-2 | median trial-s to within 1% "
                  "| share of the grid's | median regret on the budget |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             med = r["median_reached_s"]
             lines.append(f"| {r['task']} | {r['sampler']} | {r['reached']}/{r['seeds']} | {r['seeds_0_1_2']}/3 | "
-                         f"{med:.0f} | {med / r['grid_s']:.2f} | {r['median_regret_pct']:.1f}% |")
+                         f"{'-' if med is None else round(med)} | {'-' if med is None else round(med / r['grid_s'], 2)} | "
+                         f"{r['median_regret_pct']:.1f}% |")
         (out / "sweep_replay.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -25,8 +25,13 @@ LRS, RANKS, BATCHES = [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3], [4, 16, 64], [8, 16]
 
 
 def made_up_grid(best_at=(4e-3, 64, 8)):
-    """Every configuration 10 trial-seconds; loss 2.0 everywhere but 1.0 at ``best_at``."""
-    return {(lr, r, b): (1.0 if (lr, r, b) == best_at else 2.0, 10.0) for lr in LRS for r in RANKS for b in BATCHES}
+    """Every configuration 10 trial-seconds and 4 steps, evaluated at steps 1-4; loss 2.0 everywhere but 1.0 at
+    ``best_at``; the first evaluation is 3.0 for lr 1e-4 and 2.5 for every other configuration."""
+    def rec(key):
+        value = 1.0 if key == best_at else 2.0
+        first = 3.0 if key[0] == 1e-4 else 2.5
+        return {"value": value, "seconds": 10.0, "steps": 4, "curve": [[1, first], [2, value], [3, value], [4, value]]}
+    return {(lr, r, b): rec((lr, r, b)) for lr in LRS for r in RANKS for b in BATCHES}
 
 
 def test_a_grid_in_the_records_format_reads_back_as_loss_and_seconds():
@@ -34,7 +39,7 @@ def test_a_grid_in_the_records_format_reads_back_as_loss_and_seconds():
                                    "value": 2.5, "seconds": 12.0},
                                   {"params": {"lr": 3e-4, "rank": 4, "batch_size": 8}, "state": "FAIL",
                                    "value": None, "seconds": 1.0}]}]}
-    assert replay.grid_of(task) == {(1e-4, 4, 8): (2.5, 12.0)}
+    assert replay.grid_of(task) == {(1e-4, 4, 8): {"value": 2.5, "seconds": 12.0, "curve": None, "steps": None}}
 
 
 def test_the_sweep_runs_until_it_finds_the_best_and_counts_only_new_configurations():
@@ -55,3 +60,27 @@ def test_a_budget_too_small_for_one_trial_still_lets_the_first_start(seed):
 def test_an_unreachable_best_exhausts_the_grid():
     run = replay.replay({"name": "random"}, 0, made_up_grid(), budget=1e9, best=0.5)
     assert run["reached_s"] is None and run["trials"] == 36 and run["best_in_budget"] == 1.0
+
+
+def test_a_pruned_trial_reports_its_curve_and_is_charged_the_steps_it_trained():
+    """Median pruning from the 5th trial: a configuration with lr 1e-4 is worse than every other at the first
+    evaluation (step 1 of 4), so from then on it stops there and costs a quarter of its 10 s."""
+    import optuna
+
+    grid = made_up_grid()
+    pruner = replay.PRUNERS["median"](8)
+    seen = []
+    real_report = optuna.trial.Trial.report
+
+    def recorded(self, value, step):
+        seen.append(step)
+        return real_report(self, value, step)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(optuna.trial.Trial, "report", recorded)
+        run = replay.replay({"name": "random"}, 3, grid, budget=1e9, best=1.0, pruner=pruner, every=8)
+    # examples seen at steps 1-3 of batch 8 and 16; never at the last step (4 x 16 = 64)
+    assert set(seen) <= {8, 16, 24, 32, 48} and 64 not in seen
+    full = run["trials"] - run["pruned"]
+    assert run["reached_s"] == pytest.approx(10.0 * full + 2.5 * run["pruned"])
+    assert run["pruned"] > 0
