@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sweep_efficiency import space_args  # noqa: E402  (the bench's own space)
 
 CANDIDATES = {  # label: (hydra.sweeper.sampler spec, a PRUNERS key or None)
-    "TPE, 4 start-up (sweep=auto before 2026-12-04)": ({"name": "tpe", "n_startup_trials": 4}, None),
+    "TPE, 4 start-up, no pruning (sweep=auto until 2026-12-04)": ({"name": "tpe", "n_startup_trials": 4}, None),
     "TPE, 10 start-up (Optuna's default)": ({"name": "tpe"}, None),
     "TPE, 2 start-up": ({"name": "tpe", "n_startup_trials": 2}, None),
-    "GP (Optuna's GPSampler), 4 start-up (sweep=auto)": ({"name": "gp", "n_startup_trials": 4}, None),
+    "GP (Optuna's GPSampler), 4 start-up": ({"name": "gp", "n_startup_trials": 4}, None),
     "GP, 4 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 4, "deterministic_objective": True},
                                                 None),
     "GP, 2 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 2, "deterministic_objective": True},
@@ -50,9 +50,13 @@ CANDIDATES = {  # label: (hydra.sweeper.sampler spec, a PRUNERS key or None)
     "GP, 6 start-up, deterministic objective": ({"name": "gp", "n_startup_trials": 6, "deterministic_objective": True},
                                                 None),
     "random": ({"name": "random"}, None),
-    "TPE, 4 start-up + median pruning": ({"name": "tpe", "n_startup_trials": 4}, "median"),
+    "TPE, 4 start-up + median pruning from the 5th trial": ({"name": "tpe", "n_startup_trials": 4}, "median"),
     "TPE, 4 start-up + Hyperband": ({"name": "tpe", "n_startup_trials": 4}, "Hyperband"),
     "TPE, 4 start-up + successive halving": ({"name": "tpe", "n_startup_trials": 4}, "successive halving"),
+    "TPE, 4 start-up + successive halving, auto min resource": ({"name": "tpe", "n_startup_trials": 4},
+                                                                "successive halving, auto"),
+    "TPE, 4 start-up + median pruning, Optuna's defaults (sweep=auto)": ({"name": "tpe", "n_startup_trials": 4},
+                                                                         "median, Optuna's defaults"),
     "random + Hyperband": ({"name": "random"}, "Hyperband"),
     # no GP with a pruner: Optuna's GP sampler learns only from complete trials and proposed one pruned
     # configuration ~5,000 times in 8 of 28 instruct seeds (the sweeper refuses the pair, sweeper.setting_checks)
@@ -64,6 +68,9 @@ PRUNERS = {  # label: hydra.sweeper.pruner spec (min_resource: one evaluation's 
     "median": lambda every: {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 0},
     "Hyperband": lambda every: {"name": "hyperband", "min_resource": every, "reduction_factor": 3},
     "successive halving": lambda every: {"name": "successive_halving", "min_resource": every, "reduction_factor": 3},
+    # min_resource auto: the first complete trial's examples / 100 (Optuna's heuristic), so any eval cadence fits
+    "successive halving, auto": lambda every: {"name": "successive_halving", "reduction_factor": 3},
+    "median, Optuna's defaults": lambda every: {"name": "median"},
 }
 
 
@@ -100,8 +107,9 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = sweep_space({}, space_args())
-    study = optuna.create_study(sampler=build_sampler(spec, seed=seed), direction="minimize",
-                                pruner=build_pruner(pruner or "none"))
+    # a fixed name: Hyperband assigns trials to brackets by hashing the study's name with the trial number
+    study = optuna.create_study(study_name=f"replay-{seed}", sampler=build_sampler(spec, seed=seed),
+                                direction="minimize", pruner=build_pruner(pruner or "none"))
     complete: Dict[Tuple, float] = {}
     used, asks, trained, pruned = 0.0, 0, 0, 0
     best_in_budget = None

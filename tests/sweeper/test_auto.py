@@ -60,27 +60,18 @@ def test_auto_sweep_searches_the_lora_priors(tmp_path):
     assert list(dists["rank"].choices) == [8, 16, 32, 64]
 
 
-def test_auto_sweep_searches_with_the_gp_sampler_it_ships(tmp_path, monkeypatch):
-    """sweep=auto's sampler (chosen by bench/sweep_replay.py): Optuna's GP sampler, which proposes every searched
-    parameter once the 4 random start-up trials are done."""
+def test_auto_sweep_ships_tpe_with_median_pruning():
+    """sweep=auto's search (chosen by bench/sweep_replay.py): TPE with 4 start-up trials, Optuna's median pruner with
+    its defaults; both build as the study builds them."""
     import optuna
 
     from ftrun.compose import compose
-    from sweeper.study import build_sampler
+    from sweeper.setting_checks import check_settings
+    from sweeper.study import build_pruner, build_sampler
 
-    spec = OmegaConf.to_container(compose(["sweep=auto"], return_hydra_config=True).hydra.sweeper.sampler)
-    assert spec == {"name": "gp", "n_startup_trials": 4}
-    assert isinstance(build_sampler(spec), optuna.samplers.GPSampler)
-    proposed = []
-    gp_proposal = optuna.samplers.GPSampler.sample_relative
-
-    def recorded(self, study, trial, search_space):
-        params = gp_proposal(self, study, trial, search_space)
-        proposed.append((trial.number, sorted(params)))
-        return params
-
-    monkeypatch.setattr(optuna.samplers.GPSampler, "sample_relative", recorded)
-    _, study = fake_sweep(tmp_path, ["sweep=auto", "tracking.enabled=false"], fixed=("sweep=auto",
-                          "tracking.enabled=false"), n_trials=6, pruner="none", auto=auto_entries(), sampler=spec)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
-    assert [(n, keys) for n, keys in proposed if keys] == [(n, ["batch_size", "epochs", "lr", "rank"]) for n in (4, 5)]
+    conf = OmegaConf.to_container(compose(["sweep=auto"], return_hydra_config=True).hydra.sweeper, resolve=True)
+    assert conf["sampler"] == {"name": "tpe", "n_startup_trials": 4} and conf["pruner"] == "median"
+    sampler, pruner = build_sampler(conf["sampler"]), build_pruner(conf["pruner"])
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 4
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_startup_trials == 5
+    check_settings(conf)
