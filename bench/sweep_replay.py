@@ -17,9 +17,10 @@ Pruners too, where the grid recorded each trial's eval loss at every evaluation 
 bench/sweep_efficiency.py since 2026-12-04): a trial stopped at a rung trained exactly as the grid's trial did up to
 there (the same cosine schedule, the same seed), so it reports the curve's values as the sweeper does (at the
 examples seen, rounded to ``train.eval_examples``; the last evaluation decides nothing) and, pruned, is charged its
-grid trial-seconds times the share of its steps it trained. What it cannot replay: pause and promote with decay
-branches (their branch values are not in a cosine grid), timing noise (each configuration costs what it cost
-once), and parallel slots. Those stay with bench/sweep_efficiency.py's real sweeps.
+grid trial-seconds times the share of its steps it trained. Pause and promote (``pruner=promotion`` on the cosine
+schedule) too: a promoted trial resumes its own schedule, so it goes on along its grid curve (:func:`replay_promotion`).
+What it cannot replay: decay branches (their values are not in a cosine grid), timing noise (each configuration
+costs what it cost once), and parallel slots. Those stay with bench/sweep_efficiency.py's real sweeps.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ CANDIDATES = {  # label: (hydra.sweeper.sampler spec, a PRUNERS key or None)
     "TPE, 4 start-up + median pruning, Optuna's defaults (sweep=auto)": ({"name": "tpe", "n_startup_trials": 4},
                                                                          "median, Optuna's defaults"),
     "random + Hyperband": ({"name": "random"}, "Hyperband"),
+    "TPE, 4 start-up + pause and promote": ({"name": "tpe", "n_startup_trials": 4}, "promotion"),
+    "TPE, 4 start-up + pause and promote, factor 2": ({"name": "tpe", "n_startup_trials": 4}, "promotion, factor 2"),
     # no GP with a pruner: Optuna's GP sampler learns only from complete trials and proposed one pruned
     # configuration ~5,000 times in 8 of 28 instruct seeds (the sweeper refuses the pair, sweeper.setting_checks)
 }
@@ -70,6 +73,9 @@ PRUNERS = {  # label: hydra.sweeper.pruner spec (min_resource: one evaluation's 
     "successive halving": lambda every: {"name": "successive_halving", "min_resource": every, "reduction_factor": 3},
     # min_resource auto: the first complete trial's examples / 100 (Optuna's heuristic), so any eval cadence fits
     "successive halving, auto": lambda every: {"name": "successive_halving", "reduction_factor": 3},
+    # pause and promote (sweeper.promotion): a paused trial resumed later follows its grid curve on (no branches)
+    "promotion": lambda every: {"name": "promotion", "min_resource": every, "reduction_factor": 3},
+    "promotion, factor 2": lambda every: {"name": "promotion", "min_resource": every, "reduction_factor": 2},
     "median, Optuna's defaults": lambda every: {"name": "median"},
 }
 
@@ -106,6 +112,8 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
     from sweeper.study import build_pruner, build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if pruner is not None and pruner.get("name") == "promotion":
+        return replay_promotion(spec, seed, grid, budget, best, pruner, every)
     space = sweep_space({}, space_args())
     # a fixed name: Hyperband assigns trials to brackets by hashing the study's name with the trial number
     study = optuna.create_study(study_name=f"replay-{seed}", sampler=build_sampler(spec, seed=seed),
@@ -150,6 +158,72 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
             "best_in_budget": best_in_budget}
 
 
+def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float, pruner: dict,
+                     every: int) -> Dict[str, Optional[float]]:
+    """:func:`replay` under pause and promote (sweeper.promotion, one slot): when the slot frees, the rule's next
+    promotion resumes where it paused (the same cosine schedule, so on along its grid curve) before any new trial
+    starts; a trial pauses at a rung where it is not among the best ``1/reduction_factor``. Neither a new trial
+    nor a promotion starts once the budget is spent. A paused trial is charged the share of its grid
+    trial-seconds it trained, and its resumption the rest up to its next pause or end."""
+    import optuna
+
+    from ftrun.contract import ATTR_PAUSED_AT
+    from sweeper.space import sweep_space
+    from sweeper.study import build_pruner, build_sampler
+
+    space = sweep_space({}, space_args())
+    rule = build_pruner(pruner)
+    study = optuna.create_study(study_name=f"replay-{seed}", sampler=build_sampler(spec, seed=seed),
+                                direction="minimize", pruner=rule)
+    complete: Dict[Tuple, float] = {}
+    paused: Dict[int, Tuple[optuna.trial.Trial, Tuple, int]] = {}  # number -> (trial, key, curve index to go on)
+    used, asks, trained, pruned = 0.0, 0, 0, 0
+    best_in_budget = None
+    while len(complete) < len(grid) and asks < 5000:
+        within = used < budget
+        frozen = rule.next_promotion(study)
+        if frozen is not None:
+            trial, key, start = paused.pop(frozen.number)
+            trial.set_user_attr(ATTR_PAUSED_AT, None)
+        else:
+            asks += 1
+            trial = study.ask()
+            params = space.sample(trial, {})
+            key = (float(params["lr"]), int(params["rank"]), int(params["batch_size"]))
+            if key in complete:  # answered from the study: no compute
+                study.tell(trial, complete[key])
+                continue
+            trained += 1
+            start = 0
+        rec = grid[key]
+        done_before = rec["curve"][start - 1][0] if start else 0
+        stopped_at = None
+        for i in range(start, len(rec["curve"])):
+            step, loss = rec["curve"][i]
+            if step >= rec["steps"]:
+                break
+            trial.report(loss, examples_seen(step, key[2], every))
+            if trial.should_prune():
+                stopped_at = step
+                trial.set_user_attr(ATTR_PAUSED_AT, examples_seen(step, key[2], every))
+                paused[trial.number] = (trial, key, i + 1)
+                break
+        if stopped_at is not None:
+            used += rec["seconds"] * (stopped_at - done_before) / rec["steps"]
+            pruned += 1
+            continue
+        study.tell(trial, rec["value"])
+        complete[key] = rec["value"]
+        used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
+        if within:
+            best_in_budget = rec["value"] if best_in_budget is None else min(best_in_budget, rec["value"])
+        if rec["value"] <= best * 1.01:
+            return {"reached_s": used, "trials": trained, "pruned": pruned, "within_budget": within,
+                    "best_in_budget": best_in_budget}
+    return {"reached_s": None, "trials": trained, "pruned": pruned, "within_budget": False,
+            "best_in_budget": best_in_budget}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(ROOT / "bench/results/sweep_efficiency.json"),
@@ -167,6 +241,8 @@ def main() -> int:
         grids_machine = f"the grids of {args.runs}"
     else:
         source = args.results
+        if Path(source).resolve().is_relative_to(ROOT):
+            source = str(Path(source).resolve().relative_to(ROOT))
         data = json.loads(Path(args.results).read_text())
         tasks, grids_machine = data["tasks"], data.get("meta", {}).get("machine")
     candidates = {k: v for k, v in CANDIDATES.items()

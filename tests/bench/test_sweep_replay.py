@@ -84,3 +84,31 @@ def test_a_pruned_trial_reports_its_curve_and_is_charged_the_steps_it_trained():
     full = run["trials"] - run["pruned"]
     assert run["reached_s"] == pytest.approx(10.0 * full + 2.5 * run["pruned"])
     assert run["pruned"] > 0
+
+
+def test_pause_and_promote_resumes_a_paused_trial_where_it_paused_and_charges_each_step_once():
+    """Under pause and promote (sweeper.promotion) a trial that pauses at a rung is resumed later by the rule and
+    reports on from its next evaluation, never from the start again; a trial is charged at most its 10 s."""
+    import optuna
+
+    reports = []
+    real_report = optuna.trial.Trial.report
+
+    def recorded(self, value, step):
+        reports.append((self.number, step))
+        return real_report(self, value, step)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(optuna.trial.Trial, "report", recorded)
+        run = replay.replay({"name": "random"}, 0, made_up_grid(), budget=1e9, best=1.0,
+                            pruner=replay.PRUNERS["promotion"](8), every=8)
+    assert run["reached_s"] is not None and run["pruned"] > 0  # found the best; some trials paused on the way
+    by_trial = {}
+    for i, (number, step) in enumerate(reports):
+        by_trial.setdefault(number, []).append((i, step))
+    for seq in by_trial.values():
+        steps = [s for _, s in seq]
+        assert steps == sorted(set(steps))  # on from where it paused, nothing reported twice
+    resumed = [n for n, seq in by_trial.items() if seq[-1][0] - seq[0][0] + 1 > len(seq)]
+    assert resumed  # a trial's reports were interleaved with others': it paused, and was promoted later
+    assert run["reached_s"] <= 10.0 * run["trials"] + 1e-9
