@@ -188,6 +188,14 @@ def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
     return str(storage)
 
 
+# A database server's storage, one per process and URL: each RDBStorage holds its own SQLAlchemy engine and pool
+# of connections, so a process that opened one per poll (the board's job page, a warm worker's trial after
+# trial, a test waiting on a study) held connections until the garbage collector found the engines, and a
+# PostgreSQL server refused clients past its max_connections. (SQLite files are left out: a file removed and made
+# again under the same URL must not be read through an old connection.)
+_SERVER_STORAGES: Dict[tuple, Any] = {}
+
+
 def open_storage(url: str, heartbeat_s: Optional[float] = None, grace_s: Optional[float] = None):
     """An Optuna storage for ``url`` that tolerates several processes writing at once.
 
@@ -205,6 +213,9 @@ def open_storage(url: str, heartbeat_s: Optional[float] = None, grace_s: Optiona
         return JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         return url
+    key = (os.getpid(), url, heartbeat_s, grace_s)
+    if key in _SERVER_STORAGES:
+        return _SERVER_STORAGES[key]
     beat = {}
     if heartbeat_s is not None:  # Optuna takes whole seconds
         beat = {"heartbeat_interval": max(1, round(heartbeat_s)),
@@ -219,7 +230,10 @@ def open_storage(url: str, heartbeat_s: Optional[float] = None, grace_s: Optiona
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **kwargs, **beat)
+                storage = optuna.storages.RDBStorage(url, **kwargs, **beat)
+            if not url.startswith("sqlite:"):
+                _SERVER_STORAGES[key] = storage
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             # sweepers on several hosts opening a new database at once each create Optuna's tables;
             # all but one fail on "already exists": by the time they try again the tables are there

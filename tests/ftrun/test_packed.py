@@ -75,8 +75,11 @@ def test_a_packed_run_equals_the_same_run_alone(alone_and_packed, name):
     wa = load_file(str(tmp / "alone" / name / "model" / "adapter_model.safetensors"))
     wp = load_file(str(tmp / "packed" / name / "model" / "adapter_model.safetensors"))
     assert wa.keys() == wp.keys()
+    # Adam moves a weight whose gradient is ~0 by up to lr a step in either direction, so fp32 summation-order
+    # noise (the pack's bmm against the run's plain matmul, summed in an order that differs between CPUs: an AMD
+    # EPYC moved one element of r8short by 4.6e-6) shows there; the trained weights move by ~lr x steps (>= 1e-2)
     for k in wa:
-        torch.testing.assert_close(wp[k], wa[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(wp[k], wa[k], rtol=1e-4, atol=1e-5)
     cfg_a = json.dumps(sorted((tmp / "alone" / name / "config_resolved.yaml").read_text().splitlines()))
     assert cfg_a == json.dumps(sorted((tmp / "packed" / name / "config_resolved.yaml").read_text().splitlines()))
 

@@ -155,6 +155,28 @@ def kill_host(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def test_a_process_polling_a_study_on_the_server_holds_one_pool_of_connections(postgres):
+    """The board's job page and a warm worker's trials open the study again and again: one storage per process and
+    URL, so the server's connections stay few (each storage opened anew held its pool's connections until the
+    garbage collector ran, and a polling test ran the CI's PostgreSQL out of connections)."""
+    import gc
+
+    import psutil
+
+    url = postgres[0]
+    port = int(re.search(r":(\d+)/", url).group(1))
+    assert open_storage(url) is open_storage(url)
+    optuna.create_study(study_name="polled", storage=open_storage(url))
+    gc.disable()  # what a busy process's collector may not reach for a while
+    try:
+        for _ in range(20):
+            optuna.load_study(study_name="polled", storage=open_storage(url)).get_trials()
+        held = [c for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port]
+    finally:
+        gc.enable()
+    assert len(held) <= 2, held
+
+
 @pytest.fixture(scope="module")
 def two_hosts(postgres, mlflow_server, tmp_path_factory):
     if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0:
