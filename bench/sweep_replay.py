@@ -94,6 +94,24 @@ def grid_of(task: dict) -> Dict[Tuple, dict]:
     return out
 
 
+class Tally:
+    """A replayed sweep's account: trial-seconds used, trials trained and stopped, the best value on the budget."""
+
+    def __init__(self) -> None:
+        self.used, self.trained, self.pruned = 0.0, 0, 0
+        self.best_in_budget: Optional[float] = None
+
+    def finished(self, value: float, within: bool, best: float) -> bool:
+        """A trial completed with ``value`` (started on the budget: ``within``); whether it is within 1% of ``best``."""
+        if within:
+            self.best_in_budget = value if self.best_in_budget is None else min(self.best_in_budget, value)
+        return value <= best * 1.01
+
+    def outcome(self, reached: bool, within: bool) -> Dict[str, Optional[float]]:
+        return {"reached_s": self.used if reached else None, "trials": self.trained, "pruned": self.pruned,
+                "within_budget": within, "best_in_budget": self.best_in_budget}
+
+
 def examples_seen(step: int, batch_size: int, every: int) -> int:
     """The step an evaluation is reported under, as sweeper.trial.examples_seen computes it."""
     seen = step * batch_size
@@ -119,8 +137,7 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
     study = optuna.create_study(study_name=f"replay-{seed}", sampler=build_sampler(spec, seed=seed),
                                 direction="minimize", pruner=build_pruner(pruner or "none"))
     complete: Dict[Tuple, float] = {}
-    used, asks, trained, pruned = 0.0, 0, 0, 0
-    best_in_budget = None
+    tally, asks = Tally(), 0
     while len(complete) < len(grid) and asks < 5000:
         asks += 1
         trial = study.ask()
@@ -130,8 +147,8 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
         if key in complete:  # answered from the study: no compute
             study.tell(trial, complete[key])
             continue
-        within = used < budget
-        trained += 1
+        within = tally.used < budget
+        tally.trained += 1
         stopped_at = None
         if pruner is not None:
             for step, loss in rec["curve"]:
@@ -143,19 +160,15 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
                     break
         if stopped_at is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            used += rec["seconds"] * stopped_at / rec["steps"]
-            pruned += 1
+            tally.used += rec["seconds"] * stopped_at / rec["steps"]
+            tally.pruned += 1
             continue
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
-        used += rec["seconds"]
-        if within:
-            best_in_budget = rec["value"] if best_in_budget is None else min(best_in_budget, rec["value"])
-        if rec["value"] <= best * 1.01:
-            return {"reached_s": used, "trials": trained, "pruned": pruned, "within_budget": within,
-                    "best_in_budget": best_in_budget}
-    return {"reached_s": None, "trials": trained, "pruned": pruned, "within_budget": False,
-            "best_in_budget": best_in_budget}
+        tally.used += rec["seconds"]
+        if tally.finished(rec["value"], within, best):
+            return tally.outcome(reached=True, within=within)
+    return tally.outcome(reached=False, within=False)
 
 
 def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float, pruner: dict,
@@ -177,10 +190,9 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
                                 direction="minimize", pruner=rule)
     complete: Dict[Tuple, float] = {}
     paused: Dict[int, Tuple[optuna.trial.Trial, Tuple, int]] = {}  # number -> (trial, key, curve index to go on)
-    used, asks, trained, pruned = 0.0, 0, 0, 0
-    best_in_budget = None
+    tally, asks = Tally(), 0
     while len(complete) < len(grid) and asks < 5000:
-        within = used < budget
+        within = tally.used < budget
         frozen = rule.next_promotion(study)
         if frozen is not None:
             trial, key, start = paused.pop(frozen.number)
@@ -193,7 +205,7 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
             if key in complete:  # answered from the study: no compute
                 study.tell(trial, complete[key])
                 continue
-            trained += 1
+            tally.trained += 1
             start = 0
         rec = grid[key]
         done_before = rec["curve"][start - 1][0] if start else 0
@@ -209,19 +221,15 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
                 paused[trial.number] = (trial, key, i + 1)
                 break
         if stopped_at is not None:
-            used += rec["seconds"] * (stopped_at - done_before) / rec["steps"]
-            pruned += 1
+            tally.used += rec["seconds"] * (stopped_at - done_before) / rec["steps"]
+            tally.pruned += 1
             continue
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
-        used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
-        if within:
-            best_in_budget = rec["value"] if best_in_budget is None else min(best_in_budget, rec["value"])
-        if rec["value"] <= best * 1.01:
-            return {"reached_s": used, "trials": trained, "pruned": pruned, "within_budget": within,
-                    "best_in_budget": best_in_budget}
-    return {"reached_s": None, "trials": trained, "pruned": pruned, "within_budget": False,
-            "best_in_budget": best_in_budget}
+        tally.used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
+        if tally.finished(rec["value"], within, best):
+            return tally.outcome(reached=True, within=within)
+    return tally.outcome(reached=False, within=False)
 
 
 def main() -> int:
