@@ -59,6 +59,14 @@ CANDIDATES = {  # label: (hydra.sweeper.sampler spec, a PRUNERS key or None)
     "TPE, 4 start-up + median pruning, Optuna's defaults (sweep=auto)": ({"name": "tpe", "n_startup_trials": 4},
                                                                          "median, Optuna's defaults"),
     "random + Hyperband": ({"name": "random"}, "Hyperband"),
+    "TPE, 2 start-up + successive halving, factor 2, from the first evaluation": (
+        {"name": "tpe", "n_startup_trials": 2}, "successive halving, factor 2, from the first evaluation"),
+    "TPE, 2 start-up + successive halving, factor 2": ({"name": "tpe", "n_startup_trials": 2},
+                                                       "successive halving, factor 2"),
+    "TPE, 3 start-up + successive halving, factor 2": ({"name": "tpe", "n_startup_trials": 3},
+                                                       "successive halving, factor 2"),
+    "TPE, 2 start-up + median pruning from the 3rd trial": ({"name": "tpe", "n_startup_trials": 2},
+                                                            "median, from the 3rd trial"),
     "TPE, 4 start-up + pause and promote": ({"name": "tpe", "n_startup_trials": 4}, "promotion"),
     "TPE, 4 start-up + pause and promote, factor 2": ({"name": "tpe", "n_startup_trials": 4}, "promotion, factor 2"),
     # no GP with a pruner: Optuna's GP sampler learns only from complete trials and proposed one pruned
@@ -73,6 +81,12 @@ PRUNERS = {  # label: hydra.sweeper.pruner spec (min_resource: one evaluation's 
     "successive halving": lambda every: {"name": "successive_halving", "min_resource": every, "reduction_factor": 3},
     # min_resource auto: the first complete trial's examples / 100 (Optuna's heuristic), so any eval cadence fits
     "successive halving, auto": lambda every: {"name": "successive_halving", "reduction_factor": 3},
+    "successive halving, factor 2": lambda every: {"name": "successive_halving", "min_resource": every,
+                                                   "reduction_factor": 2},
+    # sweep=auto's: the first rung at the study's first evaluation, whatever its cadence (sweeper.halving)
+    "successive halving, factor 2, from the first evaluation": lambda every: {
+        "name": "successive_halving", "min_resource": "first_evaluation", "reduction_factor": 2},
+    "median, from the 3rd trial": lambda every: {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
     # pause and promote (sweeper.promotion): a paused trial resumed later follows its grid curve on (no branches)
     "promotion": lambda every: {"name": "promotion", "min_resource": every, "reduction_factor": 3},
     "promotion, factor 2": lambda every: {"name": "promotion", "min_resource": every, "reduction_factor": 2},
@@ -119,7 +133,7 @@ def examples_seen(step: int, batch_size: int, every: int) -> int:
 
 
 def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float,
-           pruner: Optional[dict] = None, every: int = 0) -> Dict[str, Optional[float]]:
+           pruner: Optional[dict] = None, every: int = 0, budget_only: bool = False) -> Dict[str, Optional[float]]:
     """One sweep, run until a trial completes within 1% of ``best`` (or every configuration completed): the
     trial-seconds used when it finished (``reached_s``), whether it started within ``budget`` (the sweep starts no
     trial once the budget is spent; a started trial finishes), and the best value among the trials the budget
@@ -131,14 +145,14 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if pruner is not None and pruner.get("name") == "promotion":
-        return replay_promotion(spec, seed, grid, budget, best, pruner, every)
+        return replay_promotion(spec, seed, grid, budget, best, pruner, every, budget_only)
     space = sweep_space({}, space_args())
     # a fixed name: Hyperband assigns trials to brackets by hashing the study's name with the trial number
     study = optuna.create_study(study_name=f"replay-{seed}", sampler=build_sampler(spec, seed=seed),
                                 direction="minimize", pruner=build_pruner(pruner or "none"))
     complete: Dict[Tuple, float] = {}
     tally, asks = Tally(), 0
-    while len(complete) < len(grid) and asks < 5000:
+    while len(complete) < len(grid) and asks < 5000 and not (budget_only and tally.used >= budget):
         asks += 1
         trial = study.ask()
         params = space.sample(trial, {})
@@ -172,7 +186,7 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
 
 
 def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float, pruner: dict,
-                     every: int) -> Dict[str, Optional[float]]:
+                     every: int, budget_only: bool = False) -> Dict[str, Optional[float]]:
     """:func:`replay` under pause and promote (sweeper.promotion, one slot): when the slot frees, the rule's next
     promotion resumes where it paused (the same cosine schedule, so on along its grid curve) before any new trial
     starts; a trial pauses at a rung where it is not among the best ``1/reduction_factor``. Neither a new trial
@@ -191,7 +205,7 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
     complete: Dict[Tuple, float] = {}
     paused: Dict[int, Tuple[optuna.trial.Trial, Tuple, int]] = {}  # number -> (trial, key, curve index to go on)
     tally, asks = Tally(), 0
-    while len(complete) < len(grid) and asks < 5000:
+    while len(complete) < len(grid) and asks < 5000 and not (budget_only and tally.used >= budget):
         within = tally.used < budget
         frozen = rule.next_promotion(study)
         if frozen is not None:
@@ -239,9 +253,13 @@ def main() -> int:
     ap.add_argument("--runs", metavar="DIR", help="instead: a bench/sweep_efficiency.py run directory (its "
                     "<task>/runs.json), e.g. one made with --grid-only")
     ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--first-seed", type=int, default=0, help="sampler seeds from this one on (a held-out set)")
     ap.add_argument("--budget-share", type=float, default=0.2)
+    ap.add_argument("--budget-only", action="store_true", help="stop each replayed sweep when its budget is spent "
+                    "(fast; no median trial-s past the budget)")
     ap.add_argument("--only", help="candidate labels' prefixes, separated by ';'")
-    ap.add_argument("--publish", action="store_true", help="write bench/results/sweep_replay.{json,md}")
+    ap.add_argument("--publish", action="store_true", help="write bench/results/<--name>.{json,md}")
+    ap.add_argument("--name", default="sweep_replay", help="the published files' name")
     args = ap.parse_args()
     if args.runs:
         source = args.runs
@@ -267,8 +285,9 @@ def main() -> int:
                 print(f"{task_name:9s} {label:42s} skipped: the grid has no eval curves", flush=True)
                 continue
             every = EVAL_EXAMPLES[task_name]
-            runs = [replay(spec, seed, grid, budget, best, None if pruner is None else PRUNERS[pruner](every), every)
-                    for seed in range(args.seeds)]
+            runs = [replay(spec, seed, grid, budget, best, None if pruner is None else PRUNERS[pruner](every), every,
+                           args.budget_only)
+                    for seed in range(args.first_seed, args.first_seed + args.seeds)]
             hits = sum(r["within_budget"] for r in runs)
             first3 = sum(r["within_budget"] for r in runs[:3])
             to_reach = [r["reached_s"] for r in runs if r["reached_s"] is not None]
@@ -277,7 +296,7 @@ def main() -> int:
             row = {"task": task_name, "sampler": label, "spec": spec,
                    "pruner": None if pruner is None else PRUNERS[pruner](every), "seeds": args.seeds,
                    "reached": hits, "seeds_0_1_2": first3,
-                   "median_reached_s": statistics.median(to_reach) if to_reach else None,
+                   "median_reached_s": statistics.median(to_reach) if to_reach and not args.budget_only else None,
                    "median_regret_pct": regret, "budget_s": budget, "grid_s": total, "runs": runs}
             rows.append(row)
             med = row["median_reached_s"]
@@ -288,16 +307,17 @@ def main() -> int:
         out = ROOT / "bench/results"
         meta = {"machine": f"{platform.node()}, replay (no training): the grids as recorded in {source}",
                 "budget_share": args.budget_share, "seeds": args.seeds, "grids": grids_machine}
-        (out / "sweep_replay.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         lines = ["# Samplers replayed on the recorded grids", "",
                  f"Replay of `{source}`'s exhaustive grids (recorded on: {meta['grids']}); no training here. "
                  f"Command: `python bench/sweep_replay.py {'--runs ' + source + ' ' if args.runs else ''}"
-                 f"--seeds {args.seeds} --publish`. "
+                 f"--seeds {args.seeds}{' --budget-only' if args.budget_only else ''}"
+                 f"{'' if args.name == 'sweep_replay' else ' --name ' + args.name} --publish`. "
                  f"Budget: {args.budget_share} of each grid's trial-seconds. Sampler seeds 0..{args.seeds - 1}; "
                  "a seed counts when a trial within 1% of the grid's best started before the budget was spent "
                  "(the sweeper starts no trial after that; a started one finishes). Median trial-s to within 1%: each "
                  "sweep run on, past the budget, until it gets there (the median over seeds; the grid's own order "
-                 "would need half the grid on average). Regret: how far the best trial on the budget ended above the "
+                 "would need half the grid on average; not with --budget-only). Regret: how far the best trial on the budget ended above the "
                  "grid's best (median over seeds). See the script's docstring for what a replay cannot show "
                  "(decay branches, timing noise, parallel slots).",
                  "", "| task | sampler | within 1% on the budget (all seeds) | seeds 0-2 | median trial-s to within 1% "
@@ -307,7 +327,7 @@ def main() -> int:
             lines.append(f"| {r['task']} | {r['sampler']} | {r['reached']}/{r['seeds']} | {r['seeds_0_1_2']}/3 | "
                          f"{'-' if med is None else round(med)} | {'-' if med is None else round(med / r['grid_s'], 2)} | "
                          f"{r['median_regret_pct']:.1f}% |")
-        (out / "sweep_replay.md").write_text("\n".join(lines) + "\n")
+        (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -166,7 +166,7 @@ def _build_specs(conf, bad, build_sampler, build_pruner, is_grid) -> None:
     except SweepConfigError as e:
         bad("pruner", _reason(e))
     if _gp_with_pruner(conf):
-        bad("pruner", "Optuna's GP sampler (hydra.sweeper.sampler=gp, sweep=auto's) learns only from complete trials, "
+        bad("pruner", "Optuna's GP sampler (hydra.sweeper.sampler=gp) learns only from complete trials, "
                       "so it proposes a pruned configuration again and again (bench/sweep_replay.py saw a sweep "
                       "spend its whole budget so); add hydra.sweeper.sampler=tpe to prune, or hydra.sweeper.pruner=none")
 

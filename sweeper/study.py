@@ -41,7 +41,7 @@ SAMPLERS = {
 PRUNERS = {
     "median": "optuna.pruners.MedianPruner",
     "percentile": "optuna.pruners.PercentilePruner",
-    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+    "successive_halving": "sweeper.halving.SuccessiveHalvingPruner",  # Optuna's, min_resource also first_evaluation
     "hyperband": "optuna.pruners.HyperbandPruner",
     "patient": "optuna.pruners.PatientPruner",
     "wilcoxon": "optuna.pruners.WilcoxonPruner",

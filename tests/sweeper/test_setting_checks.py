@@ -29,7 +29,7 @@ OK = {"n_trials": 20, "n_jobs": 1, "heartbeat_s": 10.0, "stale_after_s": 60.0, "
     ({"sampler": {"name": "nsgaii", "population_size": 1}}, "population_size"),
     ({"pruner": {"name": "median", "n_startup_trials": -3}}, "cannot be negative"),
     ({"sampler": {"name": "gp", "n_startup_trials": 4}, "pruner": "hyperband"},
-     "hydra.sweeper.pruner=hyperband: Optuna's GP sampler (hydra.sweeper.sampler=gp, sweep=auto's) learns only from "
+     "hydra.sweeper.pruner=hyperband: Optuna's GP sampler (hydra.sweeper.sampler=gp) learns only from "
      "complete trials"),
     ({"params": {"lr": "interval(1e-2,1e-4)"}}, "interval needs start < end"),
     ({"conditions": {"nope": {"method": ["lora"]}}}, "hydra.sweeper.conditions.nope: no such search parameter"),
