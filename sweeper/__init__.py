@@ -5,7 +5,7 @@
 - :mod:`sweeper.space`        Hydra-Optuna-sweeper syntax -> Optuna distributions, conditions, grids
 - :mod:`sweeper.auto`         ``sweep=auto``: a space from published priors
 - :mod:`sweeper.study`        sampler, pruner, storage, directions; the study opened and its first trials queued
-- :mod:`sweeper.halving`      successive halving from the first evaluation (sweep=auto's pruner);
+- :mod:`sweeper.halving`      successive halving from the first evaluation;
   :mod:`sweeper.promotion` pause and promote
 - :mod:`sweeper.quota`        exactly n_trials counted trials, across hosts; repeats answered from the study
 - :mod:`sweeper.stale_trials` heartbeats, trials left behind by a dead sweeper (all of Optuna's private API)

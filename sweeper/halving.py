@@ -1,12 +1,13 @@
 """Successive halving from the first evaluation: ``hydra.sweeper.pruner={name: successive_halving, min_resource:
-first_evaluation, reduction_factor: 2}`` (sweep=auto's pruner).
+first_evaluation, reduction_factor: 2}``.
 
 Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner` takes its first rung (``min_resource``) as a number of
 steps, or ``auto``: a hundredth of the first complete trial's steps, which comes late (no trial is stopped before
 one has finished) and falls between evaluations that the sweeper reports in examples seen. A sweep's natural first
 rung is its first evaluation, whatever the trial's batch size or eval cadence: ``first_evaluation`` is the fewest
 examples any trial of the study has reported at (as :class:`sweeper.promotion.PromotionPruner`'s ``auto``). Every
-other argument and the rule itself are Optuna's.
+other argument and the rule itself are Optuna's. (Tried as sweep=auto's pruner and withdrawn: README, "A candidate
+that did not carry over".)
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class SuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
 
     def prune(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial") -> bool:
         if self._from_first_evaluation:
-            firsts = [min(t.intermediate_values) for t in study.get_trials(deepcopy=False) if t.intermediate_values]
-            firsts += [min(trial.intermediate_values)] if trial.intermediate_values else []
-            if not firsts:
+            from sweeper.promotion import first_evaluation
+
+            first = first_evaluation([*study.get_trials(deepcopy=False), trial])
+            if first is None:
                 return False
-            self._min_resource = int(min(firsts))
+            self._min_resource = first
         return super().prune(study, trial)

@@ -92,8 +92,8 @@ class PromotionPruner(BasePruner):
         """The study's rungs (None while no trial has reported, with ``min_resource: auto``)."""
         if self.min_resource != "auto":
             return Rungs(int(self.min_resource), self.reduction_factor)
-        first = [min(t.intermediate_values) for t in trials if t.intermediate_values]
-        return Rungs(int(min(first)), self.reduction_factor) if first else None
+        first = first_evaluation(trials)
+        return Rungs(first, self.reduction_factor) if first is not None else None
 
     def at_rung(self, study, trial: FrozenTrial, step: int) -> bool:
         """Whether a report at ``step`` examples would be the trial's first at or past a rung (where a rung decay
@@ -132,6 +132,13 @@ class PromotionPruner(BasePruner):
                 if number in waiting[k]:
                     return waiting[k][number]
         return None
+
+
+def first_evaluation(trials: Iterable[FrozenTrial]) -> Optional[int]:
+    """The fewest examples any of ``trials`` reported at (the study's first evaluation), or None before any report.
+    The first rung of ``min_resource: auto`` here and of ``first_evaluation`` in :mod:`sweeper.halving`."""
+    first = [min(t.intermediate_values) for t in trials if t.intermediate_values]
+    return int(min(first)) if first else None
 
 
 def last_resort(study) -> Optional[FrozenTrial]:

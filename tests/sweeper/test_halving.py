@@ -44,7 +44,8 @@ def test_the_first_rung_is_the_studys_first_evaluation(first):
 def test_a_better_trial_at_the_first_evaluation_goes_on_and_a_study_without_reports_prunes_nothing():
     study = _study(build_pruner({"name": "successive_halving", "min_resource": "first_evaluation",
                                  "reduction_factor": 2}))
-    assert study.pruner.prune(study, study.ask() and study.trials[-1]) is False  # nothing reported yet
+    study.ask()
+    assert study.pruner.prune(study, study.trials[-1]) is False  # nothing reported yet
     _trained(study, [(250, 2.0), (500, 1.9)])
     assert _trained(study, [(250, 1.0), (500, 0.9)]) is None
 
