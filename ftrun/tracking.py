@@ -24,6 +24,7 @@ from typing import Dict, Optional
 
 from ftrun import contract as C
 from ftrun.config import flatten, to_container
+from ftrun.signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +76,27 @@ class MlflowTracker(NullTracker):
         uri = cfg.tracking.uri or os.environ.get(C.MLFLOW_URI_ENV)
         if uri:
             mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment))
-        id_file = Path(run_dir) / C.RUN_ID_FILE
-        resumed_id = id_file.read_text().strip() if id_file.is_file() else None
-        if resumed_id:
-            mlflow.start_run(run_id=resumed_id)
-            log.info("MLflow: continuing run %s", resumed_id)
-        else:
-            parent = os.environ.get(C.MLFLOW_PARENT_RUN_ENV)
-            tags = {C.TAG_PARENT: parent} if parent else {}
-            mlflow.start_run(run_name=cfg.name, tags=tags)
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(mlflow.active_run().info.run_id)
-            params = {k: _param(v) for k, v in flatten(to_container(cfg)).items()}
-            items = list(params.items())
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                mlflow.log_params(dict(items[i:i + 100]))
-            mlflow.set_tags(_tags(cfg, run_dir, overrides))
-        self.run_id = mlflow.active_run().info.run_id
-        log.info("MLflow: run %s (%s) in experiment '%s' at %s",
-                 cfg.name, self.run_id, cfg.tracking.experiment, mlflow.get_tracking_uri())
+        with deferred():  # a stop while the run starts comes once it has started (then ends KILLED)
+            mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment))
+            id_file = Path(run_dir) / C.RUN_ID_FILE
+            resumed_id = id_file.read_text().strip() if id_file.is_file() else None
+            if resumed_id:
+                mlflow.start_run(run_id=resumed_id)
+                log.info("MLflow: continuing run %s", resumed_id)
+            else:
+                parent = os.environ.get(C.MLFLOW_PARENT_RUN_ENV)
+                tags = {C.TAG_PARENT: parent} if parent else {}
+                mlflow.start_run(run_name=cfg.name, tags=tags)
+                id_file.parent.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(mlflow.active_run().info.run_id)
+                params = {k: _param(v) for k, v in flatten(to_container(cfg)).items()}
+                items = list(params.items())
+                for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                    mlflow.log_params(dict(items[i:i + 100]))
+                mlflow.set_tags(_tags(cfg, run_dir, overrides))
+            self.run_id = mlflow.active_run().info.run_id
+            log.info("MLflow: run %s (%s) in experiment '%s' at %s",
+                     cfg.name, self.run_id, cfg.tracking.experiment, mlflow.get_tracking_uri())
         self.cfg = cfg
 
     def callback(self):
@@ -103,7 +105,8 @@ class MlflowTracker(NullTracker):
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if clean:
-            self.mlflow.log_metrics(clean, step=step)
+            with deferred():
+                self.mlflow.log_metrics(clean, step=step)
 
     def log_artifacts(self, run_dir: Path, model_dir: Optional[Path] = None) -> None:
 
@@ -111,18 +114,21 @@ class MlflowTracker(NullTracker):
 
         run_dir = Path(run_dir)
         (run_dir / C.RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(to_container(self.cfg)))
-        self.mlflow.log_artifact(str(run_dir / C.RESOLVED_CONFIG))
-        for name in (C.LOSS_PLOT, C.TRAINER_STATE):
-            if (run_dir / name).is_file():
-                self.mlflow.log_artifact(str(run_dir / name))
-        if model_dir is not None and self.cfg.tracking.log_model:
-            self.mlflow.log_artifacts(str(model_dir), artifact_path=C.MODEL_DIR)
+        with deferred():
+            self.mlflow.log_artifact(str(run_dir / C.RESOLVED_CONFIG))
+            for name in (C.LOSS_PLOT, C.TRAINER_STATE):
+                if (run_dir / name).is_file():
+                    self.mlflow.log_artifact(str(run_dir / name))
+            if model_dir is not None and self.cfg.tracking.log_model:
+                self.mlflow.log_artifacts(str(model_dir), artifact_path=C.MODEL_DIR)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
+        with deferred():
+            self.mlflow.set_tags(tags)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        with deferred():  # a second signal while the run ends is raised after it has ended
+            self.mlflow.end_run(status=status)
 
 
 def end_interrupted_run(reason: str) -> None:

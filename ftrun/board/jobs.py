@@ -27,6 +27,7 @@ from ftrun import contract as C
 
 RUN_LINE = re.compile(r"Run '(?P<name>.+?)' \(stage \w+\) in (?P<dir>.+)$")
 STUDY_LINE = re.compile(r"Study (?P<name>\S+) \(.*?\) in (?P<storage>\S+): ")
+MLFLOW_LINE = re.compile(r"MLflow: run \S+ \((?P<id>[0-9a-f]{32})\) in experiment '.*' at (?P<uri>\S+)$")
 ERROR_LINE = re.compile(r"\]\[ERROR\] - |^error: |^Traceback ")
 CURVES = ("train_loss", "eval_loss")
 POLL_S = 1.0
@@ -54,7 +55,31 @@ class Job:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
         self.proc.wait()
+        if self.stopped:
+            self._end_left_runs()
         self.ended.set()
+
+    def _end_left_runs(self) -> None:
+        """A run's MLflow run that its process, stopped, left RUNNING (it ended by SIGKILL, or failed while
+        ending it) is recorded KILLED, with the reason; a sweep's runs are its own to record (its study
+        may go on on other hosts)."""
+        if self.study() is not None:
+            return
+        for line in self.lines:
+            m = MLFLOW_LINE.search(line)
+            if not m:
+                continue
+            try:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(m["uri"])
+                if client.get_run(m["id"]).info.status == "RUNNING":
+                    client.set_tag(m["id"], C.TAG_FAIL_REASON, "stopped from the board; its process did not end "
+                                                               "the run itself (see the run's log)")
+                    client.set_terminated(m["id"], "KILLED")
+                    self.lines.append(f"(MLflow run {m['id']} was left RUNNING: recorded KILLED)")
+            except Exception as e:  # noqa: BLE001 - the store is gone or unreachable: say so, keep the board up
+                self.lines.append(f"(could not record MLflow run {m['id']} as KILLED: {e})")
 
     def wait(self, timeout: float) -> bool:
         """Block until the command ends or ``timeout`` passes; True when it has ended."""

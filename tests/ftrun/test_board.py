@@ -245,7 +245,7 @@ def test_board_stops_a_run_and_an_auto_sweep_and_helps_in_chinese(board, page, t
     expect(status).to_contain_text("stopped", timeout=RUN_S)
     with pytest.raises(ProcessLookupError):  # the whole process group is gone
         os.killpg(b.jobs["train"].proc.pid, 0)
-    assert client.get_run(run_id).info.status in ("KILLED", "FAILED")
+    assert client.get_run(run_id).info.status in ("KILLED", "FAILED"), b.jobs["train"].log()
 
     # sweep=auto from the Sweep tab: the space comes from the priors; stopped while its first trial trains
     page.click("#tab-sweep-button")

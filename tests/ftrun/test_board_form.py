@@ -78,6 +78,30 @@ def test_stop_kills_what_ignores_sigterm_after_the_grace(tmp_path):
     assert "killed with SIGKILL" in job.lines[-1]
 
 
+def test_a_stopped_run_that_left_its_mlflow_run_running_is_recorded_killed(tmp_path):
+    """A run killed by SIGKILL after the grace cannot end its MLflow run: the board records it KILLED, with why."""
+    from mlflow.tracking import MlflowClient
+
+    from ftrun.contract import TAG_FAIL_REASON
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    done_id = client.create_run("0").info.run_id  # another run the log names, already ended: left as it is
+    client.set_terminated(done_id, "FINISHED")
+    say = [f"[t][ftrun.tracking][INFO] - MLflow: run lora-x ({i}) in experiment 'e' at {uri}" for i in (run_id, done_id)]
+    job = jobs.Job([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                    f"print({say[0]!r}); print({say[1]!r}, flush=True); time.sleep(600)"])
+    while len(job.lines) < 2:
+        assert not job.wait(0.05), job.lines
+    job.stop(grace_s=1)
+    assert job.wait(60) and job.returncode == -9
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and "stopped from the board" in run.data.tags[TAG_FAIL_REASON]
+    assert client.get_run(done_id).info.status == "FINISHED"
+    assert job.lines[-1] == f"(MLflow run {run_id} was left RUNNING: recorded KILLED)"
+
+
 def test_a_run_is_read_back_from_its_files(tmp_path):
     lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run",
              "[x][ftrun.progress][INFO] - step 3/8 (38%) · epoch 0.75 · loss 2.5 · lr 0.001 · 90 tok/s · ETA 0:00:05"]
