@@ -56,6 +56,7 @@ def load_tokenizer(model_cfg):
     # one (ftrun.data.templates), picked from the tokenizer when it has none
     tok._ftrun_template = model_cfg.template
     tok._ftrun_thinking = bool(model_cfg.get("enable_thinking", True))
+    tok._ftrun_turn_suffix = bool(model_cfg.get("train_turn_suffix", False))
     return tok
 
 

@@ -77,6 +77,9 @@ class ModelConfig:
     enable_thinking: bool = True
     """Reasoning templates (qwen3, deepseek_r1): keep the <think> part in training (true) or drop it and put an empty
     one in the prompt (false), as LLaMA-Factory does; also passed to the tokenizer's own chat template."""
+    train_turn_suffix: bool = False
+    """Also train on what follows an assistant turn's stop token (ChatML's newline after <|im_end|>), as
+    LLaMA-Factory's templates do; false: the trained part ends at the stop token."""
 
 
 @dataclass

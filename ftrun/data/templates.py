@@ -30,6 +30,9 @@ template when it takes ``tools``, else in a documented plain format.
 
 Every assistant turn ends with the template's stop token (EOS by default); a
 system prompt on a template that has no place for one is an error, not dropped.
+With ``model.train_turn_suffix=true`` the trained part goes on to what the
+template puts after the stop token (ChatML's newline after ``<|im_end|>``),
+as LLaMA-Factory's templates train it.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class Builtin:
     stop: str = "{eos}"
     """What ends an assistant turn; trained on."""
     separator: str = ""
-    """Text after an assistant turn's stop token; not trained on."""
+    """Text after an assistant turn's stop token; trained on only with model.train_turn_suffix."""
     default_system: str = ""
     """System prompt used when a sample has none."""
     vocab_marker: Optional[str] = None
@@ -144,6 +147,7 @@ class BuiltinTemplate(Template):
         self.default_system = spec.default_system
         self.thought = spec.thought
         self.thinking = bool(getattr(tokenizer, "_ftrun_thinking", True))
+        self.turn_suffix = bool(getattr(tokenizer, "_ftrun_turn_suffix", False))
         stop_ids = tokenizer(self.stop, add_special_tokens=False)["input_ids"] if self.stop else []
         if len(stop_ids) == 1:
             self.stop_token_id = stop_ids[0]
@@ -170,8 +174,12 @@ class BuiltinTemplate(Template):
             else:
                 header, content = self._thinking(m["content"])
                 segs.append((prompt + header, False))
-                segs.append((content + self.stop, True))
-                prompt = self.separator
+                if self.turn_suffix:  # as LLaMA-Factory's templates: the separator is part of the answer
+                    segs.append((content + self.stop + self.separator, True))
+                    prompt = ""
+                else:
+                    segs.append((content + self.stop, True))
+                    prompt = self.separator
         return segs
 
     def _thinking(self, content: str) -> Tuple[str, str]:
@@ -189,7 +197,8 @@ class BuiltinTemplate(Template):
         return self.header, content if has else empty + content
 
     def key(self) -> str:
-        return self.name + ("" if self.thinking or not self.thought[0] else ":no-thinking")
+        return (self.name + ("" if self.thinking or not self.thought[0] else ":no-thinking")
+                + (":turn-suffix" if self.turn_suffix else ""))
 
     def to_jinja(self) -> str:
         """This template in Jinja, for the tokenizer that is saved with the model."""
@@ -228,6 +237,7 @@ class TokenizerTemplate(Template):
         self.eos = tokenizer.eos_token
         self.stop_token_id = tokenizer.eos_token_id
         self.thinking = bool(getattr(tokenizer, "_ftrun_thinking", True))
+        self.turn_suffix = bool(getattr(tokenizer, "_ftrun_turn_suffix", False))
         self._warned = False
         try:
             text = self._render([{"role": "system", "content": self.PROBE}, {"role": "user", "content": "hi"}], True)
@@ -236,7 +246,8 @@ class TokenizerTemplate(Template):
             self.supports_system = False
 
     def key(self) -> str:
-        return "tokenizer:" + ("" if self.thinking else "no-thinking:") + (self.tokenizer.chat_template or "")
+        return ("tokenizer:" + ("" if self.thinking else "no-thinking:") + ("turn-suffix:" if self.turn_suffix else "")
+                + (self.tokenizer.chat_template or ""))
 
     def _render(self, messages, generation_prompt: bool, tools=None) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
@@ -244,8 +255,8 @@ class TokenizerTemplate(Template):
                                                   enable_thinking=self.thinking)
 
     def _split_answer(self, answer: str) -> Tuple[str, str]:
-        """(trained part up to and including EOS, untrained rest)."""
-        if self.eos:
+        """(trained part up to and including EOS, untrained rest); all of it with model.train_turn_suffix."""
+        if self.eos and not self.turn_suffix:
             j = answer.rfind(self.eos)
             if j >= 0:
                 return answer[: j + len(self.eos)], answer[j + len(self.eos):]

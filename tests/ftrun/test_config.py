@@ -160,6 +160,7 @@ BAD = {
     "model.rope_scaling": ["model.rope_scaling=ntk"], "model.rope_factor": ["rope_scaling=linear", "model.rope_factor=0.5"],
     "model.liger_kernel": ["model.liger_kernel=maybe"], "model.resize_vocab": ["model.resize_vocab=maybe"],
     "model.add_special_tokens": ["model.add_special_tokens=['']"], "model.enable_thinking": ["model.enable_thinking=maybe"],
+    "model.train_turn_suffix": ["model.train_turn_suffix=maybe"],
     "method.expand_layers": ["method=llama_pro", "method.expand_layers=0"],
     "method.pissa": ["method=qlora", "method.pissa=true"], "method.pissa_iters": ["method.pissa_iters=0"],
     "method.adapter": ["method.adapter=/no/such/adapter"], "method.create_new_adapter": ["method.create_new_adapter=true"],

@@ -95,6 +95,23 @@ def test_tokenizer_template_multi_turn_trains_every_answer(tok):
     assert trained_spans(feat, tok) == ["y x<|im_end|>"]
 
 
+@pytest.mark.parametrize("name", ["auto", "chatml", "qwen"])
+def test_train_turn_suffix_trains_the_newline_after_the_stop_token_as_llamafactory(tok, name):
+    """model.train_turn_suffix: the trained part of each answer goes on to the template's newline after <|im_end|>
+    (LLaMA-Factory's chatml trains "<|im_end|>\n"); the rendered text is the template's full rendering."""
+    t = copy.deepcopy(tok) if name == "auto" else bare(tok, name)
+    t._ftrun_turn_suffix = True
+    tpl = resolve_template(t, name)
+    feat, _ = encode_messages(MULTI, t, tpl, cutoff_len=512)
+    assert trained_spans(feat, t) == ["c b a<|im_end|>\n", "y x<|im_end|>\n"]
+    # the installed Jinja of a built-in ends the conversation at the stop token (nothing follows it at inference)
+    assert render(feat, t) == t.apply_chat_template(MULTI, tokenize=False) + ("" if name == "auto" else "\n")
+    assert render(feat, t).count("<|im_end|>\n<|im_end|>") == 0  # no second stop after the newline
+    off = copy.deepcopy(t)
+    off._ftrun_turn_suffix = False
+    assert resolve_template(off, name).key() != tpl.key()  # the data cache tells the two apart
+
+
 def test_tokenizer_template_system_and_chinese(tok):
     tpl = resolve_template(copy.deepcopy(tok), "auto")
     assert tpl.supports_system
