@@ -7,7 +7,9 @@ cutoff 512, 256 alpaca rows, 1 epoch, lr 1e-3 cosine, no evaluation, no checkpoi
 with and without packing (LLaMA-Factory: ``packing`` with ``neat_packing``, i.e. no attention
 across samples, as ftrun's ``data.packing``), plus transformers' Trainer + PEFT padded per batch.
 All three render the rows with the tiny model's own chat template, ChatML (LLaMA-Factory's ``chatml``),
-so the tokens and the first batches' losses are comparable.
+and train the same tokens (ftrun with ``model.train_turn_suffix=true``: the newline after ``<|im_end|>``,
+which LLaMA-Factory's template and the tokenizer's own train), so the first batches' losses are comparable:
+each row's largest relative gap to LLaMA-Factory's row of the same packing over the first 10 losses is listed.
 
 LLaMA-Factory is installed once in its own venv under ``$FTRUN_CACHE/peer/llamafactory-0.9.5``
 (``--system-site-packages`` for this machine's torch; ``pip install llamafactory==0.9.5`` with its
@@ -136,7 +138,8 @@ def run_ftrun(work: Path, data: Path, packing: bool, extra=(), env=None) -> dict
            f"data.packing={str(packing).lower()}", f"epochs={JOB['epochs']}", f"batch_size={JOB['batch']}",
            f"cutoff_len={JOB['cutoff']}", f"rank={JOB['rank']}", f"alpha={JOB['alpha']}", f"lr={JOB['lr']}",
            "scheduler.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=0", f"seed={JOB['seed']}",
-           f"output_root={out}", f"tracking.uri=sqlite:///{work}/mlflow.db", "name=bench", *extra]
+           "model.train_turn_suffix=true", f"output_root={out}", f"tracking.uri=sqlite:///{work}/mlflow.db",
+           "name=bench", *extra]
     got = run_timed(cmd, work, {**_env(), **(env or {})}, work / "ftrun.log")
     run_dir = sorted((out / "bench").iterdir())[-1]
     got.update(from_state(run_dir / "trainer_state.json"))
@@ -252,6 +255,12 @@ def summarize(runs: list) -> dict:
     return out
 
 
+def loss_gap(losses: list, ref: list) -> float:
+    """The largest relative difference of the first 10 losses (as many as both have) from ``ref``'s."""
+    pairs = list(zip(losses[:10], ref[:10]))
+    return max(abs(a - b) / abs(b) for a, b in pairs) if pairs else float("nan")
+
+
 def write_results(runs: list, args) -> None:
     summary = summarize(runs)
     res = ROOT / "bench" / "results"
@@ -262,6 +271,8 @@ def write_results(runs: list, args) -> None:
                                                             "summary": summary, "runs": runs}, indent=2))
     lf_best = max((v["best_useful_tokens_per_s"] for k, v in summary.items() if k.startswith("llamafactory")),
                   default=None)
+    lf_losses = {packed: v["losses"] for k, v in summary.items() for packed in (True, False)
+                 if k == ("llamafactory packing" if packed else "llamafactory no packing")}
     lines = ["# ftrun vs LLaMA-Factory 0.9.5 vs transformers Trainer + PEFT (CPU)", "",
              f"Machine: {machine()}.", f"Command: `python bench/peer_llamafactory.py --repeats {args.repeats}"
              + (f" --only {args.only}" if args.only != "ftrun,llamafactory,hf" else "") + "`. "
@@ -269,15 +280,19 @@ def write_results(runs: list, args) -> None:
              f"{args.rows} alpaca rows, {JOB['epochs']} epoch. Configurations alternate; best of {args.repeats} "
              "runs each; the load average before each run is listed (the 2 cores are shared: figures are noisy).",
              "", "| configuration | useful tok/s (best) | vs LF best | train_runtime s | wall s | peak RSS MB | steps | "
-             "load avg | first losses |", "|---|---|---|---|---|---|---|---|---|"]
+             "load avg | first losses | loss gap to LF |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
         ratio = f"{v['best_useful_tokens_per_s'] / lf_best:.2f}x" if lf_best else "-"
         losses = ", ".join(f"{x:.3f}" for x in v["losses"][:5])
+        ref = lf_losses.get(" packing" in name and "no packing" not in name)
+        gap = f"{loss_gap(v['losses'], ref):.2%}" if ref and not name.startswith("llamafactory") else "-"
         lines.append(f"| {name} | {v['best_useful_tokens_per_s']:.0f} | {ratio} | {v['train_runtime_best']:.1f} | "
                      f"{v['wall_s_best']:.1f} | {v['peak_rss_mb_max']:.0f} | {v['steps']} | "
-                     f"{', '.join(map(str, v['loads']))} | {losses} |")
-    lines += ["", "Useful tokens differ by one per row: LLaMA-Factory's `chatml` and the Trainer + PEFT row (the "
-              "tokenizer's template) train on the newline after `<|im_end|>`, ftrun's rows end at `<|im_end|>`. "
+                     f"{', '.join(map(str, v['loads']))} | {losses} | {gap} |")
+    lines += ["", "Loss gap to LF: the largest relative difference of the first 10 logged losses (fewer where the "
+              "run logs fewer steps) from LLaMA-Factory's run with the same packing. Every row trains the same tokens: "
+              "LLaMA-Factory's `chatml` and the Trainer + PEFT row (the tokenizer's template) train on the newline "
+              "after `<|im_end|>`, ftrun's rows with `model.train_turn_suffix=true` too. "
               "ftrun's rows use its defaults: `model.attn_implementation=sdpa_varlen` (each sample attended alone "
               "in a flattened batch) and jemalloc, the row without packing `data.padding_free=true` (off by "
               "default: on short rows of similar length padded batches run faster); the `ftrun-ablation` rows take one "
