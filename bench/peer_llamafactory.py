@@ -297,13 +297,14 @@ def write_results(runs: list, args) -> None:
               "in a flattened batch) and jemalloc, the row without packing `data.padding_free=true` (off by "
               "default: on short rows of similar length padded batches run faster); the `ftrun-ablation` rows take one "
               "default back each (`model.attn_implementation=sdpa`: packed rows under a block-diagonal mask; "
-              "`FTRUN_MALLOC=system`: glibc's malloc)."]
+              "`FTRUN_MALLOC=system`: glibc's malloc; `tracking.enabled=false`: no MLflow run, as LLaMA-Factory's runs here track nothing)."]
     (res / "peer_llamafactory.md").write_text("\n".join(lines) + "\n")
 
 
 def configs(only):
     """(name, kind, packing, extra ftrun overrides, extra environment) per configuration ``--only`` names;
-    ``ftrun-ablation`` adds ftrun's packing without its defaults: sdpa's block mask, glibc's malloc."""
+    ``ftrun-ablation`` adds ftrun's packing without its defaults: sdpa's block mask, glibc's malloc, MLflow
+    (LLaMA-Factory's runs here track nothing)."""
     out = []
     if "llamafactory" in only:
         out += [("llamafactory packing", "lf", True, (), {}), ("llamafactory no packing", "lf", False, (), {})]
@@ -312,7 +313,8 @@ def configs(only):
                 ("ftrun no packing, padding-free", "ftrun", False, ("data.padding_free=true",), {})]
     if "ftrun-ablation" in only:
         out += [("ftrun packing, sdpa (masked)", "ftrun", True, ("model.attn_implementation=sdpa",), {}),
-                ("ftrun packing, glibc malloc", "ftrun", True, (), {"FTRUN_MALLOC": "system"})]
+                ("ftrun packing, glibc malloc", "ftrun", True, (), {"FTRUN_MALLOC": "system"}),
+                ("ftrun packing, MLflow off", "ftrun", True, ("tracking.enabled=false",), {})]
     if "hf" in only:
         out += [("transformers Trainer + PEFT", "hf", False, (), {})]
     return out
