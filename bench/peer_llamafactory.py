@@ -271,6 +271,8 @@ def write_results(runs: list, args) -> None:
                                                             "summary": summary, "runs": runs}, indent=2))
     lf_best = max((v["best_useful_tokens_per_s"] for k, v in summary.items() if k.startswith("llamafactory")),
                   default=None)
+    lf_median = max((v["median_useful_tokens_per_s"] for k, v in summary.items() if k.startswith("llamafactory")),
+                    default=None)
     lf_losses = {packed: v["losses"] for k, v in summary.items() for packed in (True, False)
                  if k == ("llamafactory packing" if packed else "llamafactory no packing")}
     lines = ["# ftrun vs LLaMA-Factory 0.9.5 vs transformers Trainer + PEFT (CPU)", "",
@@ -279,17 +281,21 @@ def write_results(runs: list, args) -> None:
              f"Job: tiny Llama, LoRA r{JOB['rank']} all linear, batch {JOB['batch']}, cutoff {JOB['cutoff']}, "
              f"{args.rows} alpaca rows, {JOB['epochs']} epoch. Configurations alternate; best of {args.repeats} "
              "runs each; the load average before each run is listed (the 2 cores are shared: figures are noisy).",
-             "", "| configuration | useful tok/s (best) | vs LF best | train_runtime s | wall s | peak RSS MB | steps | "
-             "load avg | first losses | loss gap to LF |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| configuration | useful tok/s (best) | vs LF best | medians vs LF's | train_runtime s | wall s | "
+             "peak RSS MB | steps | load avg | first losses | loss gap to LF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
         ratio = f"{v['best_useful_tokens_per_s'] / lf_best:.2f}x" if lf_best else "-"
         losses = ", ".join(f"{x:.3f}" for x in v["losses"][:5])
         ref = lf_losses.get(" packing" in name and "no packing" not in name)
         gap = f"{loss_gap(v['losses'], ref):.2%}" if ref and not name.startswith("llamafactory") else "-"
-        lines.append(f"| {name} | {v['best_useful_tokens_per_s']:.0f} | {ratio} | {v['train_runtime_best']:.1f} | "
+        med = f"{v['median_useful_tokens_per_s'] / lf_median:.2f}x" if lf_median else "-"
+        lines.append(f"| {name} | {v['best_useful_tokens_per_s']:.0f} | {ratio} | {med} | {v['train_runtime_best']:.1f} | "
                      f"{v['wall_s_best']:.1f} | {v['peak_rss_mb_max']:.0f} | {v['steps']} | "
                      f"{', '.join(map(str, v['loads']))} | {losses} | {gap} |")
-    lines += ["", "Loss gap to LF: the largest relative difference of the first 10 logged losses (fewer where the "
+    lines += ["", "Medians vs LF's: the row's median useful tokens/s over its runs against the better of "
+              "LLaMA-Factory's two medians (a best-of-3 rewards the luckiest run of a noisy pair of cores).",
+              "", "Loss gap to LF: the largest relative difference of the first 10 logged losses (fewer where the "
               "run logs fewer steps) from LLaMA-Factory's run with the same packing. Every row trains the same tokens: "
               "LLaMA-Factory's `chatml` and the Trainer + PEFT row (the tokenizer's template) train on the newline "
               "after `<|im_end|>`, ftrun's rows with `model.train_turn_suffix=true` too. "
