@@ -7,8 +7,8 @@ parameter shapes, tied embeddings and the linear layers LoRA targets are exact).
 The peak is what a run dies of:
 
 - on CPU, resident memory: the **runtime's baseline** (interpreter, libraries, data
-  pipeline, allocator slack: a real two-step run of the built-in tiny model, measured once
-  per machine and cached under ``$FTRUN_CACHE/estimate``; ``python -m ftrun.estimate.baseline``)
+  pipeline, allocator slack: a real two-step run of the built-in tiny model, with MLflow or
+  without as the run is tracked, measured once per machine and cached under ``$FTRUN_CACHE/estimate``; ``python -m ftrun.estimate.baseline``)
   plus the tensors' peak;
 - on a GPU, device memory: the tensors' peak, plus the **CUDA context**, plus the caching
   allocator's **reserve and fragmentation** (cited constants, README "Memory estimate").

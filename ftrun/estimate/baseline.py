@@ -3,9 +3,10 @@ interpreter, torch, transformers, peft, datasets, MLflow and Hydra paged in, the
 allocator's slack), measured once per machine and method and cached under ``$FTRUN_CACHE/estimate``.
 
 The measurement is a real run: ``python -m ftrun`` trains the built-in tiny model for two steps of
-one short row with the method asked for (qlora loads bitsandbytes, the others do not) and evaluates;
-the baseline is that run's peak resident memory (``peak_memory_mb``) less the tensor estimate of
-the same run (a few MiB). ``python -m ftrun.estimate estimate.refresh_baseline=true`` measures it again.
+one short row with the method asked for (qlora loads bitsandbytes, the others do not) and evaluates,
+with MLflow tracking or without, as the run estimated has it (MLflow's import and store: 80 MiB on
+a 2-core EPYC); the baseline is that run's peak resident memory (``peak_memory_mb``) less the tensor
+estimate of the same run (a few MiB). ``python -m ftrun.estimate estimate.refresh_baseline=true`` measures it again.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def method_key(method: str) -> str:
     return METHOD_GROUPS.get(str(method), "lora")
 
 
-def cache_file(method: str) -> Path:
-    """Where the baseline of ``method`` on this machine, Python and library versions is kept."""
+def cache_file(method: str, tracking: bool = True) -> Path:
+    """Where the baseline of ``method`` (with MLflow ``tracking`` or without) on this machine, Python and library
+    versions is kept."""
     from importlib.metadata import PackageNotFoundError, version
 
     from ftrun.contract import cache_root
@@ -51,12 +53,23 @@ def cache_file(method: str) -> Path:
             versions.append(f"{lib}=none")
     from ftrun.allocator import chosen
 
-    key = "|".join([platform.node(), platform.machine(), sys.version, *versions, f"malloc={chosen()}"])
+    key = "|".join([platform.node(), platform.machine(), _cpu_model(), f"cpus={os.cpu_count()}", sys.version,
+                    *versions, f"malloc={chosen()}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_root() / "estimate" / f"baseline-{method_key(method)}-{digest}.json"
+    name = method_key(method) + ("" if tracking else "-untracked")
+    return cache_root() / "estimate" / f"baseline-{name}-{digest}.json"
 
 
-def runtime_baseline(method: str, measure: bool = True) -> Tuple[int, str]:
+def _cpu_model() -> str:
+    """The CPU's model name (hosts of a cloud are often all called the same; their CPUs and cores differ)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def runtime_baseline(method: str, measure: bool = True, tracking: bool = True) -> Tuple[int, str]:
     """(bytes, where the figure comes from) of a run's resident memory besides its tensors on CPU.
 
     Read from the cache; when absent, measured now in a subprocess (about 15 s) if ``measure``,
@@ -64,7 +77,7 @@ def runtime_baseline(method: str, measure: bool = True) -> Tuple[int, str]:
     """
     if os.environ.get(MEASURING_ENV):
         return 0, "not counted: this is the run that measures it"
-    path = cache_file(method)
+    path = cache_file(method, tracking)
     if path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -73,7 +86,7 @@ def runtime_baseline(method: str, measure: bool = True) -> Tuple[int, str]:
             log.warning("Unreadable baseline cache %s: measuring again", path)
     if not measure:
         return 0, "not measured yet on this machine (python -m ftrun.estimate measures it)"
-    data = measure_baseline(method)
+    data = measure_baseline(method, tracking)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -81,17 +94,19 @@ def runtime_baseline(method: str, measure: bool = True) -> Tuple[int, str]:
     return int(data["baseline"]), f"measured {data['measured_at']} ({path.name})"
 
 
-def measure_baseline(method: str) -> dict:
-    """Run the micro run of ``method`` in a fresh process and return its peak, tensors and baseline."""
+def measure_baseline(method: str, tracking: bool = True) -> dict:
+    """Run the micro run of ``method`` (with MLflow ``tracking`` or without) in a fresh process and return its peak,
+    tensors and baseline."""
     import time
 
     from ftrun.contract import RESULT_FILE
 
     method = method_key(method)
-    log.info("Measuring the runtime's resident baseline on this machine for method=%s (once; about 15 s)", method)
+    log.info("Measuring the runtime's resident baseline on this machine for method=%s%s (once; about 15 s)", method,
+             "" if tracking else " without MLflow")
     with tempfile.TemporaryDirectory(prefix="ftrun-baseline-") as tmp:
         overrides = [f"method={method}", *MICRO_RUN, f"output_root={tmp}/out",
-                     f"tracking.uri=sqlite:///{tmp}/mlflow.db"]
+                     f"tracking.uri=sqlite:///{tmp}/mlflow.db" if tracking else "tracking.enabled=false"]
         env = {**os.environ, MEASURING_ENV: "1", "CUDA_VISIBLE_DEVICES": ""}
         done = subprocess.run([sys.executable, "-m", "ftrun", *overrides], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=600)
@@ -102,7 +117,7 @@ def measure_baseline(method: str) -> dict:
         result = json.loads(results[-1].read_text())
     peak = int(result["peak_memory_mb"] * 2**20)
     tensors = _micro_tensors(overrides)
-    return {"baseline": peak - tensors, "peak": peak, "tensors": tensors, "method": method,
+    return {"baseline": peak - tensors, "peak": peak, "tensors": tensors, "method": method, "tracking": tracking,
             "overrides": overrides[:len(MICRO_RUN) + 1], "measured_at": time.strftime("%Y-%m-%d %H:%M"),
             "machine": platform.node(), "python": sys.version.split()[0]}
 

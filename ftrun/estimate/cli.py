@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     own, overrides = split_args(argv)
     cfg = compose(overrides)
     if own.get("refresh_baseline"):
-        cache_file(str(cfg.method.name)).unlink(missing_ok=True)
+        cache_file(str(cfg.method.name), bool(cfg.tracking.enabled)).unlink(missing_ok=True)
     est = estimate(cfg, devices=own.get("devices", 1), sharding=own.get("sharding", "none"),
                    device=own.get("device"))
     print(est.table())

@@ -47,7 +47,8 @@ def estimate(cfg, devices: int = 1, sharding: str = "none", device: Optional[str
     device = device or default_device()
     est = tensor_estimate(cfg, devices=devices, sharding=sharding, device=device)
     if device == "cpu":
-        est.runtime, est.runtime_source = runtime_baseline(str(cfg.method.name), measure=measure_baseline)
+        est.runtime, est.runtime_source = runtime_baseline(str(cfg.method.name), measure=measure_baseline,
+                                                           tracking=bool(cfg.tracking.enabled))
         est.allocator = 0
     else:
         est.runtime, est.runtime_source = CUDA_CONTEXT, "CUDA context and kernels (HF model_memory_anatomy; README)"
