@@ -56,13 +56,17 @@ class Job:
             self.lines.append(line.rstrip("\n"))
         self.proc.wait()
         if self.stopped:
-            self._end_left_runs()
+            self._end_left_runs("KILLED", "stopped from the board; its process did not end the run itself "
+                                          "(see the run's log)")
+        elif self.proc.returncode < 0:  # killed by a signal nobody here sent: the kernel's OOM killer, kill -9
+            self._end_left_runs("FAILED", f"its process was killed by signal {-self.proc.returncode} "
+                                          "(SIGKILL: often the kernel's out-of-memory killer)")
         self.ended.set()
 
-    def _end_left_runs(self) -> None:
-        """A run's MLflow run that its process, stopped, left RUNNING (it ended by SIGKILL, or failed while
-        ending it) is recorded KILLED, with the reason; a sweep's runs are its own to record (its study
-        may go on on other hosts)."""
+    def _end_left_runs(self, status: str, reason: str) -> None:
+        """A run's MLflow run that its process left RUNNING (stopped and killed after the grace, failed while
+        ending it, or killed from outside) is recorded ``status``, with ``reason``; a sweep's runs are its own
+        to record (its study may go on on other hosts)."""
         if self.study() is not None:
             return
         for line in self.lines:
@@ -74,12 +78,11 @@ class Job:
 
                 client = MlflowClient(m["uri"])
                 if client.get_run(m["id"]).info.status == "RUNNING":
-                    client.set_tag(m["id"], C.TAG_FAIL_REASON, "stopped from the board; its process did not end "
-                                                               "the run itself (see the run's log)")
-                    client.set_terminated(m["id"], "KILLED")
-                    self.lines.append(f"(MLflow run {m['id']} was left RUNNING: recorded KILLED)")
+                    client.set_tag(m["id"], C.TAG_FAIL_REASON, reason)
+                    client.set_terminated(m["id"], status)
+                    self.lines.append(f"(MLflow run {m['id']} was left RUNNING: recorded {status})")
             except Exception as e:  # noqa: BLE001 - the store is gone or unreachable: say so, keep the board up
-                self.lines.append(f"(could not record MLflow run {m['id']} as KILLED: {e})")
+                self.lines.append(f"(could not record MLflow run {m['id']} as {status}: {e})")
 
     def wait(self, timeout: float) -> bool:
         """Block until the command ends or ``timeout`` passes; True when it has ended."""

@@ -102,6 +102,23 @@ def test_a_stopped_run_that_left_its_mlflow_run_running_is_recorded_killed(tmp_p
     assert job.lines[-1] == f"(MLflow run {run_id} was left RUNNING: recorded KILLED)"
 
 
+def test_a_run_killed_from_outside_is_recorded_failed_with_the_signal(tmp_path):
+    """The kernel's OOM killer (SIGKILL) gives a run no chance to end its MLflow run: the board records it FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    from ftrun.contract import TAG_FAIL_REASON
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    say = f"[t][ftrun.tracking][INFO] - MLflow: run lora-x ({run_id}) in experiment 'e' at {uri}"
+    job = jobs.Job([sys.executable, "-c", f"import os, signal; print({say!r}, flush=True); "
+                    "os.kill(os.getpid(), signal.SIGKILL)"])
+    assert job.wait(60) and job.returncode == -9 and not job.stopped
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "killed by signal 9" in run.data.tags[TAG_FAIL_REASON]
+
+
 def test_a_run_is_read_back_from_its_files(tmp_path):
     lines = ["[x][INFO] - Run 'lora-x' (stage sft) in /tmp/somewhere/run",
              "[x][ftrun.progress][INFO] - step 3/8 (38%) · epoch 0.75 · loss 2.5 · lr 0.001 · 90 tok/s · ETA 0:00:05"]
