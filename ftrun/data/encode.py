@@ -98,7 +98,7 @@ def tokenize_segments(segments, tokenizer, template: Template, train_on_prompt: 
         trained = is_answer
         if is_answer:
             seen += 1
-            if stop is not None and stop not in piece[-2:]:  # [-2]: the stop before a trained turn suffix
+            if stop is not None and stop not in piece:  # a trained turn suffix may follow the template's stop
                 piece.append(stop)
             trained = not mask_history or seen == n_answers
             if trained:

@@ -112,6 +112,16 @@ def test_train_turn_suffix_trains_the_newline_after_the_stop_token_as_llamafacto
     assert resolve_template(off, name).key() != tpl.key()  # the data cache tells the two apart
 
 
+def test_train_turn_suffix_of_several_tokens_gets_no_second_stop(tok):
+    """alpaca's separator is two newline tokens: the answer ends with the stop and both, and no stop after them."""
+    t = bare(tok, "alpaca")
+    t._ftrun_turn_suffix = True
+    feat, _ = encode_messages(MULTI, t, resolve_template(t, "alpaca"), cutoff_len=512)
+    assert len(t("\n\n", add_special_tokens=False)["input_ids"]) == 2
+    assert trained_spans(feat, t) == [f"c b a{t.eos_token}\n\n", f"y x{t.eos_token}\n\n"]
+    assert render(feat, t).count(t.eos_token) == 2
+
+
 def test_tokenizer_template_system_and_chinese(tok):
     tpl = resolve_template(copy.deepcopy(tok), "auto")
     assert tpl.supports_system
