@@ -273,8 +273,9 @@ def write_results(runs: list, args) -> None:
                   default=None)
     lf_median = max((v["median_useful_tokens_per_s"] for k, v in summary.items() if k.startswith("llamafactory")),
                     default=None)
-    lf_losses = {packed: v["losses"] for k, v in summary.items() for packed in (True, False)
-                 if k == ("llamafactory packing" if packed else "llamafactory no packing")}
+    lf_losses = {packed: summary[name]["losses"] for packed, name in ((True, "llamafactory packing"),
+                                                                       (False, "llamafactory no packing"))
+                 if name in summary}
     lines = ["# ftrun vs LLaMA-Factory 0.9.5 vs transformers Trainer + PEFT (CPU)", "",
              f"Machine: {machine()}.", f"Command: `python bench/peer_llamafactory.py --repeats {args.repeats}"
              + (f" --only {args.only}" if args.only != "ftrun,llamafactory,hf" else "") + "`. "
