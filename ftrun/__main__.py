@@ -45,7 +45,9 @@ def _run(cfg: DictConfig) -> float:
 
     stop_on_signals()
     try:
-        return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+        objective = run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+        _end_distributed()  # after a run that ended well only: a rank that failed may leave peers mid-collective
+        return objective
     except Stopped as e:  # the MLflow run ends KILLED (its tracker's, or here if it was still setting up)
         from ftrun.tracking import end_interrupted_run
 
@@ -55,6 +57,14 @@ def _run(cfg: DictConfig) -> float:
         _refuse(e, hc)
     except Diverged as e:  # already logged, with result.json and the MLflow run marked (ftrun.exit_status: 3)
         sys.exit(exit_status(e))
+
+
+def _end_distributed() -> None:
+    """Under torchrun or accelerate launch: close the process group before the interpreter exits (a gloo rank
+    left to shutdown can abort with "terminate called without an active exception"; CI saw it once)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _refuse(e: ConfigError, hc) -> None:
