@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import typing
-from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -533,7 +532,9 @@ def _groups(rows, keys) -> Dict[tuple, list]:
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    from ftrun.estimate.baseline import cpu_model
+
+    cpu = cpu_model()
     return (f"{platform.node()}: {cpu or platform.processor()}, {os.cpu_count()} CPU cores (shared with other jobs), "
             f"Python {platform.python_version()}")
 

@@ -443,12 +443,11 @@ def malformed(work: Path, n: int, cli_sample: int = 5) -> List[dict]:
 
 
 def machine() -> str:
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
+
+    from ftrun.estimate.baseline import cpu_model
+
+    cpu = cpu_model()
 
     return (f"{platform.node()}: {cpu or platform.processor()}, {os.cpu_count()} CPU cores (shared), "
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "

@@ -89,9 +89,11 @@ def paper(models: Path, out: Path) -> None:
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
     import torch
+
+    from ftrun.estimate.baseline import cpu_model
+
+    cpu = cpu_model()
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{cpu}, {os.cpu_count()} cores visible (shared), {mem:.0f} GiB RAM, "

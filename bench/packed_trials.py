@@ -93,8 +93,9 @@ def packed(cfgs, out: Path) -> dict:
 def machine() -> str:
     import torch
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
+    from ftrun.estimate.baseline import cpu_model
+
+    cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores (shared with other jobs), {mem:.0f} GiB RAM, {gpu}, "

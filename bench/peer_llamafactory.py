@@ -231,9 +231,11 @@ def _env() -> dict:
 
 
 def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     import torch
+
+    from ftrun.estimate.baseline import cpu_model
+
+    model = cpu_model()
 
     return (f"{model}, {os.cpu_count()} cores visible (shared with other jobs), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}, Linux {platform.release()}")

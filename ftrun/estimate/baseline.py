@@ -53,14 +53,14 @@ def cache_file(method: str, tracking: bool = True) -> Path:
             versions.append(f"{lib}=none")
     from ftrun.allocator import chosen
 
-    key = "|".join([platform.node(), platform.machine(), _cpu_model(), f"cpus={os.cpu_count()}", sys.version,
+    key = "|".join([platform.node(), platform.machine(), cpu_model(), f"cpus={os.cpu_count()}", sys.version,
                     *versions, f"malloc={chosen()}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = method_key(method) + ("" if tracking else "-untracked")
     return cache_root() / "estimate" / f"baseline-{name}-{digest}.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (hosts of a cloud are often all called the same; their CPUs and cores differ)."""
     try:
         with open("/proc/cpuinfo") as f:
