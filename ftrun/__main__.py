@@ -38,6 +38,9 @@ def _run(cfg: DictConfig) -> float:
         validate(cfg)
     except ConfigError as e:
         _refuse(e, hc)
+    from ftrun import collector
+
+    collector.pause()  # until training starts: imports and set-up make objects that live as long as the run
     from ftrun.divergence import Diverged
     from ftrun.exit_status import exit_status
     from ftrun.signals import Stopped, stop_on_signals
@@ -57,6 +60,8 @@ def _run(cfg: DictConfig) -> float:
         _refuse(e, hc)
     except Diverged as e:  # already logged, with result.json and the MLflow run marked (ftrun.exit_status: 3)
         sys.exit(exit_status(e))
+    finally:
+        collector.resume()  # a run that ended before training (a bad data file) leaves the collector as it was
 
 
 def _end_distributed() -> None:

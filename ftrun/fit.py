@@ -231,8 +231,10 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     The tail of every stage recipe; ``extra_metrics`` turns the
     trainer's log history into more summary metrics (ppo's reward_mean).
     """
+    from ftrun import collector
     from ftrun.divergence import divergence_callback
 
+    collector.resume()  # set-up is over: freeze what it made (python -m ftrun paused the collector for it)
     checkpoint = checkpoint_to_resume(cfg, run_dir)
     trainer.add_callback(divergence_callback())  # every stage: a NaN loss or gradient stops the run
     from ftrun.progress import show_progress

@@ -27,7 +27,6 @@ torch nor ftrun's training code; :func:`main` is the worker process.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -236,9 +235,13 @@ def prepare_process() -> None:
     """Once, before the first trial: import what every trial imports, then freeze it for the garbage collector.
     What the imports made lives as long as the worker; out of the collector's sight, a full collection (the
     Trainer's ``free_memory`` at every train, :func:`_release_memory` after every trial) no longer walks it:
-    ~0.3 s of a 2 s tiny trial (bench/packed_trials.py)."""
+    ~0.3 s of a 2 s tiny trial (bench/packed_trials.py). The collector is paused while they import
+    (:mod:`ftrun.collector`)."""
+    from ftrun import collector
+
+    collector.pause()
     _import_libraries()
-    gc.freeze()
+    collector.resume()
 
 
 def _import_libraries() -> None:
