@@ -114,16 +114,19 @@ class Tally:
     def __init__(self) -> None:
         self.used, self.trained, self.pruned = 0.0, 0, 0
         self.best_in_budget: Optional[float] = None
+        self.best_key: Optional[Tuple] = None  # the configuration of best_in_budget: the one the sweep reports
 
-    def finished(self, value: float, within: bool, best: float) -> bool:
-        """A trial completed with ``value`` (started on the budget: ``within``); whether it is within 1% of ``best``."""
-        if within:
-            self.best_in_budget = value if self.best_in_budget is None else min(self.best_in_budget, value)
+    def finished(self, value: float, within: bool, best: float, key: Tuple) -> bool:
+        """A trial of ``key`` completed with ``value`` (started on the budget: ``within``); whether it is within 1%
+        of ``best`` (never, for ``best`` = -inf: the sweep then spends its whole budget)."""
+        if within and (self.best_in_budget is None or value < self.best_in_budget):
+            self.best_in_budget, self.best_key = value, key
         return value <= best * 1.01
 
     def outcome(self, reached: bool, within: bool) -> Dict[str, Optional[float]]:
         return {"reached_s": self.used if reached else None, "trials": self.trained, "pruned": self.pruned,
-                "within_budget": within, "best_in_budget": self.best_in_budget}
+                "within_budget": within, "best_in_budget": self.best_in_budget,
+                "best_key": list(self.best_key) if self.best_key else None}
 
 
 def examples_seen(step: int, batch_size: int, every: int) -> int:
@@ -180,7 +183,7 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"]
-        if tally.finished(rec["value"], within, best):
+        if tally.finished(rec["value"], within, best, key):
             return tally.outcome(reached=True, within=within)
     return tally.outcome(reached=False, within=False)
 
@@ -241,7 +244,7 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
-        if tally.finished(rec["value"], within, best):
+        if tally.finished(rec["value"], within, best, key):
             return tally.outcome(reached=True, within=within)
     return tally.outcome(reached=False, within=False)
 
@@ -260,6 +263,9 @@ def main() -> int:
     ap.add_argument("--only", help="candidate labels' prefixes, separated by ';'")
     ap.add_argument("--publish", action="store_true", help="write bench/results/<--name>.{json,md}")
     ap.add_argument("--name", default="sweep_replay", help="the published files' name")
+    ap.add_argument("--judge-mean", metavar="JSON", help="bench/results/seed_noise.json: judge the configuration "
+                    "each sweep reports (its best trial on the budget, the whole budget spent) by its mean eval loss "
+                    "over the training seeds there, against the best mean")
     args = ap.parse_args()
     if args.runs:
         source = args.runs
@@ -273,6 +279,8 @@ def main() -> int:
         tasks, grids_machine = data["tasks"], data.get("meta", {}).get("machine")
     candidates = {k: v for k, v in CANDIDATES.items()
                   if not args.only or any(k.startswith(p) for p in args.only.split(";"))}
+    if args.judge_mean:
+        return judge_by_mean(tasks, candidates, json.loads(Path(args.judge_mean).read_text()), args)
     rows: List[dict] = []
     for task_name, task in tasks.items():
         grid = grid_of(task)
@@ -327,6 +335,59 @@ def main() -> int:
             lines.append(f"| {r['task']} | {r['sampler']} | {r['reached']}/{r['seeds']} | {r['seeds_0_1_2']}/3 | "
                          f"{'-' if med is None else round(med)} | {'-' if med is None else round(med / r['grid_s'], 2)} | "
                          f"{r['median_regret_pct']:.1f}% |")
+        (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def seed_means(seed_noise: dict, task: str) -> Dict[Tuple, float]:
+    """(lr, rank, batch_size) -> the mean eval loss over bench/seed_noise.py's training seeds."""
+    values = seed_noise["tasks"][task]["values"]
+    out = {}
+    for config in set.intersection(*(set(v) for v in values.values())):
+        p = dict(kv.split("=") for kv in config.split())
+        out[(float(p["lr"]), int(p["rank"]), int(p["batch_size"]))] = statistics.fmean(v[config] for v in values.values())
+    return out
+
+
+def judge_by_mean(tasks: dict, candidates: dict, seed_noise: dict, args) -> int:
+    """Each replayed sweep spends its whole budget on the recorded grid (one training seed, as a sweep trains) and
+    reports its best trial; that configuration is judged by its mean over the training seeds of ``seed_noise``."""
+    rows = []
+    for task_name, task in tasks.items():
+        if task_name not in seed_noise["tasks"]:
+            continue
+        grid, means = grid_of(task), seed_means(seed_noise, task_name)
+        best_mean = min(means.values())
+        budget = args.budget_share * sum(r["seconds"] for r in grid.values())
+        curves = all(r["curve"] and r["steps"] for r in grid.values())
+        every = EVAL_EXAMPLES[task_name]
+        for label, (spec, pruner) in candidates.items():
+            if pruner is not None and not curves:
+                continue
+            runs = [replay(spec, seed, grid, budget, float("-inf"),
+                           None if pruner is None else PRUNERS[pruner](every), every, budget_only=True)
+                    for seed in range(args.first_seed, args.first_seed + args.seeds)]
+            gaps = [100 * (means[tuple(r["best_key"])] / best_mean - 1) for r in runs if r["best_key"]]
+            ok = sum(g <= 1.0 for g in gaps)
+            rows.append({"task": task_name, "sampler": label, "seeds": args.seeds, "picked_within_1pct": ok,
+                         "seeds_0_1_2": sum(g <= 1.0 for g in gaps[:3]), "median_gap_pct": statistics.median(gaps),
+                         "training_seeds": seed_noise["tasks"][task_name]["analysis"]["seeds"]})
+            print(f"{task_name:9s} {label:60s} picked within 1% of the best mean: {ok:3d}/{args.seeds}; "
+                  f"median gap {statistics.median(gaps):.1f}%", flush=True)
+    if args.publish:
+        out = ROOT / "bench/results"
+        (out / f"{args.name}.json").write_text(json.dumps({"budget_share": args.budget_share, "rows": rows}, indent=1))
+        seeds = ", ".join(map(str, rows[0]["training_seeds"])) if rows else ""
+        lines = ["# Samplers replayed, judged by the mean over training seeds", "",
+                 f"Command: `python bench/sweep_replay.py --seeds {args.seeds} --judge-mean {args.judge_mean} "
+                 f"--name {args.name} --publish`. Each sweep is replayed on the recorded grid (one training seed, as "
+                 f"a sweep's trials train) and spends its whole budget ({args.budget_share} of the grid's "
+                 "trial-seconds); the configuration it reports (its best trial) is judged by its mean eval loss over "
+                 f"the training seeds {seeds} of bench/seed_noise.py, against the best mean of the grid.", "",
+                 "| task | sampler | reported configuration within 1% of the best mean | seeds 0-2 | median gap |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['sampler']} | {r['picked_within_1pct']}/{r['seeds']} | {r['seeds_0_1_2']}/3 | "
+                  f"{r['median_gap_pct']:.1f}% |" for r in rows]
         (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     return 0
 

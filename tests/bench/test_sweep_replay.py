@@ -112,3 +112,21 @@ def test_pause_and_promote_resumes_a_paused_trial_where_it_paused_and_charges_ea
     resumed = [n for n, seq in by_trial.items() if seq[-1][0] - seq[0][0] + 1 > len(seq)]
     assert resumed  # a trial's reports were interleaved with others': it paused, and was promoted later
     assert run["reached_s"] <= 10.0 * run["trials"] + 1e-9
+
+
+def test_judged_by_the_mean_a_sweep_spends_its_budget_and_reports_its_best_configuration(tmp_path, capsys):
+    """The grid as one training seed saw it has its best at (4e-3, 64, 8); over the seeds, (2e-3, 16, 8) is the
+    best by far. A sweep that found only the former is judged by that configuration's mean: 20% off."""
+    grid = made_up_grid()
+    run = replay.replay({"name": "random"}, 0, grid, budget=360.0, best=float("-inf"), budget_only=True)
+    assert run["reached_s"] is None and run["trials"] == 36  # never 'reached': the whole grid fits the budget
+    assert tuple(run["best_key"]) == (4e-3, 64, 8) and run["best_in_budget"] == 1.0
+    means = {f"lr={k[0]:g} rank={k[1]} batch_size={k[2]}": 1.5 for k in grid}
+    means["lr=0.004 rank=64 batch_size=8"], means["lr=0.002 rank=16 batch_size=8"] = 1.2, 1.0
+    seed_noise = {"tasks": {"letters": {"values": {"42": means, "0": means}, "analysis": {"seeds": [0, 42]}}}}
+    tasks = {"letters": {"grid": [{"name": "grid", "records": [
+        {"params": {"lr": k[0], "rank": k[1], "batch_size": k[2]}, "state": "COMPLETE", "value": r["value"],
+         "seconds": r["seconds"], "curve": r["curve"], "global_step": r["steps"]} for k, r in grid.items()]}]}}
+    args = type("Args", (), {"budget_share": 1.0, "seeds": 2, "first_seed": 0, "publish": False})()
+    replay.judge_by_mean(tasks, {"random": ({"name": "random"}, None)}, seed_noise, args)
+    assert "picked within 1% of the best mean:   0/2; median gap 20.0%" in capsys.readouterr().out
