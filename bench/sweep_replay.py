@@ -117,7 +117,7 @@ class Tally:
         self.best_key: Optional[Tuple] = None  # the configuration of best_in_budget: the one the sweep reports
 
     def finished(self, value: float, within: bool, best: float, key: Tuple) -> bool:
-        """A trial of ``key`` completed with ``value`` (started on the budget: ``within``); whether it is within 1%
+        """A trial of ``key`` completed with ``value`` (with the budget not yet spent: ``within``); whether it is within 1%
         of ``best`` (never, for ``best`` = -inf: the sweep then spends its whole budget)."""
         if within and (self.best_in_budget is None or value < self.best_in_budget):
             self.best_in_budget, self.best_key = value, key
@@ -138,7 +138,7 @@ def examples_seen(step: int, batch_size: int, every: int) -> int:
 def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: float,
            pruner: Optional[dict] = None, every: int = 0, budget_only: bool = False) -> Dict[str, Optional[float]]:
     """One sweep, run until a trial completes within 1% of ``best`` (or every configuration completed): the
-    trial-seconds used when it finished (``reached_s``), whether it started within ``budget`` (the sweep starts no
+    trial-seconds used when it finished (``reached_s``), whether it finished within ``budget`` (the sweep starts no
     trial once the budget is spent; a started trial finishes), and the best value among the trials the budget
     allowed. ``pruner``: a hydra.sweeper.pruner spec, asked after each of a trial's evaluations but its last."""
     import optuna
@@ -164,7 +164,6 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
         if key in complete:  # answered from the study: no compute
             study.tell(trial, complete[key])
             continue
-        within = tally.used < budget
         tally.trained += 1
         stopped_at = None
         if pruner is not None:
@@ -183,8 +182,8 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"]
-        if tally.finished(rec["value"], within, best, key):
-            return tally.outcome(reached=True, within=within)
+        if tally.finished(rec["value"], tally.used <= budget, best, key):
+            return tally.outcome(reached=True, within=tally.used <= budget)
     return tally.outcome(reached=False, within=False)
 
 
@@ -209,7 +208,6 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
     paused: Dict[int, Tuple[optuna.trial.Trial, Tuple, int]] = {}  # number -> (trial, key, curve index to go on)
     tally, asks = Tally(), 0
     while len(complete) < len(grid) and asks < 5000 and not (budget_only and tally.used >= budget):
-        within = tally.used < budget
         frozen = rule.next_promotion(study)
         if frozen is not None:
             trial, key, start = paused.pop(frozen.number)
@@ -244,8 +242,8 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
-        if tally.finished(rec["value"], within, best, key):
-            return tally.outcome(reached=True, within=within)
+        if tally.finished(rec["value"], tally.used <= budget, best, key):
+            return tally.outcome(reached=True, within=tally.used <= budget)
     return tally.outcome(reached=False, within=False)
 
 
@@ -322,8 +320,9 @@ def main() -> int:
                  f"--seeds {args.seeds}{' --budget-only' if args.budget_only else ''}"
                  f"{'' if args.name == 'sweep_replay' else ' --name ' + args.name} --publish`. "
                  f"Budget: {args.budget_share} of each grid's trial-seconds. Sampler seeds 0..{args.seeds - 1}; "
-                 "a seed counts when a trial within 1% of the grid's best started before the budget was spent "
-                 "(the sweeper starts no trial after that; a started one finishes). Median trial-s to within 1%: each "
+                 "a seed counts when a trial within 1% of the grid's best finished within the budget (as "
+                 "bench/sweep_efficiency.py counts a real sweep; until 2026-12-04 20:55 UTC a trial that started on "
+                 "the budget counted). Median trial-s to within 1%: each "
                  "sweep run on, past the budget, until it gets there (the median over seeds; the grid's own order "
                  "would need half the grid on average; not with --budget-only). Regret: how far the best trial on the budget ended above the "
                  "grid's best (median over seeds). See the script's docstring for what a replay cannot show "
