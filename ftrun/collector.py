@@ -9,8 +9,9 @@ Trainer's own ``gc.collect()`` as ``train`` starts (accelerate's ``free_memory``
 :func:`pause` stops the collector (``python -m ftrun`` calls it once the config is valid; a sweep's warm worker
 around its imports); :func:`resume` moves everything that exists to the permanent generation (:func:`gc.freeze`:
 no later collection walks it) and starts the collector again, so that training collects only what training
-makes. Set-up's cyclic garbage stays frozen with the rest: 36,000 small objects on that run, no change in
-resident memory measured. Only a process's first :func:`pause` counts (a second run in the same process, as under
+makes. One full collection comes first (0.7 s on that run, against the 11): set-up's cyclic garbage (27,000-54,000
+objects there, 6-10 MB of peak RSS) would otherwise stay frozen for good, and a cycle that holds a tensor would hold
+its memory with it. Only a process's first :func:`pause` counts (a second run in the same process, as under
 Hydra's in-process launcher, would freeze the first one's garbage); :func:`resume` does nothing where no
 :func:`pause` stopped the collector.
 """
@@ -33,9 +34,11 @@ def pause() -> None:
 
 
 def resume() -> None:
-    """Freeze what exists and collect automatically again, if :func:`pause` stopped it."""
+    """Collect set-up's garbage once, freeze what is left and collect automatically again, if :func:`pause`
+    stopped it."""
     global _paused
     if _paused:
+        gc.collect()
         gc.freeze()
         gc.enable()
         _paused = False

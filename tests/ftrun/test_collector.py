@@ -20,7 +20,11 @@ SEMANTICS = textwrap.dedent("""
     collector.pause()
     seen["enabled_while_paused"] = gc.isenabled()
     keep = [[i] for i in range(1000)]
+    class Node: pass
+    cycle = Node(); cycle.me = cycle
+    import weakref; gone = weakref.ref(cycle); del cycle   # garbage only a collection can free
     collector.resume()
+    seen["cycle_collected_before_freeze"] = gone() is None
     seen["enabled_after_resume"] = gc.isenabled()
     seen["frozen_after_resume"] = gc.get_freeze_count()
     collector.pause()                        # a second run in this process: the collector stays on
@@ -50,7 +54,7 @@ def _python(code: str, *args: str, env=None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
-def test_pause_stops_collection_and_resume_freezes_what_exists_once_per_process():
+def test_pause_stops_collection_and_resume_collects_once_then_freezes_what_is_left():
     out = _python(SEMANTICS)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
@@ -58,14 +62,15 @@ def test_pause_stops_collection_and_resume_freezes_what_exists_once_per_process(
     assert seen["frozen_without_pause"] == 0
     assert seen["frozen_after_resume"] > 1000  # the list made while paused, and everything before it
     assert seen["enabled_after_second_pause"]
+    assert seen["cycle_collected_before_freeze"]  # set-up's garbage is freed, not frozen for good
 
 
-def test_a_run_sets_up_without_a_full_collection_and_trains_with_the_stack_frozen(tiny_dir, tmp_path, mlflow_uri):
+def test_a_run_sets_up_with_one_full_collection_and_trains_with_the_stack_frozen(tiny_dir, tmp_path, mlflow_uri):
     watch = tmp_path / "watch.json"
     out = _python(WATCH, *FAST, f"output_root={tmp_path / 'out'}", "name=gc",
                   env={"WATCH_OUT": str(watch), "FTRUN_MALLOC": "system"})
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(watch.read_text())
     assert seen["enabled"]
-    assert seen["full_collections_before_training"] == 0
+    assert seen["full_collections_before_training"] == 1  # the one resume makes (unpaused: one per ~25% growth)
     assert seen["frozen"] > 100_000  # torch, transformers, datasets and MLflow, out of every later collection
