@@ -3,24 +3,11 @@ seeds, the spread of a configuration over seeds, and the rank correlation betwee
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.bench_module import bench_module
 
-
-def _bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("seed_noise", ROOT / "bench" / "seed_noise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seed_noise = _bench()
+seed_noise = bench_module("seed_noise")
 
 
 def test_two_seeds_that_disagree_on_the_best():

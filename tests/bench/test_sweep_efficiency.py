@@ -4,27 +4,16 @@ No trial runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.bench_module import bench_module
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("sweep_efficiency", ROOT / "bench" / "sweep_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sweep_efficiency"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench()
+bench = bench_module("sweep_efficiency")
 DISTS = {"lr": CategoricalDistribution([1e-4, 1e-3, 4e-3]), "rank": CategoricalDistribution([4, 64])}
 
 

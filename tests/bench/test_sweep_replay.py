@@ -3,24 +3,11 @@ new trials (a started one counts), and the replay follows the sampler the sweepe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.bench_module import bench_module
 
-
-def _bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("sweep_replay", ROOT / "bench" / "sweep_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-replay = _bench()
+replay = bench_module("sweep_replay")
 LRS, RANKS, BATCHES = [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3], [4, 16, 64], [8, 16]
 
 
