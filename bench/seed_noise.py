@@ -39,7 +39,14 @@ RECORDED_SEED = 42  # ftrun/conf/config.yaml's seed: the seed of the recorded gr
 
 
 def key(params: dict) -> str:
+    """A configuration's name in seed_noise.json: ``lr=0.004 rank=16 batch_size=8`` (:func:`parse_key` reads it)."""
     return f"lr={params['lr']:g} rank={params['rank']} batch_size={params['batch_size']}"
+
+
+def parse_key(config: str) -> tuple:
+    """(lr, rank, batch_size) from :func:`key`'s name, as bench/sweep_replay.py keys its grids."""
+    p = dict(kv.split("=") for kv in config.split())
+    return float(p["lr"]), int(p["rank"]), int(p["batch_size"])
 
 
 def grid_values(task_dir: Path, prefix: str) -> Dict[str, float]:

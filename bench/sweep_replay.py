@@ -340,12 +340,11 @@ def main() -> int:
 
 def seed_means(seed_noise: dict, task: str) -> Dict[Tuple, float]:
     """(lr, rank, batch_size) -> the mean eval loss over bench/seed_noise.py's training seeds."""
+    from seed_noise import parse_key
+
     values = seed_noise["tasks"][task]["values"]
-    out = {}
-    for config in set.intersection(*(set(v) for v in values.values())):
-        p = dict(kv.split("=") for kv in config.split())
-        out[(float(p["lr"]), int(p["rank"]), int(p["batch_size"]))] = statistics.fmean(v[config] for v in values.values())
-    return out
+    return {parse_key(config): statistics.fmean(v[config] for v in values.values())
+            for config in set.intersection(*(set(v) for v in values.values()))}
 
 
 def judge_by_mean(tasks: dict, candidates: dict, seed_noise: dict, args) -> int:
