@@ -182,8 +182,9 @@ def replay(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: float, best: 
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"]
-        if tally.finished(rec["value"], tally.used <= budget, best, key):
-            return tally.outcome(reached=True, within=tally.used <= budget)
+        on_budget = tally.used <= budget  # the trial finished within the budget
+        if tally.finished(rec["value"], on_budget, best, key):
+            return tally.outcome(reached=True, within=on_budget)
     return tally.outcome(reached=False, within=False)
 
 
@@ -242,8 +243,9 @@ def replay_promotion(spec: dict, seed: int, grid: Dict[Tuple, dict], budget: flo
         study.tell(trial, rec["value"])
         complete[key] = rec["value"]
         tally.used += rec["seconds"] * (rec["steps"] - done_before) / rec["steps"]
-        if tally.finished(rec["value"], tally.used <= budget, best, key):
-            return tally.outcome(reached=True, within=tally.used <= budget)
+        on_budget = tally.used <= budget  # the trial finished within the budget
+        if tally.finished(rec["value"], on_budget, best, key):
+            return tally.outcome(reached=True, within=on_budget)
     return tally.outcome(reached=False, within=False)
 
 
