@@ -39,7 +39,9 @@ def _run(cfg: DictConfig) -> float:
     except ConfigError as e:
         _refuse(e, hc)
     from ftrun import collector
+    from ftrun.unused_libraries import hide, unused
 
+    hide(unused(cfg))  # before peft, accelerate and datasets import them (ftrun.unused_libraries)
     collector.pause()  # until training starts: imports and set-up make objects that live as long as the run
     from ftrun.divergence import Diverged
     from ftrun.exit_status import exit_status

@@ -63,6 +63,11 @@ MEASURING_BASELINE_ENV = "FTRUN_MEASURING_BASELINE"
 """Set in the run that measures the process baseline: its own estimate needs no baseline."""
 MALLOC_ENV = "FTRUN_MALLOC"
 """The C allocator a run preloads (ftrun.allocator): jemalloc (default), tcmalloc or system; children inherit it."""
+UNUSED_LIBRARIES_ENV = "FTRUN_UNUSED_LIBRARIES"
+"""The optional libraries a run keeps out of its process (ftrun.unused_libraries), comma-separated; empty: none.
+Unset: those its config does not need; the sweeper sets it for its warm workers."""
+ACCELERATE_DEEPSPEED_ENV = "ACCELERATE_USE_DEEPSPEED"
+"""accelerate's own variable: ``accelerate launch --use_deepspeed`` sets it in every process it starts."""
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 """MLflow's own variable: the tracking URI when tracking.uri is null."""
 

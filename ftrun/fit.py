@@ -18,6 +18,7 @@ from typing import Callable, Dict, Optional
 from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
                           last_checkpoint)
 from ftrun.allocator import in_use as allocator_in_use
+from ftrun.unused_libraries import hidden_now
 from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, ATTR_PAUSED_AT, LOSS_PLOT, MODEL_DIR, RESULT_FILE,
                             TAG_FAIL_REASON, TAG_PAUSED_AT_STEP, TRAINER_STATE)
 
@@ -266,6 +267,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         train_losses = ([h["loss"] for h in history if "loss" in h]  # the run's mean if no step was logged
                         or [h["train_loss"] for h in history if "train_loss" in h])
         summary = {"train_time_s": train_time, "peak_memory_mb": peak_memory_mb(), "malloc": allocator_in_use(),
+                   "hidden_libraries": hidden_now(),
                    "global_step": trainer.state.global_step}
         if best_step(trainer) is not None:  # the model saved below is that checkpoint's
             summary["best_step"] = best_step(trainer)

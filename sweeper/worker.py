@@ -236,9 +236,13 @@ def prepare_process() -> None:
     What the imports made lives as long as the worker; out of the collector's sight, a full collection (the
     Trainer's ``free_memory`` at every train, :func:`_release_memory` after every trial) no longer walks it:
     ~0.3 s of a 2 s tiny trial (bench/packed_trials.py). The collector is paused while they import
-    (:mod:`ftrun.collector`)."""
+    (:mod:`ftrun.collector`). First the optional libraries no trial of the sweep needs are hidden
+    (``FTRUN_UNUSED_LIBRARIES``, which the sweeper sets: :func:`sweeper.worker_pool.worker_env`)."""
     from ftrun import collector
+    from ftrun.contract import UNUSED_LIBRARIES_ENV
+    from ftrun.unused_libraries import hide
 
+    hide(name for name in os.environ.get(UNUSED_LIBRARIES_ENV, "").split(",") if name)
     collector.pause()
     _import_libraries()
     collector.resume()
@@ -274,6 +278,9 @@ def run_trial(request: Dict[str, Any]):
         try:
             cfg, run_dir, overrides = compose_trial(request["args"])
             info["compose_s"] = time.perf_counter() - started
+            from ftrun.unused_libraries import check_trial
+
+            check_trial(cfg)
             from ftrun.train import run
 
             run(cfg, run_dir, overrides=overrides)

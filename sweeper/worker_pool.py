@@ -9,19 +9,36 @@ this pool decides which slots use one, starts it, and after each trial replaces 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
+from sweeper.settings import select
 from sweeper.slots import Slot
 from sweeper.worker import WarmTrial, Worker
 
 log = logging.getLogger("ftrun.sweeper")
 
 
+def worker_env(job_cfg, varied: Sequence[str], pruner: Any) -> Dict[str, str]:
+    """The warm workers' ``FTRUN_UNUSED_LIBRARIES``: the optional libraries no trial of the sweep needs
+    (:func:`ftrun.unused_libraries.unused_in_sweep`); none set when the user set it or the base config is not a run's."""
+    from ftrun.contract import UNUSED_LIBRARIES_ENV
+    from ftrun.unused_libraries import unused_in_sweep
+
+    if UNUSED_LIBRARIES_ENV in os.environ or select(job_cfg, "method.name") is None:
+        return {}
+    try:
+        return {UNUSED_LIBRARIES_ENV: ",".join(unused_in_sweep(job_cfg, varied, pruner))}
+    except (AttributeError, KeyError):  # a partial config (not a composed run's): hide nothing
+        return {}
+
+
 class WorkerPool:
     """Warm workers by slot index; their logs go to ``<log_dir>/slot<i>_<n>.log``."""
 
-    def __init__(self, conf: Mapping[str, Any], log_dir: Path):
+    def __init__(self, conf: Mapping[str, Any], log_dir: Path, env: Optional[Mapping[str, str]] = None):
+        self.env = {"TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self.mode = str(conf.get("workers", "warm"))
         self.custom_command = bool(conf.get("command"))
         self.max_trials = int(conf.get("worker_max_trials") or 0)
@@ -38,7 +55,7 @@ class WorkerPool:
         worker = self.workers.get(slot.index)
         if worker is None or not worker.alive():
             n = sum(1 for _ in self.log_dir.glob(f"slot{slot.index}_*.log")) if self.log_dir.is_dir() else 0
-            worker = Worker(slot, self.log_dir / f"slot{slot.index}_{n:03d}.log", env={"TOKENIZERS_PARALLELISM": "false"})
+            worker = Worker(slot, self.log_dir / f"slot{slot.index}_{n:03d}.log", env=self.env)
             self.workers[slot.index] = worker
         return worker
 

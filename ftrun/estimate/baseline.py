@@ -52,9 +52,10 @@ def cache_file(method: str, tracking: bool = True) -> Path:
         except PackageNotFoundError:
             versions.append(f"{lib}=none")
     from ftrun.allocator import chosen
+    from ftrun.unused_libraries import CANDIDATES
 
     key = "|".join([platform.node(), platform.machine(), cpu_model(), f"cpus={os.cpu_count()}", sys.version,
-                    *versions, f"malloc={chosen()}"])
+                    *versions, f"malloc={chosen()}", f"may_hide={','.join(CANDIDATES)}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = method_key(method) + ("" if tracking else "-untracked")
     return cache_root() / "estimate" / f"baseline-{name}-{digest}.json"

@@ -90,6 +90,18 @@ def test_warm_trial_gets_the_experiment_preset_and_its_own_mlflow_child(warm_and
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+def test_warm_and_fresh_trials_keep_the_libraries_no_trial_needs_out(warm_and_fresh):
+    import importlib.util
+
+    from ftrun.unused_libraries import CANDIDATES
+
+    installed = [name for name in CANDIDATES if importlib.util.find_spec(name) is not None]
+    for mode in ("warm", "fresh"):  # the sweeper tells warm workers (ftrun.unused_libraries.unused_in_sweep)
+        for t in warm_and_fresh[mode]["study"].trials:
+            result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+            assert result["hidden_libraries"] == installed, mode
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
