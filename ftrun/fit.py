@@ -526,7 +526,8 @@ def plot_loss(log_history: list, path: Path, title: str = "") -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    ax.legend()
+    if train or evals:  # a run that logged no loss (fewer steps than train.logging_steps) has nothing to label
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
