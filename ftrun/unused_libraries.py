@@ -1,11 +1,12 @@
 """Optional libraries a run does not use, kept out of its process.
 
-peft, accelerate and datasets import some optional libraries whenever they are installed, whether the run
+The libraries a run stands on import some optional libraries whenever they are installed, whether the run
 uses them or not: peft imports bitsandbytes (for its 4- and 8-bit layers), accelerate imports DeepSpeed (to
-unwrap a ``DeepSpeedEngine`` when the Trainer starts), and datasets imports scipy (every ``load_dataset``
-patches ``scipy.io.loadmat`` for streaming). On the tiny model's packed alpaca job (bench/peer_llamafactory.py,
-2 AMD EPYC cores) they raised a LoRA run's peak resident memory from 783 to 878 MB: bitsandbytes 45 MB,
-DeepSpeed 15 MB, scipy 35 MB.
+unwrap a ``DeepSpeedEngine`` when the Trainer starts), datasets imports scipy (every ``load_dataset`` patches
+``scipy.io.loadmat`` for streaming), MLflow's ``start_run`` imports IPython (to look for a Databricks notebook's
+``dbutils``), and httpcore2 (huggingface_hub's HTTP client) imports trio (for its trio backend). On the tiny
+model's packed alpaca job (bench/peer_llamafactory.py, 2 AMD EPYC cores) they raised a LoRA run's peak resident
+memory from 760 to 878 MB: bitsandbytes 45 MB, DeepSpeed 15 MB, scipy 35 MB, IPython 18 MB, trio 5 MB.
 
 A run that does not need one hides it: ``sys.modules[name] = None``. Python's import system then ends
 ``import name`` with an ImportError, and ``importlib.util.find_spec(name)`` returns None, which is how these
@@ -17,7 +18,7 @@ base model that may be quantized already: a hub id (its config.json is not read 
 whose config.json has a ``quantization_config``, a model from another run (``stage.init_run``,
 ``stage.reward_run``). It needs DeepSpeed for ``sharding=zero2``/``zero3`` or a launcher that asks for it
 (``ACCELERATE_USE_DEEPSPEED``), and scipy for Optuna's Wilcoxon pruner (it runs ``scipy.stats`` in the trial's
-process). A sweep's warm workers hide what no trial of the sweep can need (:func:`unused_in_sweep`).
+process); no run needs IPython or trio (a training process is not a notebook, and nothing in it runs on trio). A sweep's warm workers hide what no trial of the sweep can need (:func:`unused_in_sweep`).
 
 ``FTRUN_UNUSED_LIBRARIES`` (:data:`ftrun.contract.UNUSED_LIBRARIES_ENV`) overrides the choice: the libraries to
 hide, comma-separated; empty hides none.
@@ -33,7 +34,7 @@ from typing import Iterable, List, Mapping, Optional, Sequence
 
 from ftrun.contract import ACCELERATE_DEEPSPEED_ENV, OPTUNA_PRUNER_ENV, UNUSED_LIBRARIES_ENV
 
-CANDIDATES = ("bitsandbytes", "deepspeed", "scipy")
+CANDIDATES = ("bitsandbytes", "deepspeed", "scipy", "IPython", "trio")
 """The optional libraries a run may keep out of its process."""
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "galore_8bit")
 """optimizer names that run on bitsandbytes."""

@@ -1,5 +1,5 @@
-"""ftrun/unused_libraries.py: a run keeps the optional libraries it does not use (bitsandbytes, DeepSpeed, scipy)
-out of its process, and keeps the ones it needs."""
+"""ftrun/unused_libraries.py: a run keeps the optional libraries it does not use (bitsandbytes, DeepSpeed, scipy,
+IPython, trio) out of its process, and keeps the ones it needs."""
 
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ def test_the_variable_overrides_the_choice():
 
 def test_a_sweep_hides_only_what_no_trial_can_need():
     cfg = compose_cfg([])
-    assert unused_in_sweep(cfg, ["optimizer.lr", "method.rank"], "median") == ["bitsandbytes", "deepspeed", "scipy"]
-    assert unused_in_sweep(cfg, ["optimizer.lr"], {"name": "wilcoxon"}) == ["bitsandbytes", "deepspeed"]
+    assert unused_in_sweep(cfg, ["optimizer.lr", "method.rank"], "median") == list(CANDIDATES)
+    assert unused_in_sweep(cfg, ["optimizer.lr"], {"name": "wilcoxon"}) == [n for n in CANDIDATES if n != "scipy"]
     assert unused_in_sweep(cfg, ["optimizer.lr", "optimizer"], None) == []  # optimizer=choice(adamw,adamw_8bit)
     assert unused_in_sweep(cfg, ["method"], None) == unused_in_sweep(cfg, ["method.name"], None) == []
-    assert unused_in_sweep(compose_cfg(["method=qlora"]), ["optimizer.lr"], None) == ["deepspeed", "scipy"]
+    assert unused_in_sweep(compose_cfg(["method=qlora"]), ["optimizer.lr"], None) == list(CANDIDATES[1:])
 
 
 HIDDEN_IMPORTS = textwrap.dedent("""
@@ -77,21 +77,27 @@ HIDDEN_IMPORTS = textwrap.dedent("""
     from accelerate.utils import is_deepspeed_available
     from transformers import Trainer  # noqa: F401
     rows = datasets.load_dataset("json", data_files=sys.argv[2], split="train")
+    import huggingface_hub.hf_api, mlflow  # httpcore2 looks for trio; start_run for IPython (Databricks)
+    mlflow.set_tracking_uri(sys.argv[3])
+    with mlflow.start_run():
+        mlflow.log_metric("loss", 1.0)
     print(json.dumps({"hidden": hidden, "loaded": [n for n in sys.argv[1].split(",") if sys.modules.get(n)],
-                      "bnb": is_bnb_available(), "deepspeed": is_deepspeed_available(), "rows": len(rows)}))
+                      "bnb": is_bnb_available(), "deepspeed": is_deepspeed_available(), "rows": len(rows),
+                      "runs": len(mlflow.search_runs(output_format="list"))}))
 """)
 
 
-@pytest.mark.skipif(not INSTALLED, reason="none of bitsandbytes, deepspeed, scipy is installed")
+@pytest.mark.skipif(not INSTALLED, reason="none of the candidates is installed")
 def test_hidden_libraries_are_not_imported_and_the_stack_takes_its_not_installed_branches(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text('{"text": "a"}\n{"text": "b"}\n')
-    out = subprocess.run([sys.executable, "-c", HIDDEN_IMPORTS, ",".join(INSTALLED), str(data)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", HIDDEN_IMPORTS, ",".join(INSTALLED), str(data),
+                          f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["hidden"] == INSTALLED and seen["loaded"] == []
-    assert not seen["bnb"] and not seen["deepspeed"] and seen["rows"] == 2
+    assert not seen["bnb"] and not seen["deepspeed"] and seen["rows"] == 2 and seen["runs"] == 1
 
 
 @pytest.mark.skipif("bitsandbytes" not in INSTALLED, reason="bitsandbytes is not installed")
