@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ftrun.allocator import in_use as allocator_in_use
+from ftrun.unused_libraries import hidden_now
 from ftrun.divergence import LossBlowUp, ZeroGradients
 from ftrun.packed.compat import compatible
 from ftrun.packed.routing import Router, _routed_forward
@@ -561,6 +562,7 @@ def _report(run: PackedRun, model, data, phases, peak_mb: float, router: Router)
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     losses = [h["loss"] for h in run.history if "loss" in h]
     summary = {"train_time_s": run.train_s, "peak_memory_mb": peak_mb, "malloc": allocator_in_use(),
+               "hidden_libraries": hidden_now(),
                "global_step": run.global_step}
     if losses:
         summary["final_train_loss"] = losses[-1]
