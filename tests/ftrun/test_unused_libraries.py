@@ -79,6 +79,7 @@ HIDDEN_IMPORTS = textwrap.dedent("""
     rows = datasets.load_dataset("json", data_files=sys.argv[2], split="train")
     import huggingface_hub.hf_api, mlflow  # httpcore2 looks for trio; start_run for IPython (Databricks)
     mlflow.set_tracking_uri(sys.argv[3])
+    mlflow.set_experiment("hidden")
     with mlflow.start_run():
         mlflow.log_metric("loss", 1.0)
     print(json.dumps({"hidden": hidden, "loaded": [n for n in sys.argv[1].split(",") if sys.modules.get(n)],
@@ -93,7 +94,8 @@ def test_hidden_libraries_are_not_imported_and_the_stack_takes_its_not_installed
     data.write_text('{"text": "a"}\n{"text": "b"}\n')
     out = subprocess.run([sys.executable, "-c", HIDDEN_IMPORTS, ",".join(INSTALLED), str(data),
                           f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["hidden"] == INSTALLED and seen["loaded"] == []
