@@ -18,7 +18,8 @@ base model that may be quantized already: a hub id (its config.json is not read 
 whose config.json has a ``quantization_config``, a model from another run (``stage.init_run``,
 ``stage.reward_run``). It needs DeepSpeed for ``sharding=zero2``/``zero3`` or a launcher that asks for it
 (``ACCELERATE_USE_DEEPSPEED``), and scipy for Optuna's Wilcoxon pruner (it runs ``scipy.stats`` in the trial's
-process); no run needs IPython or trio (a training process is not a notebook, and nothing in it runs on trio). A sweep's warm workers hide what no trial of the sweep can need (:func:`unused_in_sweep`).
+process); no run needs IPython or trio (a training process is not a notebook, and nothing in it runs on trio).
+A sweep's warm workers hide what no trial of the sweep can need (:func:`unused_in_sweep`).
 
 ``FTRUN_UNUSED_LIBRARIES`` (:data:`ftrun.contract.UNUSED_LIBRARIES_ENV`) overrides the choice: the libraries to
 hide, comma-separated; empty hides none.
