@@ -22,7 +22,8 @@ log = logging.getLogger("ftrun.sweeper")
 
 def worker_env(job_cfg, varied: Sequence[str], pruner: Any) -> Dict[str, str]:
     """The warm workers' ``FTRUN_UNUSED_LIBRARIES``: the optional libraries no trial of the sweep needs
-    (:func:`ftrun.unused_libraries.unused_in_sweep`); none set when the user set it or the base config is not a run's."""
+    (:func:`ftrun.unused_libraries.unused_in_sweep`); none set when the user set it (the workers inherit theirs) or
+    the base config is not a run's."""
     from ftrun.contract import UNUSED_LIBRARIES_ENV
     from ftrun.unused_libraries import unused_in_sweep
 
