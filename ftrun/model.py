@@ -121,6 +121,10 @@ def load_model(cfg, auto_class=None, **extra):
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    elif cfg.train.get("recompute_elementwise", False):
+        from ftrun import recompute
+
+        recompute.apply(model)
     return model
 
 

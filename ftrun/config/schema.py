@@ -280,6 +280,9 @@ class TrainConfig:
     """Keep at most this many checkpoints."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    recompute_elementwise: bool = True
+    """Recompute the gated MLP's act(gate) * up in the backward pass instead of keeping act(gate): an
+    intermediate_size-wide tensor per token and layer less, bitwise the same results (ftrun/recompute.py)."""
     chunked_loss: bool = True
     """stage=sft/pt: the loss straight from the hidden states, a chunk of tokens at a time, never the whole
     tokens x vocabulary logits (ftrun/linear_cross_entropy.py); false = transformers' own loss (also taken with

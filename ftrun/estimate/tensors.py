@@ -224,7 +224,8 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     Per decoder layer and token, autograd keeps (in elements of the compute dtype):
     with trainable weights 8h + 2kv + 4i + heads + 2 (the inputs of every linear, the
     norms' inputs and normalized values, q/k/v and the attention output with its
-    log-sum-exp, the gated MLP's four i-wide tensors); with frozen weights (LoRA) 2h
+    log-sum-exp, the gated MLP's four i-wide tensors, three with ``train.recompute_elementwise``); with frozen
+    weights (LoRA) 2h
     fewer, plus r per adapter. Gradient checkpointing keeps only each layer's input (h)
     and recomputes one layer at a time. transformers' loss keeps the log-softmax over the vocabulary
     (fp32) and, while it runs backward, two more tensors of that size; ftrun's chunked loss
@@ -239,20 +240,22 @@ def _activations(cfg, s: Shapes) -> Tuple[float, float, str, int, float]:
     if m.name == "qlora":
         low = cfg.precision in ("bf16", "fp16", "pure_bf16") or m.compute_dtype != "fp32"
     a = 2 if low else 4
-    trainable_layer = 8 * h + 2 * kv + 4 * i + nh + 2
+    recompute = cfg.train.get("recompute_elementwise", False) and not cfg.train.gradient_checkpointing
+    gated = 3 if recompute else 4  # ftrun/recompute.py: act(gate) is not kept
+    trainable_layer = 8 * h + 2 * kv + gated * i + nh + 2
     if m.name in ("lora", "qlora"):
         per_layer = [0] * s.n_layers
         for name, _, _ in _lora_targets(s, m):
             layer = layer_of(name + ".")
             if layer is not None and layer < s.n_layers:
                 per_layer[layer] += m.rank
-        layers = [6 * h + 2 * kv + 4 * i + nh + 2 + r for r in per_layer]
+        layers = [6 * h + 2 * kv + gated * i + nh + 2 + r for r in per_layer]
     elif m.name == "freeze":
         # layers before the first trainable one see no input that needs a gradient: they save nothing
         # (unless the embeddings train)
         first = s.n_layers - m.trainable_layers
         embeds = any("embed" in e for e in m.extra_modules)
-        layers = [trainable_layer if li >= first else (6 * h + 2 * kv + 4 * i + nh + 2 if embeds else 0)
+        layers = [trainable_layer if li >= first else (6 * h + 2 * kv + gated * i + nh + 2 if embeds else 0)
                   for li in range(s.n_layers)]
     else:
         layers = [trainable_layer] * s.n_layers

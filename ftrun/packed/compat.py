@@ -17,6 +17,7 @@ SAME = [
     ("train.eval_batch_size", "the eval batch size"),
     ("train.gradient_checkpointing", "gradient checkpointing"),
     ("train.chunked_loss", "the loss (train.chunked_loss)"),
+    ("train.recompute_elementwise", "what the base's MLPs keep for the backward (train.recompute_elementwise)"),
     ("objective", "the objective"),
 ]
 # settings a packed run does not support yet, with the value it needs: (key, ok(value), what)

@@ -139,6 +139,7 @@ BAD = {
     "train.save_steps": ["train.save_steps=-1"], "train.save_total_limit": ["train.save_total_limit=0"],
     "train.gradient_checkpointing": ["train.gradient_checkpointing=maybe"],
     "train.chunked_loss": ["train.chunked_loss=maybe"],
+    "train.recompute_elementwise": ["train.recompute_elementwise=maybe"],
     "train.neftune_noise_alpha": ["train.neftune_noise_alpha=0"],
     "train.generate.max_samples": ["train.generate.max_samples=-1"],
     "train.generate.max_new_tokens": ["train.generate.max_new_tokens=0"],
