@@ -4,7 +4,7 @@ allocator's slack), measured once per machine and method and cached under ``$FTR
 
 The measurement is a real run: ``python -m ftrun`` trains the built-in tiny model for two steps of
 one short row with the method asked for (qlora loads bitsandbytes, the others do not) and evaluates,
-with MLflow tracking or without, as the run estimated has it (MLflow's import and store: 80 MiB on
+with MLflow tracking or without, as the run estimated has it (MLflow's import and a new store: 121 MiB on
 a 2-core EPYC); the baseline is that run's peak resident memory (``peak_memory_mb``) less the tensor
 estimate of the same run (a few MiB). ``python -m ftrun.estimate estimate.refresh_baseline=true`` measures it again.
 """
