@@ -64,12 +64,18 @@ def needed(cfg, environ: Mapping[str, str] = os.environ) -> List[str]:
     return out
 
 
-def unused(cfg, environ: Mapping[str, str] = os.environ) -> List[str]:
-    """The candidates to hide from the run of ``cfg``: ``FTRUN_UNUSED_LIBRARIES``'s if set, else those it does not
-    need."""
+def named(environ: Mapping[str, str] = os.environ) -> Optional[List[str]]:
+    """The libraries ``FTRUN_UNUSED_LIBRARIES`` names; None when it is not set."""
     given = environ.get(UNUSED_LIBRARIES_ENV)
+    return None if given is None else [name.strip() for name in given.split(",") if name.strip()]
+
+
+def unused(cfg, environ: Mapping[str, str] = os.environ) -> List[str]:
+    """The candidates to hide from the run of ``cfg``: those ``FTRUN_UNUSED_LIBRARIES`` names if it is set, else
+    those it does not need."""
+    given = named(environ)
     if given is not None:
-        return [name for name in given.split(",") if name.strip()]
+        return given
     need = needed(cfg, environ)
     return [name for name in CANDIDATES if name not in need]
 

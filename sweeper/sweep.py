@@ -152,7 +152,8 @@ class Sweep(PauseAndPromote, PackLaunching):
         self.running: Dict[int, Running] = {}  # trial number -> the trial (a slot runs one, or a pack of them)
         self.pending: List[tuple] = []  # trials asked for a pack that could not join it: the next free slot's
         self._composed: Dict[int, Any] = {}  # trial number -> its composed config (sweeper.pack.gather)
-        self.pool = WorkerPool(s.conf, s.sweep_dir / "workers", env=worker_env(s.job_cfg, list(s.space.distributions), s.pruner_spec))
+        self.pool = WorkerPool(s.conf, s.sweep_dir / "workers",
+                               env=worker_env(s.job_cfg, list(s.space.distributions), s.pruner_spec))
         self.budget = Budget(s.budget_trial_s, s.budget_wall_s)
         self.signals = StopSignals()
 

@@ -239,10 +239,9 @@ def prepare_process() -> None:
     (:mod:`ftrun.collector`). First the optional libraries no trial of the sweep needs are hidden
     (``FTRUN_UNUSED_LIBRARIES``, which the sweeper sets: :func:`sweeper.worker_pool.worker_env`)."""
     from ftrun import collector
-    from ftrun.contract import UNUSED_LIBRARIES_ENV
-    from ftrun.unused_libraries import hide
+    from ftrun.unused_libraries import hide, named
 
-    hide(name for name in os.environ.get(UNUSED_LIBRARIES_ENV, "").split(",") if name)
+    hide(named() or [])
     collector.pause()
     _import_libraries()
     collector.resume()
