@@ -145,14 +145,24 @@ def apply_method(model, cfg, task_type: str = "CAUSAL_LM"):
     adapter = method.get("adapter")
     if adapter and not method.get("create_new_adapter", False):  # keep training the saved adapter
         log.info("Continuing the adapter in %s", adapter)
-        return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True)
+        return _fuse(cfg, PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True))
     if adapter:  # LLaMA-Factory's create_new_adapter: merge it, then a fresh adapter on top
         log.info("Merging the adapter in %s into the base; a new adapter trains on top", adapter)
         model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser())).merge_and_unload()
     try:
-        return get_peft_model(model, lora_config(cfg, task_type))
+        peft_model = get_peft_model(model, lora_config(cfg, task_type))
     except ValueError as e:
         raise ConfigError(f"method.target_modules={list(method.target_modules)}: {e}") from None
+    return _fuse(cfg, peft_model)
+
+
+def _fuse(cfg, model):
+    """LoRA layers with the fused forward of :mod:`ftrun.fused_lora` when ``train.fuse_lora`` asks for it."""
+    if cfg.train.get("fuse_lora", False):
+        from ftrun import fused_lora
+
+        fused_lora.apply(model)
+    return model
 
 
 def prepare_quantized(model, cfg):

@@ -283,6 +283,9 @@ class TrainConfig:
     recompute_elementwise: bool = True
     """Recompute the gated MLP's act(gate) * up in the backward pass instead of keeping act(gate): an
     intermediate_size-wide tensor per token and layer less, bitwise the same results (ftrun/recompute.py)."""
+    fuse_lora: bool = True
+    """lora/qlora: sibling layers (q/k/v, gate/up) share one down-projection and each adds its up-projection in the
+    matmul (ftrun/fused_lora.py); the same LoRA up to the order of floating-point sums, a step ~6% faster."""
     chunked_loss: bool = True
     """stage=sft/pt: the loss straight from the hidden states, a chunk of tokens at a time, never the whole
     tokens x vocabulary logits (ftrun/linear_cross_entropy.py); false = transformers' own loss (also taken with

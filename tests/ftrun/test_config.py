@@ -140,6 +140,7 @@ BAD = {
     "train.gradient_checkpointing": ["train.gradient_checkpointing=maybe"],
     "train.chunked_loss": ["train.chunked_loss=maybe"],
     "train.recompute_elementwise": ["train.recompute_elementwise=maybe"],
+    "train.fuse_lora": ["train.fuse_lora=maybe"],
     "train.neftune_noise_alpha": ["train.neftune_noise_alpha=0"],
     "train.generate.max_samples": ["train.generate.max_samples=-1"],
     "train.generate.max_new_tokens": ["train.generate.max_new_tokens=0"],
