@@ -36,7 +36,7 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     """transformers' attention-function signature: query/key/value ``(batch, heads, seq, dim)``;
     returns ``(batch, seq, heads, dim)`` and no weights."""
     import torch
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = _borders(query, key, attention_mask, kwargs)
     if bounds is None:
@@ -45,15 +45,15 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
         raise ValueError(f"attn_implementation={NAME} does not do sliding windows or soft-capping; "
                          "use model.attn_implementation=sdpa")
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    # split, not slicing: the backward of a split is one cat, of every slice a zeroed full-size tensor
-    out = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+    # grouped-query heads read their shared key/value heads in the kernel (enable_gqa), not from copies;
+    # split, not slicing: the backward of a split is one cat, of every slice a zeroed full-size tensor;
+    # each sample's output is cat in (batch, seq, heads, dim) order at once, the layout the caller returns
+    gqa = query.shape[1] != key.shape[1]
+    out = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
+                                                            enable_gqa=gqa).transpose(1, 2)
            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
-    out = out[0] if len(out) == 1 else torch.cat(out, dim=2)
-    return out.transpose(1, 2).contiguous(), None
+    return (out[0].contiguous() if len(out) == 1 else torch.cat(out, dim=1)), None
 
 
 def _borders(query, key, attention_mask, kwargs):
