@@ -51,11 +51,11 @@ def cache_file(method: str, tracking: bool = True) -> Path:
             versions.append(f"{lib}={version(lib if lib != 'hydra' else 'hydra-core')}")
         except PackageNotFoundError:
             versions.append(f"{lib}=none")
-    from ftrun.allocator import chosen
+    from ftrun.allocator import chosen, options
     from ftrun.unused_libraries import CANDIDATES
 
     key = "|".join([platform.node(), platform.machine(), cpu_model(), f"cpus={os.cpu_count()}", sys.version,
-                    *versions, f"malloc={chosen()}", f"may_hide={','.join(CANDIDATES)}"])
+                    *versions, f"malloc={chosen()}", f"malloc_conf={options()}", f"may_hide={','.join(CANDIDATES)}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = method_key(method) + ("" if tracking else "-untracked")
     return cache_root() / "estimate" / f"baseline-{name}-{digest}.json"

@@ -13,12 +13,18 @@ from ftrun import allocator
 SHOW = ("import os; from ftrun.allocator import reexec; reexec(); "
         "maps = open('/proc/self/maps').read(); "
         "print(os.getpid(), os.environ.get('LD_PRELOAD', ''), 'libjemalloc' in maps)")
+DECAY = ("import ctypes; from ftrun.allocator import reexec; reexec(); "
+         "v = ctypes.c_ssize_t(); n = ctypes.c_size_t(ctypes.sizeof(v)); lib = ctypes.CDLL(None); "
+         "assert lib.mallctl(b'opt.dirty_decay_ms', ctypes.byref(v), ctypes.byref(n), None, 0) == 0; "
+         "print(v.value)")
 
 
-def _show(choice: str) -> list:
-    env = {**os.environ, allocator.ENV: choice}
+def _show(choice: str, script: str = SHOW, **environ) -> list:
+    env = {**os.environ, allocator.ENV: choice, **environ}
     env.pop("LD_PRELOAD", None)
-    out = subprocess.run([sys.executable, "-c", SHOW], env=env, capture_output=True, text=True, check=True)
+    if "MALLOC_CONF" not in environ:
+        env.pop("MALLOC_CONF", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
@@ -29,6 +35,14 @@ def test_jemalloc_is_preloaded_once():
     assert "jemalloc" in pid_line[1] and pid_line[-1] == "True"  # in LD_PRELOAD and mapped into the process
     assert len(pid_line) == 3  # one exec: LD_PRELOAD holds the library once
     assert _show("system")[-1] == "False"  # FTRUN_MALLOC=system: glibc, nothing preloaded
+
+
+@pytest.mark.skipif(allocator.library("jemalloc") is None,
+                    reason="libjemalloc2 is not installed (scripts/system_packages.sh installs it)")
+def test_jemalloc_keeps_freed_pages_unless_malloc_conf_says_otherwise():
+    assert _show("jemalloc", DECAY) == ["-1"]  # JEMALLOC_CONF: no decay
+    assert _show("jemalloc", DECAY, MALLOC_CONF="dirty_decay_ms:5000") == ["5000"]  # the user's own options
+    assert _show("jemalloc", DECAY, MALLOC_CONF="") == ["10000"]  # empty: jemalloc's defaults
 
 
 def test_no_library_no_exec(monkeypatch):
