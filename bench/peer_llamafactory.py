@@ -306,14 +306,16 @@ def write_results(runs: list, args) -> None:
               "in a flattened batch) and jemalloc, the row without packing `data.padding_free=true` (off by "
               "default: on short rows of similar length padded batches run faster); the `ftrun-ablation` rows take one "
               "default back each (`model.attn_implementation=sdpa`: packed rows under a block-diagonal mask; "
-              "`FTRUN_MALLOC=system`: glibc's malloc; `tracking.enabled=false`: no MLflow run, as LLaMA-Factory's runs here track nothing)."]
+              "`FTRUN_MALLOC=system`: glibc's malloc; `MALLOC_CONF=` (empty): jemalloc's default decay instead of "
+              "ftrun's none; `train.fuse_lora=false`: peft's own LoRA forward; `tracking.enabled=false`: no MLflow run, "
+              "as LLaMA-Factory's runs here track nothing)."]
     (res / "peer_llamafactory.md").write_text("\n".join(lines) + "\n")
 
 
 def configs(only):
     """(name, kind, packing, extra ftrun overrides, extra environment) per configuration ``--only`` names;
-    ``ftrun-ablation`` adds ftrun's packing without its defaults: sdpa's block mask, glibc's malloc, MLflow
-    (LLaMA-Factory's runs here track nothing)."""
+    ``ftrun-ablation`` adds ftrun's packing without one of its defaults each: sdpa's block mask, glibc's malloc,
+    jemalloc's default decay, peft's LoRA forward, MLflow (LLaMA-Factory's runs here track nothing)."""
     out = []
     if "llamafactory" in only:
         out += [("llamafactory packing", "lf", True, (), {}), ("llamafactory no packing", "lf", False, (), {})]
@@ -323,6 +325,8 @@ def configs(only):
     if "ftrun-ablation" in only:
         out += [("ftrun packing, sdpa (masked)", "ftrun", True, ("model.attn_implementation=sdpa",), {}),
                 ("ftrun packing, glibc malloc", "ftrun", True, (), {"FTRUN_MALLOC": "system"}),
+                ("ftrun packing, jemalloc's default decay", "ftrun", True, (), {"MALLOC_CONF": ""}),
+                ("ftrun packing, peft's LoRA forward", "ftrun", True, ("train.fuse_lora=false",), {}),
                 ("ftrun packing, MLflow off", "ftrun", True, ("tracking.enabled=false",), {})]
     if "hf" in only:
         out += [("transformers Trainer + PEFT", "hf", False, (), {})]
