@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 
 from ftrun.config import (OBJECTIVE_DIRECTIONS, OPTIMIZERS, PROJECTED_OPTIMIZERS, ConfigError, keep_best,
                           last_checkpoint)
-from ftrun.allocator import in_use as allocator_in_use
+from ftrun.allocator import in_use as allocator_in_use, release as release_free_pages
 from ftrun.unused_libraries import hidden_now
 from ftrun.contract import (ATTR_BRANCH_S, ATTR_BRANCH_STEPS, ATTR_PAUSED_AT, LOSS_PLOT, MODEL_DIR, RESULT_FILE,
                             TAG_FAIL_REASON, TAG_PAUSED_AT_STEP, TRAINER_STATE)
@@ -236,6 +236,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
     from ftrun.divergence import divergence_callback
 
     collector.resume()  # set-up is over: freeze what it made (python -m ftrun paused the collector for it)
+    release_free_pages()  # and what set-up freed goes back to the kernel: training would not reuse all of it
     checkpoint = checkpoint_to_resume(cfg, run_dir)
     trainer.add_callback(divergence_callback())  # every stage: a NaN loss or gradient stops the run
     from ftrun.progress import show_progress
@@ -251,6 +252,7 @@ def train_and_report(cfg, trainer, tokenizer, tracker, run_dir: Path,
         phases = _phases
         phases.mark("prepare")  # a stage recipe's data, model and trainer (sft marked them already)
         train_time = _train(cfg, trainer, tracker, run_dir, checkpoint)
+        release_free_pages()  # jemalloc kept training's freed pages for reuse; what follows would not reuse them
         phases.mark("train")
         if pruning is not None and pruning.paused_at_step is not None:  # hydra.sweeper.pruner=promotion
             _report_pause(cfg, trainer, tracker, run_dir, pruning, train_time)

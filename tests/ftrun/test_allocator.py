@@ -18,6 +18,14 @@ DECAY = ("import ctypes; from ftrun.allocator import reexec; reexec(); "
          "assert lib.mallctl(b'opt.dirty_decay_ms', ctypes.byref(v), ctypes.byref(n), None, 0) == 0; "
          "print(v.value)")
 
+RELEASE = ("import ctypes; from ftrun.allocator import reexec, release; reexec(); "
+           "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+           "rss = lambda: next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmRSS')) >> 10; "
+           "r0 = rss(); blocks = [libc.malloc(4 << 20) for _ in range(50)]; "
+           "[ctypes.memset(b, 1, 4 << 20) for b in blocks]; r1 = rss(); "
+           "[libc.free(ctypes.c_void_p(b)) for b in blocks]; r2 = rss(); done = release(); "
+           "print(done, r1 - r0, r2 - r0, rss() - r0)")
+
 
 def _show(choice: str, script: str = SHOW, **environ) -> list:
     env = {**os.environ, allocator.ENV: choice, **environ}
@@ -52,3 +60,13 @@ def test_no_library_no_exec(monkeypatch):
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec without a library"))
     allocator.reexec()  # returns: the machine has no jemalloc
     assert allocator.chosen() == "system"
+
+
+@pytest.mark.skipif(allocator.library("jemalloc") is None,
+                    reason="libjemalloc2 is not installed (scripts/system_packages.sh installs it)")
+def test_release_hands_the_kept_pages_back():
+    done, grown, after_free, after_release = _show("jemalloc", RELEASE)
+    assert done == "True" and int(grown) >= 190  # 200 MiB written
+    assert int(after_free) >= 0.9 * int(grown)  # freed, kept for reuse (no decay)
+    assert int(after_release) <= 0.1 * int(grown)  # handed back
+    assert _show("system", RELEASE)[0] == "False"  # glibc: nothing to release this way
