@@ -109,7 +109,8 @@ def tiny_model() -> Path:
 
 
 def run_timed(cmd, cwd: Path, env: dict, log: Path) -> dict:
-    """Run ``cmd``; its wall time, exit status and peak resident memory (its own ``ru_maxrss``)."""
+    """Run ``cmd``; its wall time, peak resident memory (its own ``ru_maxrss``) and minor page faults (``ru_minflt``:
+    pages the kernel had to map, zeroed, on first touch: a count the machine's noise does not move)."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -119,7 +120,8 @@ def run_timed(cmd, cwd: Path, env: dict, log: Path) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "load_before": load}
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "minor_faults": usage.ru_minflt,
+            "load_before": load}
 
 
 def from_state(state_file: Path) -> dict:
@@ -254,7 +256,14 @@ def summarize(runs: list) -> dict:
                      "wall_s_best": min(r["wall_s"] for r in rs), "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
                      "useful_tokens": best["useful_tokens"], "steps": best["steps"], "losses": best["losses"],
                      "loads": [round(r["load_before"], 2) for r in rs]}
+        faults = sorted(r["minor_faults"] for r in rs if "minor_faults" in r)
+        out[name]["minor_faults_median"] = faults[len(faults) // 2] if faults else None
     return out
+
+
+def _faults(v: dict) -> str:
+    """The row's median minor page faults, in thousands ('-' in results from before they were recorded)."""
+    return f"{v['minor_faults_median'] / 1000:.0f}" if v.get("minor_faults_median") is not None else "-"
 
 
 def loss_gap(losses: list, ref: list) -> float:
@@ -285,8 +294,8 @@ def write_results(runs: list, args) -> None:
              f"{args.rows} alpaca rows, {JOB['epochs']} epoch. Configurations alternate; best of {args.repeats} "
              "runs each; the load average before each run is listed (the 2 cores are shared: figures are noisy).",
              "", "| configuration | useful tok/s (best) | vs LF best | medians vs LF's | train_runtime s | wall s | "
-             "peak RSS MB | steps | load avg | first losses | loss gap to LF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB | page faults (k) | steps | load avg | first losses | loss gap to LF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
         ratio = f"{v['best_useful_tokens_per_s'] / lf_best:.2f}x" if lf_best else "-"
         losses = ", ".join(f"{x:.3f}" for x in v["losses"][:5])
@@ -294,7 +303,7 @@ def write_results(runs: list, args) -> None:
         gap = f"{loss_gap(v['losses'], ref):.2%}" if ref and not name.startswith("llamafactory") else "-"
         med = f"{v['median_useful_tokens_per_s'] / lf_median:.2f}x" if lf_median else "-"
         lines.append(f"| {name} | {v['best_useful_tokens_per_s']:.0f} | {ratio} | {med} | {v['train_runtime_best']:.1f} | "
-                     f"{v['wall_s_best']:.1f} | {v['peak_rss_mb_max']:.0f} | {v['steps']} | "
+                     f"{v['wall_s_best']:.1f} | {v['peak_rss_mb_max']:.0f} | {_faults(v)} | {v['steps']} | "
                      f"{', '.join(map(str, v['loads']))} | {losses} | {gap} |")
     lines += ["", "Medians vs LF's: the row's median useful tokens/s over its runs against the better of "
               "LLaMA-Factory's two medians (a best-of-3 rewards the luckiest run of a noisy pair of cores).",
