@@ -66,6 +66,16 @@ class NullTracker:
         pass
 
 
+def _artifact_libraries(location: str) -> None:
+    """Give back boto3 where the run hid it (:mod:`ftrun.unused_libraries`) and the experiment's artifacts live in
+    a remote store (``s3://``, ...), which MLflow reaches through it."""
+    if "://" in location and not location.startswith(("file:", "mlflow-artifacts:")):
+        from ftrun.unused_libraries import unhide
+
+        if unhide("boto3"):
+            log.info("MLflow: artifacts go to %s; boto3 is imported for them", location)
+
+
 class MlflowTracker(NullTracker):
     def __init__(self, cfg, run_dir: Path, overrides: Optional[list] = None):
         import mlflow
@@ -77,7 +87,9 @@ class MlflowTracker(NullTracker):
         if uri:
             mlflow.set_tracking_uri(uri)
         with deferred():  # a stop while the run starts comes once it has started (then ends KILLED)
-            mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment))
+            experiment = experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment)
+            mlflow.set_experiment(experiment_id=experiment)
+            _artifact_libraries(mlflow.MlflowClient().get_experiment(experiment).artifact_location)
             id_file = Path(run_dir) / C.RUN_ID_FILE
             resumed_id = id_file.read_text().strip() if id_file.is_file() else None
             if resumed_id:

@@ -6,7 +6,8 @@ unwrap a ``DeepSpeedEngine`` when the Trainer starts), datasets imports scipy (e
 ``scipy.io.loadmat`` for streaming), MLflow's ``start_run`` imports IPython (to look for a Databricks notebook's
 ``dbutils``), and httpcore2 (huggingface_hub's HTTP client) imports trio (for its trio backend). On the tiny
 model's packed alpaca job (bench/peer_llamafactory.py, 2 AMD EPYC cores) they raised a LoRA run's peak resident
-memory from 760 to 878 MB: bitsandbytes 45 MB, DeepSpeed 15 MB, scipy 35 MB, IPython 18 MB, trio 5 MB.
+memory from 760 to 878 MB: bitsandbytes 45 MB, DeepSpeed 15 MB, scipy 35 MB, IPython 18 MB, trio 5 MB (and boto3,
+below, 9 MB).
 
 A run that does not need one hides it: ``sys.modules[name] = None``. Python's import system then ends
 ``import name`` with an ImportError, and ``importlib.util.find_spec(name)`` returns None, which is how these
@@ -19,6 +20,11 @@ whose config.json has a ``quantization_config``, a model from another run (``sta
 ``stage.reward_run``). It needs DeepSpeed for ``sharding=zero2``/``zero3`` or a launcher that asks for it
 (``ACCELERATE_USE_DEEPSPEED``), and scipy for Optuna's Wilcoxon pruner (it runs ``scipy.stats`` in the trial's
 process); no run needs IPython or trio (a training process is not a notebook, and nothing in it runs on trio).
+accelerate imports boto3 (for its SageMaker config command, 9 MB with botocore): a run needs it only for MLflow
+artifacts in S3, so it is kept when MLflow is on and its tracking URI is not a local file or sqlite store (a
+server's artifact store may be S3) or the environment names an S3 endpoint; a local store whose experiment was
+made with an ``s3://`` artifact location gets it back when the run opens that experiment (:func:`unhide`, from
+:mod:`ftrun.tracking`), before anything is logged.
 A sweep's warm workers hide what no trial of the sweep can need (:func:`unused_in_sweep`).
 
 ``FTRUN_UNUSED_LIBRARIES`` (:data:`ftrun.contract.UNUSED_LIBRARIES_ENV`) overrides the choice: the libraries to
@@ -33,16 +39,21 @@ import os
 import sys
 from typing import Iterable, List, Mapping, Optional, Sequence
 
-from ftrun.contract import ACCELERATE_DEEPSPEED_ENV, OPTUNA_PRUNER_ENV, UNUSED_LIBRARIES_ENV
+from ftrun.contract import ACCELERATE_DEEPSPEED_ENV, MLFLOW_URI_ENV, OPTUNA_PRUNER_ENV, UNUSED_LIBRARIES_ENV
 
-CANDIDATES = ("bitsandbytes", "deepspeed", "scipy", "IPython", "trio")
+CANDIDATES = ("bitsandbytes", "deepspeed", "scipy", "IPython", "trio", "boto3")
 """The optional libraries a run may keep out of its process."""
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "galore_8bit")
 """optimizer names that run on bitsandbytes."""
 # the keys (config groups and fields) that decide what a run needs: a sweep that varies one may give a trial a need
 # its workers' base config does not have
 _DECIDING_KEYS = ("method", "method.name", "method.quant_method", "optimizer", "optimizer.name", "sharding",
-                  "sharding.name", "model", "model.path", "stage", "stage.init_run", "stage.reward_run")
+                  "sharding.name", "model", "model.path", "stage", "stage.init_run", "stage.reward_run", "tracking",
+                  "tracking.enabled", "tracking.uri")
+LOCAL_STORES = ("sqlite:", "file:")
+"""Tracking URI schemes whose artifacts stay on this machine (unless an experiment says otherwise)."""
+S3_ENVIRONMENT = ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DEFAULT_ARTIFACT_ROOT")
+"""Environment variables that point MLflow's artifacts at another store."""
 
 
 def needed(cfg, environ: Mapping[str, str] = os.environ) -> List[str]:
@@ -61,7 +72,24 @@ def needed(cfg, environ: Mapping[str, str] = os.environ) -> List[str]:
         out.append("deepspeed")
     if "wilcoxon" in environ.get(OPTUNA_PRUNER_ENV, "").lower():
         out.append("scipy")
+    if cfg.tracking.enabled and not _local_tracking(cfg.tracking.uri or environ.get(MLFLOW_URI_ENV), environ):
+        out.append("boto3")
     return out
+
+
+def _local_tracking(uri: Optional[str], environ: Mapping[str, str]) -> bool:
+    """Whether MLflow at ``uri`` keeps its artifacts on this machine (MLflow's default store when None)."""
+    if any(environ.get(name) for name in S3_ENVIRONMENT):
+        return False
+    return uri is None or uri.startswith(LOCAL_STORES) or ("://" not in uri and ":" not in uri[2:])  # a path
+
+
+def unhide(name: str) -> bool:
+    """Let this process import ``name`` again; whether it was hidden."""
+    if name in sys.modules and sys.modules[name] is None:
+        del sys.modules[name]
+        return True
+    return False
 
 
 def named(environ: Mapping[str, str] = os.environ) -> Optional[List[str]]:

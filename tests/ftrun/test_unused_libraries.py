@@ -1,5 +1,5 @@
 """ftrun/unused_libraries.py: a run keeps the optional libraries it does not use (bitsandbytes, DeepSpeed, scipy,
-IPython, trio) out of its process, and keeps the ones it needs."""
+IPython, trio, boto3) out of its process, and keeps the ones it needs."""
 
 from __future__ import annotations
 
@@ -50,6 +50,38 @@ def test_deepspeed_by_sharding_or_launcher_and_scipy_by_the_wilcoxon_pruner():
     assert _needs(environ={"ACCELERATE_USE_DEEPSPEED": "true"}) == ["deepspeed"]
     assert _needs(environ={OPTUNA_PRUNER_ENV: json.dumps({"name": "wilcoxon"})}) == ["scipy"]
     assert _needs(environ={OPTUNA_PRUNER_ENV: json.dumps({"name": "median"})}) == []
+
+
+def test_boto3_only_where_mlflow_artifacts_may_be_remote():
+    for uri in ("sqlite:////tmp/x/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns", "mlruns"):
+        assert _needs(f"tracking.uri={uri}") == [], uri
+    assert _needs("tracking.uri=http://127.0.0.1:5000") == ["boto3"]  # a server's artifact store may be S3
+    assert _needs("tracking.uri=postgresql://u@127.0.0.1/mlflow") == ["boto3"]
+    assert _needs("tracking.enabled=false", "tracking.uri=http://127.0.0.1:5000") == []
+    assert _needs(environ={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}) == ["boto3"]
+    assert _needs(environ={"MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}) == ["boto3"]
+
+
+GIVE_BACK = textwrap.dedent("""
+    import json, sys
+    from ftrun.unused_libraries import hide, hidden_now
+    assert hide(["boto3"]) == ["boto3"]
+    from ftrun.tracking import _artifact_libraries
+    seen = {}
+    for location in ("/tmp/mlruns/1", "file:///tmp/mlruns/1", "mlflow-artifacts:/1", "s3://bucket/mlflow/1"):
+        _artifact_libraries(location)
+        seen[location] = "boto3" in hidden_now()
+    import boto3  # importable again
+    print(json.dumps(seen))
+""")
+
+
+@pytest.mark.skipif("boto3" not in INSTALLED, reason="boto3 is not installed")
+def test_an_experiment_with_s3_artifacts_gives_boto3_back():
+    out = subprocess.run([sys.executable, "-c", GIVE_BACK], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "/tmp/mlruns/1": True, "file:///tmp/mlruns/1": True, "mlflow-artifacts:/1": True, "s3://bucket/mlflow/1": False}
 
 
 def test_the_variable_overrides_the_choice():
