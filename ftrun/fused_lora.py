@@ -24,7 +24,9 @@ Applied by :func:`ftrun.model.apply_method` to every peft LoRA ``Linear`` whose 
 adapter, no DoRA or other variant, no ``lora_bias``, not merged. Layers with dropout keep their own down-projection
 (a shared one would share the dropout mask too). Anything else (several adapters, ``adapter_names``, a dtype the
 adapter does not share with the base output) runs peft's own forward, call by call. Packed trials route their rows
-with their own forward (:mod:`ftrun.packed.routing`) and are not changed.
+with their own forward (:mod:`ftrun.packed.routing`) and are not changed. Under DeepSpeed ZeRO-3, which gathers
+each parameter only while its own module runs, nothing is changed (:func:`partitioned`): the fused forward reads
+the sibling layers' and the up-projection's weights without running their modules.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from typing import List
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"))
 """Sibling layer names that read the same input, as transformers' decoders name them (Llama, Mistral, Qwen, ...;
 ``w1``/``w3``: Mixtral's experts)."""
+
+
+def partitioned(cfg, environ=None) -> bool:
+    """Whether the run's parameters are partitioned per module (``sharding=zero3``, or an accelerate launcher's
+    DeepSpeed ZeRO stage 3), where the fused forward cannot read them."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    return cfg.sharding.name == "zero3" or environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 class _Group:

@@ -161,7 +161,8 @@ def _fuse(cfg, model):
     if cfg.train.get("fuse_lora", False):
         from ftrun import fused_lora
 
-        fused_lora.apply(model)
+        if not fused_lora.partitioned(cfg):
+            fused_lora.apply(model)
     return model
 
 

@@ -94,7 +94,7 @@ def test_siblings_share_one_down_projection_and_no_full_width_scaling_remains():
     assert counts["false"]["add"] - counts["true"].get("add", 0) == 7 * n
 
 
-def test_dropout_keeps_each_layer_its_own_down_projection_and_dora_runs_peft():
+def test_dropout_keeps_each_layer_its_own_down_projection_and_dora_and_zero3_run_peft():
     with_dropout = _model("train.fuse_lora=true", "method.dropout=0.1")
     attn = with_dropout.base_model.model.model.layers[0].self_attn
     assert attn.q_proj._ftrun_group is not attn.k_proj._ftrun_group
@@ -102,6 +102,10 @@ def test_dropout_keeps_each_layer_its_own_down_projection_and_dora_runs_peft():
     assert not any("_ftrun_group" in vars(m) for m in dora.modules())
     off = _model("train.fuse_lora=false")
     assert not any("_ftrun_group" in vars(m) for m in off.modules())
+    zero3 = _model("train.fuse_lora=true", "sharding=zero3")  # parameters gathered per module: peft's forward
+    assert not any("_ftrun_group" in vars(m) for m in zero3.modules())
+    assert fused_lora.partitioned(compose_cfg([]), {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    assert not fused_lora.partitioned(compose_cfg(["sharding=zero2"]), {})
 
 
 def test_disabled_adapter_gives_the_base_output():
