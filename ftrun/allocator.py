@@ -15,14 +15,14 @@ the board's runs) inherit it. ``FTRUN_MALLOC`` picks ``jemalloc`` (default), ``t
 (``scripts/system_packages.sh`` installs ``libjemalloc2``).
 
 jemalloc starts with ``MALLOC_CONF`` = :data:`JEMALLOC_CONF` unless the environment sets ``MALLOC_CONF`` itself
-(an empty value gives jemalloc's defaults). jemalloc's default decay (``dirty_decay_ms`` 10 s) returns freed pages
-to the kernel a little at a time from the moment they are freed, not after 10 s (jemalloc's TUNING.md), so every
-training step faulted part of its activations' pages in again. With decay off the freed pages are reused as they
-are: on the packed alpaca job 0.82-0.84 s of train_runtime against 0.88-0.96 s, at the same peak RSS (746-752 MB;
-the peak is the high-water mark either way), and a 4-epoch run with evaluation 3.05-3.15 s against 3.45-4.04 s at
-754-755 MB against 756-762 MB. When training ends, :func:`release` hands the freed pages back at once (jemalloc's
-``arena.<all>.purge``): what comes after (saving, the loss plot, MLflow's upload) reuses no training pages and
-would otherwise raise the peak above training's (by 14-25 MB on that job).
+(an empty value gives jemalloc's defaults). jemalloc's default decay (``dirty_decay_ms`` 10 s) starts handing
+freed pages back to the kernel the moment they are freed (here, of 200 MiB written and freed in 4 MiB blocks, 160
+were gone at once), so every training step faulted much of its activations in again: on the packed alpaca job of
+bench/peer_llamafactory.py a run took 255-275k minor page faults with it and 176-177k without it, and 2.03x
+LLaMA-Factory's tokens/s against 1.87x (its ``jemalloc's default decay`` row), for a peak 4-5 MB higher (757-759 MB
+against 752-754). :func:`release` hands the kept pages back at once (jemalloc's ``arena.<all>.purge``) when set-up
+ends and when training ends: what follows training (saving, the loss plot, MLflow's upload) reuses few of
+training's pages and raised that job's peak by 20-30 MB before it did.
 """
 
 from __future__ import annotations
