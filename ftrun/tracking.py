@@ -25,6 +25,7 @@ from typing import Dict, Optional
 from ftrun import contract as C
 from ftrun.config import flatten, to_container
 from ftrun.signals import deferred
+from ftrun.unused_libraries import hidden_now, unhide
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def _artifact_libraries(location: str) -> None:
     """Give back boto3 where the run hid it (:mod:`ftrun.unused_libraries`) and the experiment's artifacts live in
     a remote store (``s3://``, ...), which MLflow reaches through it."""
     if "://" in location and not location.startswith(("file:", "mlflow-artifacts:")):
-        from ftrun.unused_libraries import unhide
-
         if unhide("boto3"):
             log.info("MLflow: artifacts go to %s; boto3 is imported for them", location)
 
@@ -89,7 +88,8 @@ class MlflowTracker(NullTracker):
         with deferred():  # a stop while the run starts comes once it has started (then ends KILLED)
             experiment = experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment)
             mlflow.set_experiment(experiment_id=experiment)
-            _artifact_libraries(mlflow.MlflowClient().get_experiment(experiment).artifact_location)
+            if "boto3" in hidden_now():  # one query more only where the answer can matter
+                _artifact_libraries(mlflow.MlflowClient().get_experiment(experiment).artifact_location)
             id_file = Path(run_dir) / C.RUN_ID_FILE
             resumed_id = id_file.read_text().strip() if id_file.is_file() else None
             if resumed_id:
