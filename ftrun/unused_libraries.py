@@ -50,6 +50,8 @@ EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "galore_8bit")
 _DECIDING_KEYS = ("method", "method.name", "method.quant_method", "optimizer", "optimizer.name", "sharding",
                   "sharding.name", "model", "model.path", "stage", "stage.init_run", "stage.reward_run", "tracking",
                   "tracking.enabled", "tracking.uri")
+GIVEN_BACK = ("boto3",)
+"""Candidates that can be given back after the stack imported without them: their users import them only at use."""
 LOCAL_STORES = ("sqlite:", "file:")
 """Tracking URI schemes whose artifacts stay on this machine (unless an experiment says otherwise)."""
 S3_ENVIRONMENT = ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DEFAULT_ARTIFACT_ROOT")
@@ -134,8 +136,9 @@ def hidden_now() -> List[str]:
 
 
 def check_trial(cfg) -> None:
-    """In a warm worker: refuse a trial that needs a library the worker hid (the sweeper should not send one)."""
-    missing = [name for name in needed(cfg) if name in hidden_now()]
+    """In a warm worker: give back what can be given back (boto3, imported only where artifacts go to S3), refuse a
+    trial that needs another library the worker hid (the sweeper should not send one)."""
+    missing = [name for name in needed(cfg) if name in hidden_now() and not (name in GIVEN_BACK and unhide(name))]
     if missing:
         raise RuntimeError(f"this trial needs {', '.join(missing)}, which its warm worker hid "
                            f"({UNUSED_LIBRARIES_ENV}); rerun with hydra.sweeper.workers=fresh")

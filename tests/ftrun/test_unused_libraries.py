@@ -72,6 +72,12 @@ GIVE_BACK = textwrap.dedent("""
         _artifact_libraries(location)
         seen[location] = "boto3" in hidden_now()
     import boto3  # importable again
+    from ftrun.unused_libraries import check_trial, hide
+    from tests.conftest import compose_cfg
+    del sys.modules["boto3"]  # imported above: out again, to hide it once more
+    assert hide(["boto3"]) == ["boto3"]
+    check_trial(compose_cfg(["tracking.uri=http://127.0.0.1:5000"]))  # a warm worker's trial: given back, not refused
+    seen["after a remote trial"] = "boto3" in hidden_now()
     print(json.dumps(seen))
 """)
 
@@ -85,7 +91,8 @@ def test_an_experiment_with_s3_artifacts_gives_boto3_back(tmp_path):
                          env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "/tmp/mlruns/1": True, "file:///tmp/mlruns/1": True, "mlflow-artifacts:/1": True, "s3://bucket/mlflow/1": False}
+        "/tmp/mlruns/1": True, "file:///tmp/mlruns/1": True, "mlflow-artifacts:/1": True, "s3://bucket/mlflow/1": False,
+        "after a remote trial": False}
 
 
 def test_the_variable_overrides_the_choice():
