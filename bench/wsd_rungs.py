@@ -1,0 +1,363 @@
+"""Do warmup-stable-decay rung branches rank configurations as their end does, and what would pause and promote
+gain from a sampler that learns from them? (issue 22)
+
+    python bench/wsd_rungs.py --record --grids outputs/bench/se4     # train both WSD grids (~13 min on 2 cores)
+    python bench/wsd_rungs.py --seeds 30 --publish                   # replay them; bench/results/wsd_rungs.{json,md}
+
+``--record`` trains bench/sweep_efficiency.py's 36-point grid on both tasks again, each trial under
+``scheduler=wsd`` with a decay branch (``hydra.sweeper.rung_branch=0.15``) at every evaluation and a pruner that
+stops nothing, so that every trial records what it would report at any rung (its Optuna intermediate values) and
+how it ends. A branch leaves the trial's weights unchanged (tests/sweeper/test_rung_branch.py), so one trial gives
+every rung's score. The instruct task starts from the stage=pt base already in ``--grids`` (a run directory of
+bench/sweep_efficiency.py, whose cosine grids are the reference).
+
+The replay (no training) then reports, per task: where the configurations that end best rank at each rung; and in
+how many sampler seeds a sweep on a fifth of the cosine grid's trial-seconds finishes a trial within 1% of the
+cosine grid's best, and of the WSD grid's own best: plain TPE / GP on WSD trials, pause and promote
+(sweeper.promotion, as the sweeper runs it) with TPE, and the same with :class:`RungView` between the study and
+TPE. Optuna's TPE and GP learn only from COMPLETE (and, TPE, PRUNED) trials; a paused trial is RUNNING, so under
+pause and promote the sampler learns from the few trials that finished. RungView is BOHB's rule (Falkner et al.
+2018: model the largest budget with enough observations): the sampler sees every trial that reached the highest
+rung at least ``min_trials`` trials reached as COMPLETE with its value there. It is a prototype here, not in the
+sweeper. Costs: a trial's recorded seconds less its branches, spread evenly over its evaluations, plus the branch
+at each rung it reports (branch seconds in proportion to the steps before them) and 0.3 s per pause or resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import sweep_efficiency as se  # noqa: E402
+from sweep_replay import grid_of  # noqa: E402
+
+OUT = ROOT / "outputs" / "bench" / "wsd_rungs"
+BRANCH_SHARE = 0.15
+OVERHEAD_S = 0.3  # a pause's checkpoint or a promotion's resume
+
+
+def record(grids: Path) -> None:
+    """Train both tasks' WSD grids (two one-slot sweeps at a time, one core each)."""
+    jobs = []
+    for name in ("letters", "instruct"):
+        task, d = se.TASKS[name], OUT / name
+        d.mkdir(parents=True, exist_ok=True)
+        for b in se.BATCHES:
+            jobs.append({"name": f"grid_wsd_b{b}", "slots": 1, "out": d,
+                         "args": [*se.space_args(b), "hydra.sweeper.sampler=grid",
+                                  "hydra.sweeper.pruner={name:threshold,upper:1000000.0}", "scheduler=wsd",
+                                  f"hydra.sweeper.rung_branch={BRANCH_SHARE}", *task.trial(grids / name)]})
+    se.run_jobs(jobs)
+
+
+def read_wsd(task: str) -> Dict[Tuple, dict]:
+    """(lr, rank, batch_size) -> value, seconds, branch_s and ``branches`` {examples seen: reported value}."""
+    import optuna
+
+    from ftrun.contract import ATTR_BRANCH_S
+
+    out = {}
+    for b in se.BATCHES:
+        study = se.load_study(OUT / task, f"grid_wsd_b{b}")
+        for t in study.get_trials(deepcopy=False):
+            if t.state != optuna.trial.TrialState.COMPLETE:
+                continue
+            out[(float(t.params["lr"]), int(t.params["rank"]), b)] = {
+                "value": t.value, "seconds": float(t.user_attrs["duration_s"]),
+                "branch_s": float(t.user_attrs.get(ATTR_BRANCH_S, 0.0)),
+                "branches": {int(k): v for k, v in sorted(t.intermediate_values.items())}}
+    return out
+
+
+class RungView:
+    """A study as a sampler reads it under pause and promote: while fewer than ``min_trials`` trials are complete,
+    the trials that reached the highest rung at least ``min_trials`` trials reached are COMPLETE with their value
+    there, and other trials with reports PRUNED (BOHB's model on the largest budget with enough observations)."""
+
+    def __init__(self, study, rungs_of: Callable, min_trials: int):
+        self._study, self._rungs_of, self._min = study, rungs_of, min_trials
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return self._get_trials(deepcopy, states)
+
+    def _get_trials(self, deepcopy: bool = False, states=None, use_cache: bool = False):
+        from optuna.trial import TrialState
+
+        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=False)
+        rungs = self._rungs_of(trials)
+        view = trials
+        if rungs is not None and sum(t.state == TrialState.COMPLETE for t in trials) < self._min:
+            levels: Dict[int, list] = {}
+            for t in trials:
+                if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED) and t.intermediate_values:
+                    k = 0
+                    while rungs.start(k) <= max(t.intermediate_values) and rungs.value_at(t, k) is not None:
+                        levels.setdefault(k, []).append(t)
+                        k += 1
+            enough = [k for k, ts in levels.items() if len(ts) >= self._min]
+            if enough:
+                k = max(enough)
+                reached = {t.number for t in levels[k]}
+                view = []
+                for t in trials:
+                    if t.number in reached or (t.state == TrialState.RUNNING and t.intermediate_values):
+                        seen = copy.copy(t)
+                        if t.number in reached:
+                            seen.state, seen.values = TrialState.COMPLETE, [rungs.value_at(t, k)]
+                        else:
+                            seen.state = TrialState.PRUNED
+                        view.append(seen)
+                    else:
+                        view.append(t)
+        return [t for t in view if states is None or t.state in states]
+
+
+def rung_sampler(inner, rungs_of: Callable, min_trials: int):
+    """``inner`` (an Optuna sampler) reading the study through :class:`RungView`."""
+    from optuna.samplers import BaseSampler
+
+    class RungSampler(BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return inner.infer_relative_search_space(RungView(study, rungs_of, min_trials), trial)
+
+        def sample_relative(self, study, trial, space):
+            return inner.sample_relative(RungView(study, rungs_of, min_trials), trial, space)
+
+        def sample_independent(self, study, trial, name, dist):
+            return inner.sample_independent(RungView(study, rungs_of, min_trials), trial, name, dist)
+
+        def before_trial(self, study, trial):
+            inner.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            inner.reseed_rng()
+
+    return RungSampler()
+
+
+def main_seconds(rec: dict) -> float:
+    return rec["seconds"] - rec["branch_s"]
+
+
+def branch_cost(rec: dict) -> Dict[int, float]:
+    """Each branch's seconds, in proportion to the steps trained before it (its length is a share of them)."""
+    at = sorted(rec["branches"])[:-1]  # the last report is the run's own end, not a branch
+    weight = sum(range(1, len(at) + 1)) or 1
+    return {s: rec["branch_s"] * (i + 1) / weight for i, s in enumerate(at)}
+
+
+def replay_plain(spec: dict, seed: int, grid: dict, budget: float, target: float) -> Tuple[bool, float]:
+    """A sweep without pruning on WSD trials (no branches): (finished within 1% on the budget, trial-s used)."""
+    import optuna
+
+    from sweeper.space import sweep_space
+    from sweeper.study import build_sampler
+
+    space = sweep_space({}, se.space_args())
+    study = optuna.create_study(sampler=build_sampler(spec, seed=seed), direction="minimize")
+    used, complete = 0.0, {}
+    for _ in range(3000):
+        if used >= budget or len(complete) == len(grid):
+            break
+        trial = study.ask()
+        p = space.sample(trial, {})
+        key = (float(p["lr"]), int(p["rank"]), int(p["batch_size"]))
+        if key not in complete:
+            used += main_seconds(grid[key])
+            complete[key] = grid[key]["value"]
+            if complete[key] <= target * 1.01:
+                return used <= budget, used
+        study.tell(trial, complete[key])
+    return False, used
+
+
+def replay_promotion(spec: dict, seed: int, grid: dict, budget: float, target: float, every: int,
+                     view: int = 0, reduction_factor: int = 3) -> Tuple[bool, float]:
+    """Pause and promote (one slot) with a branch at each rung: a promotion resumes before any new trial starts;
+    a configuration proposed while a trial of it waits paused is asked again (sweeper.quota.answer_repeat)."""
+    import optuna
+
+    from ftrun.contract import ATTR_PAUSED_AT
+    from sweeper.promotion import PromotionPruner
+    from sweeper.space import sweep_space
+    from sweeper.study import build_sampler
+
+    space = sweep_space({}, se.space_args())
+    rule = PromotionPruner(min_resource=every, reduction_factor=reduction_factor)
+    sampler = build_sampler(spec, seed=seed)
+    if view:
+        sampler = rung_sampler(sampler, rule.rungs, view)
+    study = optuna.create_study(study_name=f"replay-{seed}", sampler=sampler, direction="minimize", pruner=rule)
+    complete: Dict[Tuple, float] = {}
+    paused: Dict[int, tuple] = {}  # number -> (trial, key, index of the next report)
+    used = 0.0
+    for _ in range(3000):
+        if len(complete) == len(grid):
+            break
+        frozen = rule.next_promotion(study)
+        if frozen is not None:
+            trial, key, start = paused.pop(frozen.number)
+            trial.set_user_attr(ATTR_PAUSED_AT, None)
+            used += OVERHEAD_S
+        else:
+            if used >= budget:
+                break
+            trial = study.ask()
+            p = space.sample(trial, {})
+            key = (float(p["lr"]), int(p["rank"]), int(p["batch_size"]))
+            if key in complete:
+                study.tell(trial, complete[key])
+                continue
+            if any(k == key for _, k, _ in paused.values()):
+                trial.set_user_attr("duplicate_of", -1)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            start = 0
+        rec = grid[key]
+        reports, costs = sorted(rec["branches"])[:-1], branch_cost(rec)
+        per_eval = main_seconds(rec) / (len(reports) + 1)
+        stop = None
+        for i in range(start, len(reports)):
+            seen = reports[i]
+            mine = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            if not rule.at_rung(study, mine, seen):
+                continue  # under promotion only a rung's evaluation branches and reports
+            trial.report(rec["branches"][seen], seen)
+            used += costs[seen]
+            if trial.should_prune():
+                stop = i
+                break
+        if stop is not None:
+            used += per_eval * (stop + 1 - start) + OVERHEAD_S
+            trial.set_user_attr(ATTR_PAUSED_AT, reports[stop])
+            paused[trial.number] = (trial, key, stop + 1)
+            continue
+        used += per_eval * (len(reports) + 1 - start)
+        study.tell(trial, rec["value"])
+        complete[key] = rec["value"]
+        if rec["value"] <= target * 1.01:
+            return used <= budget, used
+    return False, used
+
+
+CANDIDATES = {
+    "TPE, 4 start-up, no pruning": lambda g, s, b, t, e: replay_plain({"name": "tpe", "n_startup_trials": 4}, s, g, b, t),
+    "GP, 4 start-up, no pruning (sweep=auto's sampler)": lambda g, s, b, t, e: replay_plain(
+        {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True}, s, g, b, t),
+    "random + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "random"}, s, g, b, t, e),
+    "TPE + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "tpe", "n_startup_trials": 4}, s, g,
+                                                                      b, t, e),
+    "TPE reading rungs (RungView) + pause and promote": lambda g, s, b, t, e: replay_promotion(
+        {"name": "tpe", "n_startup_trials": 4}, s, g, b, t, e, view=4),
+    "GP reading rungs (RungView) + pause and promote": lambda g, s, b, t, e: replay_promotion(
+        {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True}, s, g, b, t, e, view=4),
+}
+
+
+def rank_table(wsd: dict) -> List[dict]:
+    """Per reported step: where the three configurations that end best rank among all 36 by that report."""
+    final = sorted(wsd, key=lambda k: wsd[k]["value"])[:3]
+    rows = []
+    for seen in sorted(next(iter(wsd.values()))["branches"]):
+        order = sorted(wsd, key=lambda k: wsd[k]["branches"][seen])
+        rows.append({"examples": seen, "ranks": [order.index(k) + 1 for k in final]})
+    return rows
+
+
+def main() -> int:
+    import warnings
+
+    import optuna
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--record", action="store_true", help="train the WSD grids first")
+    ap.add_argument("--grids", default=str(ROOT / "outputs/bench/se4"),
+                    help="bench/sweep_efficiency.py's run directory: the cosine grids (and instruct's base)")
+    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--budget-share", type=float, default=0.2)
+    ap.add_argument("--publish", action="store_true", help="write bench/results/wsd_rungs.{json,md}")
+    args = ap.parse_args()
+    grids = Path(args.grids)
+    if args.record:
+        record(grids)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    tasks = {}
+    for name in ("letters", "instruct"):
+        wsd = read_wsd(name)
+        cosine = grid_of(json.loads((grids / name / "runs.json").read_text()))
+        best = {"cosine": min(r["value"] for r in cosine.values()), "wsd": min(r["value"] for r in wsd.values())}
+        budget = args.budget_share * sum(r["seconds"] for r in cosine.values())
+        every = se.TASKS[name].eval_examples
+        rows = []
+        for label, run in CANDIDATES.items():
+            for ref in ("cosine", "wsd"):
+                runs = [run(wsd, seed, budget, best[ref], every) for seed in range(args.seeds)]
+                rows.append({"sweep": label, "reference": ref, "reached": sum(r[0] for r in runs),
+                             "seeds_0_1_2": sum(r[0] for r in runs[:3]),
+                             "median_used_s": statistics.median(r[1] for r in runs)})
+                print(f"{name:9s} {label:50s} vs {ref:6s} best: {rows[-1]['reached']}/{args.seeds}", flush=True)
+        tasks[name] = {"best": best, "best_config": {"cosine": min(cosine, key=lambda k: cosine[k]["value"]),
+                                                     "wsd": min(wsd, key=lambda k: wsd[k]["value"])},
+                       "within_1pct_of_cosine_best": sorted(k for k in wsd if wsd[k]["value"] <= best["cosine"] * 1.01),
+                       "budget_s": budget, "ranks": rank_table(wsd), "rows": rows,
+                       "grid": [{"config": list(k), **v} for k, v in sorted(wsd.items())]}
+    if args.publish:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "machine": f"{platform.node()}: grids recorded on 2 AMD EPYC CPU cores (x86_64), no GPU, "
+                           f"Python {platform.python_version()}", "seeds": args.seeds,
+                "budget_share": args.budget_share, "branch_share": BRANCH_SHARE}
+        out = ROOT / "bench" / "results"
+        (out / "wsd_rungs.json").write_text(json.dumps({"meta": meta, "tasks": tasks}, indent=1, default=str))
+        (out / "wsd_rungs.md").write_text(report(meta, tasks))
+    return 0
+
+
+def report(meta: dict, tasks: dict) -> str:
+    lines = ["# WSD rung branches: do they rank as the end does, and what a sampler reading them gains", "",
+             f"{meta['date']}; {meta['machine']}. Commands: `python bench/wsd_rungs.py --record` (the grids: every "
+             f"trial under scheduler=wsd with a {meta['branch_share']} decay branch at every evaluation), then "
+             f"`python bench/wsd_rungs.py --seeds {meta['seeds']} --publish` (replays, no training). Budget: "
+             f"{meta['budget_share']} of the cosine grid's trial-seconds (bench/results/sweep_efficiency_epyc.md). "
+             "See the script's docstring for the cost model."]
+    for name, t in tasks.items():
+        lines += ["", f"## Task `{name}`", "",
+                  f"Cosine grid's best {t['best']['cosine']:.4f} {tuple(t['best_config']['cosine'])}; WSD grid's best "
+                  f"{t['best']['wsd']:.4f} {tuple(t['best_config']['wsd'])} "
+                  f"({100 * (t['best']['wsd'] / t['best']['cosine'] - 1):+.1f}%). WSD configurations within 1% of the "
+                  f"cosine best: {', '.join(str(tuple(k)) for k in t['within_1pct_of_cosine_best']) or 'none'}.", "",
+                  "Rank (of 36) of the three configurations that end best, by the value each trial reports there "
+                  "(a decay branch; the last row is the run's own end):", "",
+                  "| examples seen | ranks of the final 1st, 2nd, 3rd |", "|---|---|"]
+        lines += [f"| {r['examples']} | {', '.join(map(str, r['ranks']))} |" for r in t["ranks"]]
+        lines += ["", f"Sweeps on {t['budget_s']:.0f} trial-seconds, {meta['seeds']} sampler seeds: a seed counts "
+                  "when a trial within 1% of the reference's best finished on the budget.", "",
+                  "| sweep | vs the cosine grid's best | vs the WSD grid's best | seeds 0-2 (cosine, WSD) |",
+                  "|---|---|---|---|"]
+        by = {(r["sweep"], r["reference"]): r for r in t["rows"]}
+        for label in dict.fromkeys(r["sweep"] for r in t["rows"]):
+            c, w = by[(label, "cosine")], by[(label, "wsd")]
+            lines.append(f"| {label} | {c['reached']}/{meta['seeds']} | {w['reached']}/{meta['seeds']} | "
+                         f"{c['seeds_0_1_2']}/3, {w['seeds_0_1_2']}/3 |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
