@@ -266,8 +266,8 @@ CANDIDATES = {
                                                                       b, t, e),
     "TPE reading rungs (RungView) + pause and promote": lambda g, s, b, t, e: replay_promotion(
         {"name": "tpe", "n_startup_trials": 4}, s, g, b, t, e, view=4),
-    "GP reading rungs (RungView) + pause and promote": lambda g, s, b, t, e: replay_promotion(
-        {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True}, s, g, b, t, e, view=4),
+    # (GP reading rungs: left out; under promotion it re-proposed a paused configuration thousands of times, each
+    # answered "busy", as with a pruner: sweeper.setting_checks refuses GP with a pruner)
 }
 
 
