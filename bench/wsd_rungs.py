@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sweep_efficiency as se  # noqa: E402
-from sweep_replay import grid_of  # noqa: E402
+from sweep_replay import grid_of, replay  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench" / "wsd_rungs"
 BRANCH_SHARE = 0.15
@@ -164,28 +164,12 @@ def branch_cost(rec: dict) -> Dict[int, float]:
 
 
 def replay_plain(spec: dict, seed: int, grid: dict, budget: float, target: float) -> Tuple[bool, float]:
-    """A sweep without pruning on WSD trials (no branches): (finished within 1% on the budget, trial-s used)."""
-    import optuna
-
-    from sweeper.space import sweep_space
-    from sweeper.study import build_sampler
-
-    space = sweep_space({}, se.space_args())
-    study = optuna.create_study(sampler=build_sampler(spec, seed=seed), direction="minimize")
-    used, complete = 0.0, {}
-    for _ in range(3000):
-        if used >= budget or len(complete) == len(grid):
-            break
-        trial = study.ask()
-        p = space.sample(trial, {})
-        key = (float(p["lr"]), int(p["rank"]), int(p["batch_size"]))
-        if key not in complete:
-            used += main_seconds(grid[key])
-            complete[key] = grid[key]["value"]
-            if complete[key] <= target * 1.01:
-                return used <= budget, used
-        study.tell(trial, complete[key])
-    return False, used
+    """A sweep without pruning on WSD trials, each charged its seconds less its branches (a sweep without a pruner
+    runs none): bench/sweep_replay.py's replay. (finished within 1% on the budget, trial-s used: the budget for a miss)"""
+    plain = {k: {"value": r["value"], "seconds": main_seconds(r), "curve": None, "steps": None}
+             for k, r in grid.items()}
+    out = replay(spec, seed, plain, budget, target, budget_only=True)
+    return out["within_budget"], out["reached_s"] or budget
 
 
 def replay_promotion(spec: dict, seed: int, grid: dict, budget: float, target: float, every: int,
