@@ -14,26 +14,24 @@ bench/sweep_efficiency.py, whose cosine grids are the reference).
 The replay (no training) then reports, per task: where the configurations that end best rank at each rung; and in
 how many sampler seeds a sweep on a fifth of the cosine grid's trial-seconds finishes a trial within 1% of the
 cosine grid's best, and of the WSD grid's own best: plain TPE / GP on WSD trials, pause and promote
-(sweeper.promotion, as the sweeper runs it) with TPE, and the same with :class:`RungView` between the study and
-TPE. Optuna's TPE and GP learn only from COMPLETE (and, TPE, PRUNED) trials; a paused trial is RUNNING, so under
-pause and promote the sampler learns from the few trials that finished. RungView is BOHB's rule (Falkner et al.
-2018: model the largest budget with enough observations): the sampler sees every trial that reached the highest
-rung at least ``min_trials`` trials reached as COMPLETE with its value there. It is a prototype here, not in the
-sweeper. Costs: a trial's recorded seconds less its branches, spread evenly over its evaluations, plus the branch
-at each rung it reports (branch seconds in proportion to the steps before them) and 0.3 s per pause or resume.
+(sweeper.promotion, as the sweeper runs it) with TPE learning only from finished trials (``teach_sampler=0``)
+and with TPE reading the paused trials' rung values (``teach_sampler=4``, :mod:`sweeper.rung_view`: BOHB's rule).
+Optuna's TPE and GP learn only from COMPLETE (and, TPE, PRUNED) trials; a paused trial is RUNNING, so without the
+view the sampler learns under pause and promote from the few trials that finished. Costs: a trial's recorded
+seconds less its branches, spread evenly over its evaluations, plus the branch at each rung it reports (branch
+seconds in proportion to the steps before them) and 0.3 s per pause or resume.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,21 +45,22 @@ BRANCH_SHARE = 0.15
 OVERHEAD_S = 0.3  # a pause's checkpoint or a promotion's resume
 
 
-def record(grids: Path) -> None:
-    """Train both tasks' WSD grids (two one-slot sweeps at a time, one core each)."""
+def record(grids: Path, out: Path, decay_type: str) -> None:
+    """Train both tasks' WSD grids (two one-slot sweeps at a time, one core each) into ``out``."""
     jobs = []
     for name in ("letters", "instruct"):
-        task, d = se.TASKS[name], OUT / name
+        task, d = se.TASKS[name], out / name
         d.mkdir(parents=True, exist_ok=True)
         for b in se.BATCHES:
             jobs.append({"name": f"grid_wsd_b{b}", "slots": 1, "out": d,
                          "args": [*se.space_args(b), "hydra.sweeper.sampler=grid",
                                   "hydra.sweeper.pruner={name:threshold,upper:1000000.0}", "scheduler=wsd",
-                                  f"hydra.sweeper.rung_branch={BRANCH_SHARE}", *task.trial(grids / name)]})
+                                  f"scheduler.kwargs.decay_type={decay_type}", f"hydra.sweeper.rung_branch={BRANCH_SHARE}",
+                                  *task.trial(grids / name)]})
     se.run_jobs(jobs)
 
 
-def read_wsd(task: str) -> Dict[Tuple, dict]:
+def read_wsd(task: str, out: Path = OUT) -> Dict[Tuple, dict]:
     """(lr, rank, batch_size) -> value, seconds, branch_s and ``branches`` {examples seen: reported value}."""
     import optuna
 
@@ -69,7 +68,7 @@ def read_wsd(task: str) -> Dict[Tuple, dict]:
 
     out = {}
     for b in se.BATCHES:
-        study = se.load_study(OUT / task, f"grid_wsd_b{b}")
+        study = se.load_study(out / task, f"grid_wsd_b{b}")
         for t in study.get_trials(deepcopy=False):
             if t.state != optuna.trial.TrialState.COMPLETE:
                 continue
@@ -78,78 +77,6 @@ def read_wsd(task: str) -> Dict[Tuple, dict]:
                 "branch_s": float(t.user_attrs.get(ATTR_BRANCH_S, 0.0)),
                 "branches": {int(k): v for k, v in sorted(t.intermediate_values.items())}}
     return out
-
-
-class RungView:
-    """A study as a sampler reads it under pause and promote: while fewer than ``min_trials`` trials are complete,
-    the trials that reached the highest rung at least ``min_trials`` trials reached are COMPLETE with their value
-    there, and other trials with reports PRUNED (BOHB's model on the largest budget with enough observations)."""
-
-    def __init__(self, study, rungs_of: Callable, min_trials: int):
-        self._study, self._rungs_of, self._min = study, rungs_of, min_trials
-
-    def __getattr__(self, name):
-        return getattr(self._study, name)
-
-    def get_trials(self, deepcopy: bool = True, states=None):
-        return self._get_trials(deepcopy, states)
-
-    def _get_trials(self, deepcopy: bool = False, states=None, use_cache: bool = False):
-        from optuna.trial import TrialState
-
-        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=False)
-        rungs = self._rungs_of(trials)
-        view = trials
-        if rungs is not None and sum(t.state == TrialState.COMPLETE for t in trials) < self._min:
-            levels: Dict[int, list] = {}
-            for t in trials:
-                if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED) and t.intermediate_values:
-                    k = 0
-                    while rungs.start(k) <= max(t.intermediate_values) and rungs.value_at(t, k) is not None:
-                        levels.setdefault(k, []).append(t)
-                        k += 1
-            enough = [k for k, ts in levels.items() if len(ts) >= self._min]
-            if enough:
-                k = max(enough)
-                reached = {t.number for t in levels[k]}
-                view = []
-                for t in trials:
-                    if t.number in reached or (t.state == TrialState.RUNNING and t.intermediate_values):
-                        seen = copy.copy(t)
-                        if t.number in reached:
-                            seen.state, seen.values = TrialState.COMPLETE, [rungs.value_at(t, k)]
-                        else:
-                            seen.state = TrialState.PRUNED
-                        view.append(seen)
-                    else:
-                        view.append(t)
-        return [t for t in view if states is None or t.state in states]
-
-
-def rung_sampler(inner, rungs_of: Callable, min_trials: int):
-    """``inner`` (an Optuna sampler) reading the study through :class:`RungView`."""
-    from optuna.samplers import BaseSampler
-
-    class RungSampler(BaseSampler):
-        def infer_relative_search_space(self, study, trial):
-            return inner.infer_relative_search_space(RungView(study, rungs_of, min_trials), trial)
-
-        def sample_relative(self, study, trial, space):
-            return inner.sample_relative(RungView(study, rungs_of, min_trials), trial, space)
-
-        def sample_independent(self, study, trial, name, dist):
-            return inner.sample_independent(RungView(study, rungs_of, min_trials), trial, name, dist)
-
-        def before_trial(self, study, trial):
-            inner.before_trial(study, trial)
-
-        def after_trial(self, study, trial, state, values):
-            inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self):
-            inner.reseed_rng()
-
-    return RungSampler()
 
 
 def main_seconds(rec: dict) -> float:
@@ -184,10 +111,8 @@ def replay_promotion(spec: dict, seed: int, grid: dict, budget: float, target: f
     from sweeper.study import build_sampler
 
     space = sweep_space({}, se.space_args())
-    rule = PromotionPruner(min_resource=every, reduction_factor=reduction_factor)
-    sampler = build_sampler(spec, seed=seed)
-    if view:
-        sampler = rung_sampler(sampler, rule.rungs, view)
+    rule = PromotionPruner(min_resource=every, reduction_factor=reduction_factor, teach_sampler=view)
+    sampler = rule.taught(build_sampler(spec, seed=seed))
     study = optuna.create_study(study_name=f"replay-{seed}", sampler=sampler, direction="minimize", pruner=rule)
     complete: Dict[Tuple, float] = {}
     paused: Dict[int, tuple] = {}  # number -> (trial, key, index of the next report)
@@ -248,7 +173,7 @@ CANDIDATES = {
     "random + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "random"}, s, g, b, t, e),
     "TPE + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "tpe", "n_startup_trials": 4}, s, g,
                                                                       b, t, e),
-    "TPE reading rungs (RungView) + pause and promote": lambda g, s, b, t, e: replay_promotion(
+    "TPE reading rungs (teach_sampler=4) + pause and promote": lambda g, s, b, t, e: replay_promotion(
         {"name": "tpe", "n_startup_trials": 4}, s, g, b, t, e, view=4),
     # (GP reading rungs: left out; under promotion it re-proposed a paused configuration thousands of times, each
     # answered "busy", as with a pruner: sweeper.setting_checks refuses GP with a pruner)
@@ -274,18 +199,21 @@ def main() -> int:
     ap.add_argument("--record", action="store_true", help="train the WSD grids first")
     ap.add_argument("--grids", default=str(ROOT / "outputs/bench/se4"),
                     help="bench/sweep_efficiency.py's run directory: the cosine grids (and instruct's base)")
+    ap.add_argument("--out", default=str(OUT), help="where the WSD grids are recorded and read")
+    ap.add_argument("--decay-type", default="cosine", choices=("cosine", "linear", "1-sqrt"),
+                    help="the WSD decay shape to record under (scheduler.kwargs.decay_type)")
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--budget-share", type=float, default=0.2)
     ap.add_argument("--publish", action="store_true", help="write bench/results/wsd_rungs.{json,md}")
     args = ap.parse_args()
     grids = Path(args.grids)
     if args.record:
-        record(grids)
+        record(grids, Path(args.out), args.decay_type)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     tasks = {}
     for name in ("letters", "instruct"):
-        wsd = read_wsd(name)
+        wsd = read_wsd(name, Path(args.out))
         cosine = grid_of(json.loads((grids / name / "runs.json").read_text()))
         best = {"cosine": min(r["value"] for r in cosine.values()), "wsd": min(r["value"] for r in wsd.values())}
         budget = args.budget_share * sum(r["seconds"] for r in cosine.values())

@@ -22,7 +22,8 @@ class FtrunSweeperConf:
     """tpe, random, grid, cmaes, qmc, gp, nsgaii, nsgaiii; or {name: tpe, <kwargs>}; or {_target_: ...}."""
     pruner: Any = "median"
     """median, percentile, successive_halving, hyperband, patient, wilcoxon, threshold, none, or promotion (pause at a
-    rung and resume when promoted: {name: promotion, reduction_factor: 3, min_resource: auto}); or {name: .., <kwargs>}."""
+    rung and resume when promoted: {name: promotion, reduction_factor: 3, min_resource: auto, teach_sampler: 4}); or
+    {name: .., <kwargs>}."""
     seed: Optional[int] = None
     """Seed of the sampler (when the sampler spec gives none)."""
     objectives: Optional[List[str]] = None

@@ -77,16 +77,31 @@ class PromotionPruner(BasePruner):
         min_resource: examples seen at the first rung; ``auto`` (the default): the fewest examples any trial of
             the study reported at (its first evaluation).
         reduction_factor: a rung promotes the best ``1/reduction_factor`` of the trials that reached it.
+        teach_sampler: while fewer than this many trials are complete, the sampler learns from the trials at the
+            highest rung this many trials reached, with their value there (:mod:`sweeper.rung_view`); 0: it
+            learns only from finished trials, as Optuna's samplers do.
     """
 
-    def __init__(self, min_resource: Union[int, str] = "auto", reduction_factor: int = 3):
+    def __init__(self, min_resource: Union[int, str] = "auto", reduction_factor: int = 3, teach_sampler: int = 4):
         if min_resource != "auto" and (isinstance(min_resource, bool) or not isinstance(min_resource, int)
                                        or min_resource < 1):
             raise ValueError(f"min_resource={min_resource!r}: give training examples (an integer >= 1) or auto")
         if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) or reduction_factor < 2:
             raise ValueError(f"reduction_factor={reduction_factor!r}: must be an integer >= 2")
+        if isinstance(teach_sampler, bool) or not isinstance(teach_sampler, int) or teach_sampler < 0:
+            raise ValueError(f"teach_sampler={teach_sampler!r}: give a number of trials (an integer >= 0; 0 = off)")
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
+        self.teach_sampler = teach_sampler
+
+    def taught(self, sampler):
+        """``sampler`` learning from paused trials' rung values (:class:`sweeper.rung_view.RungSampler`), or
+        ``sampler`` itself with ``teach_sampler=0``."""
+        if not self.teach_sampler:
+            return sampler
+        from sweeper.rung_view import RungSampler
+
+        return RungSampler(sampler, self.rungs, self.teach_sampler)
 
     def rungs(self, trials: Sequence[FrozenTrial]) -> Optional[Rungs]:
         """The study's rungs (None while no trial has reported, with ``min_resource: auto``)."""

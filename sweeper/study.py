@@ -323,8 +323,13 @@ def open_study(s) -> Tuple[Any, bool]:
             founder = True
         except optuna.exceptions.DuplicatedStudyError:
             pass
+    pruner = build_pruner(s.pruner_spec)
+    from sweeper.promotion import PromotionPruner
+
+    if isinstance(pruner, PromotionPruner):  # pause and promote: the sampler learns from paused trials too
+        sampler = pruner.taught(sampler)
     study = optuna.create_study(study_name=s.study_name, storage=storage, sampler=sampler,
-                                pruner=build_pruner(s.pruner_spec), directions=s.directions, load_if_exists=True)
+                                pruner=pruner, directions=s.directions, load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
     if have != s.directions:
         raise SweepConfigError(f"study {s.study_name} in {safe_url(s.storage_url)} optimizes {have}, "
