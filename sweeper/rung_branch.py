@@ -71,11 +71,13 @@ class _Snapshot:
 
     @classmethod
     def take(cls, trainer) -> "_Snapshot":
-        params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
+        # held in host memory: under full fine-tuning the trainable weights, their gradients and Adam's two
+        # moments are four copies of the model, which a GPU sized for training does not have room for
+        params = [(p, _host(p.detach()), None if p.grad is None else _host(p.grad.detach()))
                   for p in trainer.model.parameters() if p.requires_grad]
         scheduler = trainer.lr_scheduler
         scaler = getattr(trainer.accelerator, "scaler", None)
-        return cls(params=params, optimizer=copy.deepcopy(trainer.optimizer.state_dict()),
+        return cls(params=params, optimizer=_host(trainer.optimizer.state_dict()),
                    scheduler=copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
                    scaler=copy.deepcopy(scaler.state_dict()) if scaler is not None else None,
                    rng=_rng_states(), sync_gradients=trainer.accelerator.gradient_state.sync_gradients,
@@ -87,8 +89,9 @@ class _Snapshot:
         with torch.no_grad():
             for p, value, grad in self.params:
                 p.copy_(value)
-                p.grad = grad
-        # load_state_dict copies what it is given (the scheduler's pops keys from it): hand it a copy
+                p.grad = None if grad is None else grad.to(p.device, copy=True)
+        # load_state_dict moves the state to each parameter's device; the scheduler's pops keys from what it is
+        # given: hand both a copy
         trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         if self.scheduler is not None:
             trainer.lr_scheduler.load_state_dict(copy.deepcopy(self.scheduler))
@@ -97,6 +100,19 @@ class _Snapshot:
         _set_rng_states(self.rng)
         trainer.accelerator.gradient_state._set_sync_gradients(self.sync_gradients)
         trainer.current_gradient_accumulation_steps = self.accumulation
+
+
+def _host(value):
+    """A copy of ``value`` (a tensor, or a state dict's nesting of them) with every tensor in host memory."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def _rng_states() -> Dict[str, Any]:
