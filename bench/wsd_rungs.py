@@ -3,6 +3,10 @@ gain from a sampler that learns from them? (issue 22)
 
     python bench/wsd_rungs.py --record --grids outputs/bench/se4     # train both WSD grids (~13 min on 2 cores)
     python bench/wsd_rungs.py --seeds 30 --publish                   # replay them; bench/results/wsd_rungs.{json,md}
+    # the decay shape scheduler=wsd ships (1-sqrt), recorded apart; bench/results/wsd_rungs_1sqrt.{json,md}:
+    python bench/wsd_rungs.py --record --out outputs/bench/wsd_rungs_1sqrt --decay-type 1-sqrt --seeds 0
+    python bench/wsd_rungs.py --out outputs/bench/wsd_rungs_1sqrt --decay-type 1-sqrt --seeds 30 --publish \
+        --name wsd_rungs_1sqrt
 
 ``--record`` trains bench/sweep_efficiency.py's 36-point grid on both tasks again, each trial under
 ``scheduler=wsd`` with a decay branch (``hydra.sweeper.rung_branch=0.15``) at every evaluation and a pruner that
@@ -60,7 +64,7 @@ def record(grids: Path, out: Path, decay_type: str) -> None:
     se.run_jobs(jobs)
 
 
-def read_wsd(task: str, out: Path = OUT) -> Dict[Tuple, dict]:
+def read_wsd(task: str, where: Path = OUT) -> Dict[Tuple, dict]:
     """(lr, rank, batch_size) -> value, seconds, branch_s and ``branches`` {examples seen: reported value}."""
     import optuna
 
@@ -68,7 +72,7 @@ def read_wsd(task: str, out: Path = OUT) -> Dict[Tuple, dict]:
 
     out = {}
     for b in se.BATCHES:
-        study = se.load_study(out / task, f"grid_wsd_b{b}")
+        study = se.load_study(where / task, f"grid_wsd_b{b}")
         for t in study.get_trials(deepcopy=False):
             if t.state != optuna.trial.TrialState.COMPLETE:
                 continue
@@ -168,12 +172,12 @@ def replay_promotion(spec: dict, seed: int, grid: dict, budget: float, target: f
 
 CANDIDATES = {
     "TPE, 4 start-up, no pruning": lambda g, s, b, t, e: replay_plain({"name": "tpe", "n_startup_trials": 4}, s, g, b, t),
-    "GP, 4 start-up, no pruning (sweep=auto's sampler)": lambda g, s, b, t, e: replay_plain(
+    "GP, 4 start-up, no pruning (sweep=auto's sampler until 2026-12-05)": lambda g, s, b, t, e: replay_plain(
         {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True}, s, g, b, t),
     "random + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "random"}, s, g, b, t, e),
-    "TPE + pause and promote": lambda g, s, b, t, e: replay_promotion({"name": "tpe", "n_startup_trials": 4}, s, g,
-                                                                      b, t, e),
-    "TPE reading rungs (teach_sampler=4) + pause and promote": lambda g, s, b, t, e: replay_promotion(
+    "TPE + pause and promote (teach_sampler=0)": lambda g, s, b, t, e: replay_promotion(
+        {"name": "tpe", "n_startup_trials": 4}, s, g, b, t, e),
+    "TPE reading rungs (teach_sampler=4) + pause and promote: sweep=auto": lambda g, s, b, t, e: replay_promotion(
         {"name": "tpe", "n_startup_trials": 4}, s, g, b, t, e, view=4),
     # (GP reading rungs: left out; under promotion it re-proposed a paused configuration thousands of times, each
     # answered "busy", as with a pruner: sweeper.setting_checks refuses GP with a pruner)
@@ -204,7 +208,8 @@ def main() -> int:
                     help="the WSD decay shape to record under (scheduler.kwargs.decay_type)")
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--budget-share", type=float, default=0.2)
-    ap.add_argument("--publish", action="store_true", help="write bench/results/wsd_rungs.{json,md}")
+    ap.add_argument("--publish", action="store_true", help="write bench/results/<name>.{json,md}")
+    ap.add_argument("--name", default="wsd_rungs", help="the results' file name (default %(default)s)")
     args = ap.parse_args()
     grids = Path(args.grids)
     if args.record:
@@ -235,18 +240,20 @@ def main() -> int:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "machine": f"{platform.node()}: grids recorded on 2 AMD EPYC CPU cores (x86_64), no GPU, "
                            f"Python {platform.python_version()}", "seeds": args.seeds,
-                "budget_share": args.budget_share, "branch_share": BRANCH_SHARE}
+                "budget_share": args.budget_share, "branch_share": BRANCH_SHARE, "decay_type": args.decay_type,
+                "command": " ".join(["python bench/wsd_rungs.py", *sys.argv[1:]])}
         out = ROOT / "bench" / "results"
-        (out / "wsd_rungs.json").write_text(json.dumps({"meta": meta, "tasks": tasks}, indent=1, default=str))
-        (out / "wsd_rungs.md").write_text(report(meta, tasks))
+        (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "tasks": tasks}, indent=1, default=str))
+        (out / f"{args.name}.md").write_text(report(meta, tasks))
     return 0
 
 
 def report(meta: dict, tasks: dict) -> str:
     lines = ["# WSD rung branches: do they rank as the end does, and what a sampler reading them gains", "",
-             f"{meta['date']}; {meta['machine']}. Commands: `python bench/wsd_rungs.py --record` (the grids: every "
-             f"trial under scheduler=wsd with a {meta['branch_share']} decay branch at every evaluation), then "
-             f"`python bench/wsd_rungs.py --seeds {meta['seeds']} --publish` (replays, no training). Budget: "
+             f"{meta['date']}; {meta['machine']}. Grids: `python bench/wsd_rungs.py --record` with the same --out and "
+             f"--decay-type (every trial under scheduler=wsd, decay `{meta.get('decay_type', 'cosine')}`, with a "
+             f"{meta['branch_share']} decay branch at every evaluation); replays (no training): "
+             f"`{meta.get('command', 'python bench/wsd_rungs.py --seeds 30 --publish')}`. Budget: "
              f"{meta['budget_share']} of the cosine grid's trial-seconds (bench/results/sweep_efficiency_epyc.md). "
              "See the script's docstring for the cost model."]
     for name, t in tasks.items():
