@@ -50,7 +50,8 @@ def pack_reason(conf: Dict[str, Any], warm: bool) -> Optional[str]:
     if not warm:
         return "packed trials need warm workers (hydra.sweeper.workers=warm, one process per trial, no command)"
     if conf.get("rung_branch"):
-        return "hydra.sweeper.rung_branch trains a decay branch per trial, which a pack cannot do yet"
+        return ("hydra.sweeper.rung_branch trains a decay branch per trial, which a pack cannot do yet (sweep=auto "
+                "sets it: add hydra.sweeper.rung_branch=null hydra.sweeper.pruner=none to pack)")
     return None
 
 

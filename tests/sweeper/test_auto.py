@@ -60,21 +60,29 @@ def test_auto_sweep_searches_the_lora_priors(tmp_path):
     assert list(dists["rank"].choices) == [8, 16, 32, 64]
 
 
-def test_auto_sweep_ships_a_noise_free_gp_without_pruning():
-    """sweep=auto's search (chosen by bench/sweep_replay.py over bench/seed_noise.py's six landscapes): Optuna's GP
-    sampler with 4 start-up trials and a deterministic objective, no pruner; both build as the study builds them,
-    and the settings pass the sweeper's checks (which refuse the GP with a pruner)."""
+def test_auto_sweep_ships_wsd_rung_branches_pause_and_promote_and_a_tpe_that_reads_rungs():
+    """sweep=auto's search (chosen by bench/wsd_rungs.py's replays on both tasks): every trial under scheduler=wsd
+    with a 1-sqrt decay, a 0.15 decay branch at each rung, pause and promote (factor 3) and TPE (4 start-up
+    trials) reading the paused trials' rung values; all build as the study builds them and pass the checks."""
     import optuna
 
     from ftrun.compose import compose
-    from sweeper.setting_checks import check_settings
-    from sweeper.study import build_pruner, build_sampler
+    from sweeper.promotion import PromotionPruner
+    from sweeper.rung_view import RungSampler
+    from sweeper.setting_checks import check_rung_branch, check_settings
+    from sweeper.study import SweepConfigError, build_pruner, build_sampler
 
-    conf = OmegaConf.to_container(compose(["sweep=auto"], return_hydra_config=True).hydra.sweeper, resolve=True)
-    assert conf["sampler"] == {"name": "gp", "n_startup_trials": 4, "deterministic_objective": True}
-    assert conf["pruner"] == "none"
-    sampler, pruner = build_sampler(conf["sampler"]), build_pruner(conf["pruner"])
-    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 4
-    assert sampler._deterministic
-    assert isinstance(pruner, optuna.pruners.NopPruner)
+    cfg = compose(["sweep=auto"], return_hydra_config=True)
+    conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert cfg.scheduler.name == "warmup_stable_decay" and cfg.scheduler.kwargs.decay_type == "1-sqrt"
+    assert conf["sampler"] == {"name": "tpe", "n_startup_trials": 4} and conf["rung_branch"] == 0.15
+    pruner = build_pruner(conf["pruner"])
+    assert isinstance(pruner, PromotionPruner) and pruner.reduction_factor == 3 and pruner.min_resource == "auto"
+    sampler = pruner.taught(build_sampler(conf["sampler"]))
+    assert isinstance(sampler, RungSampler) and sampler.min_trials == 4
+    assert isinstance(sampler.inner, optuna.samplers.TPESampler) and sampler.inner._n_startup_trials == 4
     check_settings(conf)
+    check_rung_branch(conf, cfg, searched=["lr", "rank", "batch_size", "epochs"])
+    # a user who names another scheduler is told what sweep=auto's branches need
+    with pytest.raises(SweepConfigError, match="add scheduler=wsd"):
+        check_rung_branch(conf, compose(["sweep=auto", "scheduler=cosine"], return_hydra_config=True), searched=[])

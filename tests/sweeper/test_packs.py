@@ -237,10 +237,14 @@ def test_gather_packs_compatible_trials_and_says_why_others_wait_or_run_unpacked
 
 
 def test_sweep_auto_packs_and_a_resumed_sweep_packs_its_new_trials(tmp_path):
-    """``python -m ftrun -m sweep=auto hydra.sweeper.pack=2`` as a user runs it, then again with more trials."""
+    """``python -m ftrun -m sweep=auto hydra.sweeper.pack=2`` as a user runs it, without the decay branches a pack
+    cannot train yet (the log's advice), then again with more trials."""
+    from sweeper.pack import pack_reason
     from sweeper_helpers import ftrun_multirun
 
-    args = ["sweep=auto", "hydra.sweeper.pack=2", *TRIAL, "tracking.enabled=false", f"hydra.sweep.dir={tmp_path}"]
+    assert "add hydra.sweeper.rung_branch=null hydra.sweeper.pruner=none" in pack_reason(
+        {"pack": 2, "rung_branch": 0.15}, warm=True)
+    args = ["sweep=auto", "hydra.sweeper.pack=2", "hydra.sweeper.rung_branch=null", "hydra.sweeper.pruner=none", *TRIAL, "tracking.enabled=false", f"hydra.sweep.dir={tmp_path}"]
     proc = ftrun_multirun([*args, "hydra.sweeper.n_trials=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (db,) = tmp_path.glob("*/study.db")
