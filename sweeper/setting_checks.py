@@ -70,14 +70,17 @@ def check_rung_branch(conf: Mapping[str, Any], job_cfg, searched: Sequence[str])
         raise SweepConfigError(f"{key}: a decay branch needs every trial on scheduler=wsd; do not search scheduler")
     if scheduler != "warmup_stable_decay":
         raise SweepConfigError(f"{key}: a decay branch starts from a stable phase, and scheduler={scheduler} has "
-                               "none; add scheduler=wsd (or drop rung_branch)")
+                               "none; add scheduler=wsd (or hydra.sweeper.rung_branch=null)")
     objectives = conf.get("objectives") or [select(job_cfg, "objective")]
-    if pruner_key(conf.get("pruner", "median")) == "none" or len(objectives) > 1:
-        raise SweepConfigError(f"{key}: a branch's score goes to the pruner, and this sweep has none (pruner=none, "
-                               "or several objectives); set hydra.sweeper.pruner=hyperband (or drop rung_branch)")
+    if len(objectives) > 1:
+        raise SweepConfigError(f"{key}: a branch's score goes to the pruner, and Optuna prunes no sweep of several "
+                               "objectives; add hydra.sweeper.rung_branch=null (sweep=auto sets it)")
+    if pruner_key(conf.get("pruner", "median")) == "none":
+        raise SweepConfigError(f"{key}: a branch's score goes to the pruner, and this sweep has none (pruner=none); "
+                               "set hydra.sweeper.pruner=promotion (or add hydra.sweeper.rung_branch=null)")
     if (conf.get("gpus_per_trial") or 0) > 1:
-        raise SweepConfigError(f"{key}: decay branches run in one process for now; set hydra.sweeper."
-                               f"gpus_per_trial=1 (have {conf.get('gpus_per_trial')}) or drop rung_branch")
+        raise SweepConfigError(f"{key}: decay branches run in one process for now; set hydra.sweeper.gpus_per_trial=1 "
+                               f"(have {conf.get('gpus_per_trial')}) or add hydra.sweeper.rung_branch=null")
 
 
 def _check_counts(conf: Mapping[str, Any], bad: Callable[[str, str], None]) -> None:

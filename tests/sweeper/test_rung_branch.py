@@ -121,6 +121,7 @@ def test_a_sweep_with_rung_branches_records_their_steps(tiny_dir, tmp_path):
     (["hydra.sweeper.rung_branch=0"], "hydra.sweeper.rung_branch=0.0: must be in (0, 1]"),
     (["hydra.sweeper.rung_branch=0.2"], "hydra.sweeper.rung_branch=0.2: a decay branch starts from a stable phase"),
     (["hydra.sweeper.rung_branch=0.2", "scheduler=wsd", "hydra.sweeper.pruner=none"], "set hydra.sweeper.pruner="),
+    (["sweep=auto", "hydra.sweeper.objectives=[eval_loss,train_time_s]"], "add hydra.sweeper.rung_branch=null"),
     (["hydra.sweeper.rung_branch=0.2", "scheduler=wsd", "hydra.sweeper.gpus_per_trial=2"],
      "set hydra.sweeper.gpus_per_trial=1"),
 ])
