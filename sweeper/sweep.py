@@ -232,7 +232,9 @@ class Sweep(PauseAndPromote, PackLaunching):
                     need = self.quota.need()
             now = time.time()
             beat_due = now - last_beat >= self.s.heartbeat_s
-            if not self.running and free and stopped is None and not self.budget.spent and need <= 0 \
+            # with nothing trained to the end, the best paused trial finishes even on a spent budget: a budget
+            # stops new trials, not the ones started (else the sweep would end with no result and delete them)
+            if not self.running and free and stopped is None and need <= 0 \
                     and self._promote(free[0], last_resort=True):
                 free.pop(0)
                 continue

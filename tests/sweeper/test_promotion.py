@@ -187,6 +187,24 @@ def test_one_mlflow_run_per_trial_through_pauses_and_the_summary_says_so(promote
     assert "paused at 16 examples and not promoted before the sweep ended" in summary
 
 
+def test_a_sweep_whose_budget_is_spent_before_any_trial_ends_still_finishes_its_best_paused_trial(tmp_path):
+    """A budget stops new trials, not started ones: trial 0 pauses alone at each rung after the budget
+    (1 trial-second) is spent, and is resumed each time, to its end, rather than recorded PRUNED with its
+    checkpoints deleted, so the sweep has a result."""
+    from sweeper_helpers import ftrun_multirun
+
+    out = ftrun_multirun(["lr=choice(1e-3,3e-2)", *TRIAL, "tracking.enabled=false", "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.pruner={name:promotion,reduction_factor:2}", "hydra.sweeper.budget_trial_s=1",
+                          f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    (trial,) = _load(tmp_path).trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs[ATTR_PROMOTIONS] == 2
+    assert sorted(trial.intermediate_values) == [16, 32, 48, 64]
+    log = out.stdout + out.stderr
+    assert "the compute budget is spent" in log
+    assert "promoted from the rung of 16 examples" in log and "promoted from the rung of 32 examples" in log
+
+
 def test_paused_and_promoted_trials_in_the_summary_the_board_and_the_analysis_report(tmp_path):
     from types import SimpleNamespace
 
