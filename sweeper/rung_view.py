@@ -29,7 +29,7 @@ def rung_view(trials: Sequence[FrozenTrial], rungs, min_trials: int) -> List[Fro
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED) and t.intermediate_values:
             k = 0
-            while rungs.start(k) <= max(t.intermediate_values) and rungs.value_at(t, k) is not None:
+            while rungs.start(k) <= max(t.intermediate_values):  # it has a report at or past rung k
                 levels.setdefault(k, []).append(t.number)
                 k += 1
     enough = [k for k, numbers in levels.items() if len(numbers) >= min_trials]
