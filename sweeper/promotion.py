@@ -95,10 +95,8 @@ class PromotionPruner(BasePruner):
         self.teach_sampler = teach_sampler
 
     def taught(self, sampler):
-        """``sampler`` learning from paused trials' rung values (:class:`sweeper.rung_view.RungSampler`), or
-        ``sampler`` itself with ``teach_sampler=0``."""
-        if not self.teach_sampler:
-            return sampler
+        """``sampler`` learning from paused trials' rung values (:class:`sweeper.rung_view.RungSampler`; not with
+        ``teach_sampler=0``) and asked again rather than proposing a paused trial's configuration."""
         from sweeper.rung_view import RungSampler
 
         return RungSampler(sampler, self.rungs, self.teach_sampler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from sweeper.promotion import PromotionPruner
@@ -83,6 +83,73 @@ def test_the_promotion_rule_teaches_its_sampler_by_default_and_refuses_a_bad_cou
     inner = optuna.samplers.TPESampler()
     taught = build_pruner({"name": "promotion"}).taught(inner)
     assert isinstance(taught, RungSampler) and taught.inner is inner and taught.min_trials == 4
-    assert build_pruner({"name": "promotion", "teach_sampler": 0}).taught(inner) is inner
+    untaught = build_pruner({"name": "promotion", "teach_sampler": 0}).taught(inner)
+    assert isinstance(untaught, RungSampler) and untaught.min_trials == 0  # no view; still asked again
     with pytest.raises(ValueError, match="teach_sampler"):
         PromotionPruner(teach_sampler=-1)
+
+
+class _Scripted(optuna.samplers.RandomSampler):
+    """Proposes the configurations of ``script`` in turn (relative sampling of the one categorical ``x``)."""
+
+    def __init__(self, script):
+        super().__init__(seed=0)
+        self.script, self.calls = list(script), 0
+
+    def infer_relative_search_space(self, study, trial):
+        return {"x": CategoricalDistribution(["a", "b", "c"])} if study.get_trials(states=(TrialState.RUNNING,)) else {}
+
+    def sample_relative(self, study, trial, search_space):
+        self.calls += 1
+        return {"x": self.script.pop(0)} if search_space else {}
+
+
+def test_a_proposal_of_a_paused_configuration_is_asked_again_and_never_reaches_the_study():
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rule = PromotionPruner(min_resource=10, reduction_factor=3, teach_sampler=0)
+    inner = _Scripted(["a", "a", "b"])
+    study = optuna.create_study(direction="minimize", sampler=rule.taught(inner), pruner=rule)
+    study.enqueue_trial({"x": "a"})
+    paused = study.ask({"x": CategoricalDistribution(["a", "b", "c"])})
+    paused.report(1.0, 10)  # it waits at the first rung, holding "a"
+    trial = study.ask({"x": CategoricalDistribution(["a", "b", "c"])})
+    assert trial.params == {"x": "b"} and inner.calls == 3  # "a" twice, asked again each time
+    assert len(study.trials) == 2  # no trial was told FAIL for a repeat
+    study.tell(trial, 2.0)
+    inner.script = ["b"]
+    again = study.ask({"x": CategoricalDistribution(["a", "b", "c"])})
+    assert again.params == {"x": "b"} and inner.calls == 4  # "b" is finished, not held: left to the sweeper
+
+
+def test_tpe_on_a_grid_of_choices_proposes_held_configurations_only_when_it_must():
+    # the benchmark's 36-point space with six paused trials, the best near lr 2e-3: TPE (through the rung view)
+    # proposes their configurations again and again (a FAIL trial each in the sweeper); asked again, almost never
+    from sweeper import rung_view as rv
+
+    space = {"lr": CategoricalDistribution([1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3]),
+             "rank": CategoricalDistribution([4, 16, 64]), "batch_size": CategoricalDistribution([8, 16])}
+
+    def repeats(redraws, monkeypatch):
+        monkeypatch.setattr(rv, "REDRAWS", redraws)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        rule = PromotionPruner(min_resource=10, reduction_factor=3, teach_sampler=4)
+        study = optuna.create_study(direction="minimize", pruner=rule,
+                                    sampler=rule.taught(optuna.samplers.TPESampler(n_startup_trials=4, seed=0)))
+        for i, (lr, rank, batch) in enumerate([(2e-3, 16, 8), (2e-3, 64, 8), (4e-3, 16, 8), (1e-3, 16, 8),
+                                               (8e-3, 4, 16), (1e-4, 4, 16)]):
+            study.enqueue_trial({"lr": lr, "rank": rank, "batch_size": batch})
+            t = study.ask(space)
+            t.report(abs(lr - 2e-3) * 100 + i / 100, 10)  # paused at the first rung, best near lr 2e-3
+        held = [t.params for t in study.trials]
+        n = 0
+        for _ in range(20):
+            t = study.ask(space)
+            n += t.params in held
+            study.tell(t, state=TrialState.FAIL)
+        return n
+
+    with pytest.MonkeyPatch.context() as mp:
+        once = repeats(1, mp)
+    with pytest.MonkeyPatch.context() as mp:
+        asked_again = repeats(32, mp)
+    assert once >= 4 and asked_again <= 1, (once, asked_again)
