@@ -190,19 +190,25 @@ def test_one_mlflow_run_per_trial_through_pauses_and_the_summary_says_so(promote
 def test_a_sweep_whose_budget_is_spent_before_any_trial_ends_still_finishes_its_best_paused_trial(tmp_path):
     """A budget stops new trials, not started ones: trial 0 pauses alone at each rung after the budget
     (1 trial-second) is spent, and is resumed each time, to its end, rather than recorded PRUNED with its
-    checkpoints deleted, so the sweep has a result."""
+    checkpoints deleted, so the sweep has a result. Promoted twice with a decay branch at each rung and no kill,
+    it ends as the same configuration trained straight through (the fixture above holds it with a kill)."""
+    from ftrun.train import run
     from sweeper_helpers import ftrun_multirun
 
     out = ftrun_multirun(["lr=choice(1e-3,3e-2)", *TRIAL, "tracking.enabled=false", "hydra.sweeper.n_trials=2",
                           "hydra.sweeper.pruner={name:promotion,reduction_factor:2}", "hydra.sweeper.budget_trial_s=1",
-                          f"hydra.sweep.dir={tmp_path}"])
+                          "hydra.sweeper.rung_branch=0.25", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert out.returncode == 0, out.stderr[-3000:]
-    (trial,) = _load(tmp_path).trials
+    (trial,) = _load(tmp_path / "sweep").trials
     assert trial.state == TrialState.COMPLETE and trial.user_attrs[ATTR_PROMOTIONS] == 2
     assert sorted(trial.intermediate_values) == [16, 32, 48, 64]
+    assert trial.user_attrs["branch_steps"] == 2
     log = out.stdout + out.stderr
     assert "the compute budget is spent" in log
     assert "promoted from the rung of 16 examples" in log and "promoted from the rung of 32 examples" in log
+    run(compose_cfg([*TRIAL, f"lr={trial.params['lr']}", "tracking.enabled=false"]), tmp_path / "straight")
+    alone = json.loads((tmp_path / "straight" / RESULT_FILE).read_text())
+    assert trial.value == pytest.approx(alone["eval_loss"], rel=1e-6, abs=0)
 
 
 def test_paused_and_promoted_trials_in_the_summary_the_board_and_the_analysis_report(tmp_path):
