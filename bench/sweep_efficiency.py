@@ -490,7 +490,7 @@ def top_k_job(task: Task, task_dir: Path, low: dict, k: int) -> dict:
 
 
 def main() -> None:
-    global LRS, RANKS, SEEDS, SMOKE
+    global LRS, RANKS, SMOKE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="letters,instruct",
                     help=f"comma-separated tasks ({', '.join(TASKS)}; default both)")
