@@ -67,7 +67,7 @@ def build_summary(study, objectives: Sequence[str], command: Sequence[str], entr
         if t.user_attrs.get("duplicate_of") is not None:
             note = f"same configuration as trial {t.user_attrs['duplicate_of']}: not trained again"
         if t.user_attrs.get(ATTR_PROMOTIONS):
-            note = f"promoted {t.user_attrs[ATTR_PROMOTIONS]}x after pausing {note}".strip()
+            note = f"promoted {t.user_attrs[ATTR_PROMOTIONS]}x after pausing; {note}".rstrip("; ")
         if trial_kind(t) == "paused":
             note = f"paused at {t.user_attrs[ATTR_PAUSED_AT]} examples, waiting to be promoted"
         if t.user_attrs.get(TAG_RETRY_OF) is not None:

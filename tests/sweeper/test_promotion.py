@@ -227,19 +227,26 @@ def test_paused_and_promoted_trials_in_the_summary_the_board_and_the_analysis_re
                                                                                     "duration_s": 30.0}))
     study.add_trial(create_trial(state=TrialState.RUNNING, params={"lr": 3e-2}, distributions=lr,
                                  intermediate_values={16: 6.25}, user_attrs={ATTR_PAUSED_AT: 16, "duration_s": 8.0}))
+    ended = "paused at 48 examples and not promoted before the sweep ended"
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 1e-2}, distributions=lr,
+                                 intermediate_values={16: 4.0, 48: 3.5},
+                                 user_attrs={ATTR_PROMOTIONS: 1, "fail_reason": ended, "duration_s": 12.0}))
 
     summary = "\n".join(build_summary(study, ["eval_loss"], ["python", "-m", "ftrun"])["lines"])
-    assert "1 complete, 0 pruned, 0 failed, 1 paused at a rung; 1 resumed from a rung after pausing" in summary
+    assert "1 complete, 1 pruned, 0 failed, 1 paused at a rung; 2 resumed from a rung after pausing" in summary
+    assert f"| 2 | PRUNED | 3.5 @48 | lr=0.01 | 12 | promoted 1x after pausing; {ended} |" in summary
     assert "| 1 | PAUSED | 6.25 @16 | lr=0.03 | 8 | paused at 16 examples, waiting to be promoted |" in summary
     assert "| 0 | COMPLETE | 1.5 | lr=0.001 | 30 | promoted 2x after pausing |" in summary
-    assert "Spent 38 trial-seconds" in summary  # a paused trial's seconds count as spent
+    assert "Spent 50 trial-seconds" in summary  # a paused trial's seconds count as spent
 
     rows, _, _ = read_trials("shown", url)
-    assert [r[:4] for r in rows] == [[0, "COMPLETE (promoted 2x)", "1.5000", ""], [1, "PAUSED", "6.2500", 16]]
+    assert [r[:4] for r in rows] == [[0, "COMPLETE (promoted 2x)", "1.5000", ""], [1, "PAUSED", "6.2500", 16],
+                                     [2, "PRUNED (promoted 1x)", "", 48]]
     assert rows[1][5] == 8.0
 
     html = " ".join(_trials_section(study, ["eval_loss"], {}, {}))
     assert "paused at 16 examples, waiting to be promoted" in html and "promoted 2x after pausing" in html
+    assert f"promoted 1x after pausing; {ended}" in html
 
     def mlflow_run(status, tags):
         return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags))
